@@ -1,0 +1,67 @@
+"""What every stage module shares: its command-line arguments, logging set-up and error exit.
+
+A stage's ``main(argv)`` parses ``--params FILE`` and repeated ``--set SECTION.KEY=VALUE``
+(the syntax of ``dvc exp run -S``), runs ``run(...)``, and turns a :class:`Capture3dError`
+into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from capture3d.config import load_params
+from capture3d.errors import Capture3dError
+
+logger = logging.getLogger(__name__)
+
+
+def add_params_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--params`` and ``--set`` to a stage's argument parser."""
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one setting for this run (repeatable), as in `dvc exp run -S`",
+    )
+
+
+def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The params mapping named by ``--params`` with the ``--set`` overrides applied."""
+    return load_params(args.params, args.overrides)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr at INFO (DEBUG with ``verbose``), once per process."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_main(body: Callable[[], object]) -> int:
+    """Run a stage body; a :class:`Capture3dError` becomes one line on stderr and its exit code."""
+    try:
+        body()
+    except Capture3dError as exc:
+        logger.debug("stage failed", exc_info=True)
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    return 0
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Pretty JSON with a trailing newline (numpy scalars converted)."""
+    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

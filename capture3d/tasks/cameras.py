@@ -1,0 +1,154 @@
+"""Camera conventions and pose-file I/O shared by every stage.
+
+Inputs: rotations/translations as numpy arrays, or ``transforms.json`` files.
+Outputs: poses in one convention, the COLMAP/OpenCV one used everywhere in capture3d:
+
+* ``cam_from_world`` (R: (3, 3), t: (3,)) maps a world point ``X`` to camera axes
+  ``x_cam = R @ X + t``; camera axes are x right, y down, z forward.
+* nerfstudio's ``transforms.json`` stores camera-to-world 4x4 matrices with OpenGL camera axes
+  (x right, y up, z back) and, when written from COLMAP, a world axis permutation recorded as
+  ``applied_transform`` (3x4). :func:`write_transforms_json` writes that convention and
+  :func:`read_transforms_json` undoes it, so a round trip returns the COLMAP-frame poses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# OpenCV camera axes -> OpenGL camera axes (flip y and z).
+_CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+# World transform nerfstudio's ``colmap_to_json`` applies: swap x/y, negate z. (3, 4)
+NERFSTUDIO_APPLIED_TRANSFORM = np.array(
+    [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]]
+)
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    """A pinhole camera with its pose. K: (3, 3); R: (3, 3) cam_from_world; t: (3,)."""
+
+    name: str
+    width: int
+    height: int
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+
+    @property
+    def center(self) -> np.ndarray:
+        """Camera centre in world coordinates, (3,)."""
+        return -self.R.T @ self.t
+
+
+def cam_from_world_matrix(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(3, 3), (3,) -> (4, 4) homogeneous cam_from_world."""
+    M = np.eye(4)
+    M[:3, :3] = R
+    M[:3, 3] = t
+    return M
+
+
+def opencv_to_nerfstudio_c2w(R: np.ndarray, t: np.ndarray, applied: np.ndarray | None = None) -> np.ndarray:
+    """cam_from_world (OpenCV axes) -> camera-to-world (OpenGL axes), (4, 4).
+
+    ``applied`` (3, 4) is an extra world transform applied on the left (nerfstudio's
+    ``applied_transform``); ``None`` means identity.
+    """
+    c2w = np.linalg.inv(cam_from_world_matrix(R, t)) @ _CV_TO_GL
+    if applied is not None:
+        A = np.eye(4)
+        A[:3, :] = applied
+        c2w = A @ c2w
+    return c2w
+
+
+def nerfstudio_c2w_to_opencv(c2w: np.ndarray, applied: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`opencv_to_nerfstudio_c2w`: (4, 4) -> R (3, 3), t (3,)."""
+    M = np.asarray(c2w, dtype=np.float64)
+    if M.shape == (3, 4):
+        M = np.vstack([M, [0.0, 0.0, 0.0, 1.0]])
+    if applied is not None:
+        A = np.eye(4)
+        A[:3, :] = applied
+        M = np.linalg.inv(A) @ M
+    w2c = np.linalg.inv(M @ _CV_TO_GL)
+    return w2c[:3, :3], w2c[:3, 3]
+
+
+def write_transforms_json(
+    path: Path,
+    cameras: list[PinholeCamera],
+    file_prefix: str = "images/",
+    ply_file_path: str | None = None,
+    nerfstudio_world: bool = True,
+) -> None:
+    """Write pinhole cameras as a nerfstudio ``transforms.json``.
+
+    Intrinsics are written once at the top level when all cameras share them, else per frame.
+    With ``nerfstudio_world`` the world axes are permuted as nerfstudio's COLMAP converter does
+    and the permutation is stored as ``applied_transform``.
+    """
+    applied = NERFSTUDIO_APPLIED_TRANSFORM if nerfstudio_world else None
+
+    def intr(cam: PinholeCamera) -> dict[str, float | int]:
+        return {
+            "fl_x": float(cam.K[0, 0]),
+            "fl_y": float(cam.K[1, 1]),
+            "cx": float(cam.K[0, 2]),
+            "cy": float(cam.K[1, 2]),
+            "w": int(cam.width),
+            "h": int(cam.height),
+        }
+
+    shared = len({tuple(sorted(intr(c).items())) for c in cameras}) == 1
+    out: dict = {"camera_model": "PINHOLE"}
+    if shared and cameras:
+        out.update(intr(cameras[0]))
+    frames = []
+    for cam in cameras:
+        frame: dict = {
+            "file_path": f"{file_prefix}{cam.name}",
+            "transform_matrix": opencv_to_nerfstudio_c2w(cam.R, cam.t, applied).tolist(),
+        }
+        if not shared:
+            frame.update(intr(cam))
+        frames.append(frame)
+    out["frames"] = frames
+    if applied is not None:
+        out["applied_transform"] = applied.tolist()
+    if ply_file_path is not None:
+        out["ply_file_path"] = ply_file_path
+    Path(path).write_text(json.dumps(out, indent=2))
+
+
+def read_transforms_json(path: Path) -> list[PinholeCamera]:
+    """Read a nerfstudio/instant-ngp ``transforms.json`` into OpenCV-convention cameras.
+
+    Supports top-level or per-frame ``fl_x/fl_y/cx/cy/w/h`` and instant-ngp's ``camera_angle_x``.
+    Camera names are the basenames of ``file_path`` (with an extension added when missing is not
+    attempted: names are compared as written).
+    """
+    data = json.loads(Path(path).read_text())
+    applied = np.asarray(data["applied_transform"], dtype=np.float64) if "applied_transform" in data else None
+    cams = []
+    for frame in data["frames"]:
+        merged = {**data, **frame}
+        w, h = int(merged["w"]), int(merged["h"])
+        if "fl_x" in merged:
+            fx = float(merged["fl_x"])
+            fy = float(merged.get("fl_y", fx))
+        else:
+            fx = fy = 0.5 * w / np.tan(0.5 * float(merged["camera_angle_x"]))
+        cx = float(merged.get("cx", w / 2.0))
+        cy = float(merged.get("cy", h / 2.0))
+        K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        R, t = nerfstudio_c2w_to_opencv(np.asarray(frame["transform_matrix"]), applied)
+        cams.append(PinholeCamera(Path(frame["file_path"]).name, w, h, K, R, t))
+    return cams
