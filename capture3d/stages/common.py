@@ -39,6 +39,8 @@ def configure_logging(verbose: bool = False) -> None:
     """Log to stderr at INFO (DEBUG with ``verbose``), once per process."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_main(body: Callable[[], object]) -> int:

@@ -76,6 +76,11 @@ def load_models(model: Path) -> list[pycolmap.Reconstruction]:
     return models
 
 
+def read_metrics(out: Path) -> dict[str, Any]:
+    """The metrics a run of this stage wrote into ``out``."""
+    return json.loads((Path(out) / "metrics.json").read_text())
+
+
 def run(inputs: EvaluateSfmInputs, out: Path, config: EvaluateSfmConfig) -> Path:
     """Evaluate ``inputs.model`` into ``out/metrics.json``; returns ``out``."""
     if not inputs.model.is_dir():

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the tests.
+# Both create or refresh .venv (re-installed when pyproject.toml changes) and install the system
+# library Open3D needs (libusb-1.0) when it is missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ALLOW_EPHEMERAL_MODE := true
+
+.PHONY: venv demo test test-fast bench clean system-deps
+
+venv: $(STAMP)
+
+system-deps:
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then \
+		echo "installing libusb-1.0 (needed by open3d)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libusb-1.0-0; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: system-deps $(STAMP)
+	$(VENV)/bin/capture3d demo
+
+test: system-deps $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: system-deps $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: system-deps $(STAMP)
+	$(PY) benchmarks/bench_sfm.py
+
+clean:
+	rm -rf results data/captures/demo .pytest_cache

@@ -1,0 +1,199 @@
+"""The ``capture3d`` command: the demo, one subcommand per stage, evaluation, and batch flows.
+
+Every subcommand reads ``params.yaml`` (or ``--params FILE``) and takes ``--set SECTION.KEY=VALUE``
+overrides in the syntax of ``dvc exp run -S``. Errors print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from capture3d.config import load_params
+from capture3d.errors import Capture3dError
+from capture3d.stages.common import add_params_arguments, configure_logging
+
+logger = logging.getLogger(__name__)
+
+SFM_TABLE_KEYS = (
+    "registered_fraction", "num_registered", "num_images", "num_models", "num_points3d", "mean_track_length",
+    "mean_reprojection_error_px", "rotation_error_deg_median", "rotation_error_deg_max", "position_error_median",
+    "position_error_max", "auc_rel_pose_5deg",
+)
+
+
+def _prefect_environment() -> None:
+    """Prefect settings for an offline machine: embedded server, no analytics."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def print_metrics(title: str, metrics: dict[str, Any], keys: Sequence[str] = SFM_TABLE_KEYS) -> None:
+    """A two-column table of the metrics that are present."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in keys:
+        if key in metrics:
+            table.add_row(key, _fmt(metrics[key]))
+    _console().print(table)
+
+
+def print_statuses(rows: list[dict[str, Any]]) -> None:
+    """One row per capture: status, summary metrics, reason when failed."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    table = Table(title="reconstruct: captures")
+    for key in keys:
+        table.add_column(key, overflow="fold")
+    for row in rows:
+        table.add_row(*(_fmt(row.get(k, "")) for k in keys))
+    _console().print(table)
+
+
+def _console() -> Console:
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def cmd_sfm(args: argparse.Namespace) -> int:
+    from capture3d.stages import sfm
+
+    overrides = list(args.overrides)
+    for key in ("mapper", "matcher", "camera_model", "camera_mode"):
+        if getattr(args, key):
+            overrides.append(f"sfm.{key}={getattr(args, key)}")
+    if args.camera_params:
+        overrides += [f"sfm.camera_params={args.camera_params}", "sfm.intrinsics=known"]
+    if args.self_calibrate:
+        overrides.append("sfm.intrinsics=self_calibrate")
+    config = sfm.load_config(load_params(args.params, overrides))
+    out = sfm.run(sfm.SfmInputs(args.images, args.name), args.out, config)
+    metrics = json.loads((out / "metrics.json").read_text())
+    print_metrics(f"sfm: {metrics['capture']}", metrics)
+    return 0
+
+
+def cmd_evaluate_sfm(args: argparse.Namespace) -> int:
+    from capture3d.stages import evaluate_sfm
+
+    overrides = list(args.overrides)
+    if args.gt_format:
+        overrides.append(f"evaluate_sfm.gt_format={args.gt_format}")
+    config = evaluate_sfm.load_config(load_params(args.params, overrides))
+    gt = args.gt if args.gt is not None else (evaluate_sfm.find_ground_truth(args.capture) if args.capture else None)
+    out = args.out or (args.model.parent / "evaluate_sfm")
+    inputs = evaluate_sfm.EvaluateSfmInputs(args.model, gt, args.num_images, args.name)
+    metrics = evaluate_sfm.read_metrics(evaluate_sfm.run(inputs, out, config))
+    print_metrics(f"evaluate sfm: {metrics['capture']}", metrics)
+    return 0
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from capture3d.stages import synthesize
+
+    synthesize.run(args.out, synthesize.load_config(load_params(args.params, args.overrides)))
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from capture3d.flows.reconstruct import run_reconstruct
+
+    names = [n for n in args.names.split(",") if n] if args.names else None
+    statuses = run_reconstruct(args.captures, args.out, names, args.params, args.overrides)
+    print_statuses([s.row() for s in statuses])
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from capture3d.flows.demo import demo
+
+    repo = Path(args.repo).resolve()
+    statuses = demo(repo)
+    for status in statuses:
+        if status.ok:
+            print_metrics(f"demo capture '{status.name}': SfM against ground truth", status.metrics)
+    print_statuses([s.row() for s in statuses])
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="capture3d", description="Captured photos and scans to 3D results.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="synthesize the sample capture and run the pipeline through Prefect")
+    p.add_argument("--repo", default=".", help="the capture3d project folder (default: .)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synthesize", help="write the deterministic synthetic capture")
+    p.add_argument("--out", type=Path, required=True)
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("sfm", help="Structure-from-Motion on a folder of photos")
+    p.add_argument("--images", type=Path, required=True, help="folder of photos (or a capture with images/)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    p.add_argument("--name", default="", help="capture name for messages (default: folder name)")
+    p.add_argument("--mapper", choices=["incremental", "global"])
+    p.add_argument("--matcher", choices=["exhaustive", "sequential"])
+    p.add_argument("--camera-mode", choices=["single", "per_image", "auto"])
+    p.add_argument("--camera-model", help="COLMAP camera model, e.g. PINHOLE, SIMPLE_RADIAL, OPENCV")
+    p.add_argument("--camera-params", help="known intrinsics for --camera-model, e.g. 'fx,fy,cx,cy'")
+    p.add_argument("--self-calibrate", action="store_true", help="ignore intrinsics.json; estimate intrinsics")
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_sfm)
+
+    p = sub.add_parser("evaluate", help="evaluate a stage's result")
+    ev = p.add_subparsers(dest="what", required=True)
+    e = ev.add_parser("sfm", help="SfM metrics, against ground truth when given")
+    e.add_argument("--model", type=Path, required=True, help="sfm output folder (or a COLMAP model folder)")
+    e.add_argument("--gt", type=Path, help="ground-truth cameras")
+    e.add_argument("--gt-format", choices=["auto", "strecha", "colmap", "transforms"])
+    e.add_argument("--capture", type=Path, help="capture folder holding gt/ or gt_cameras/")
+    e.add_argument("--num-images", type=int, help="number of input images (default: from the sfm metrics)")
+    e.add_argument("--out", type=Path, help="output folder (default: <model>/../evaluate_sfm)")
+    e.add_argument("--name", default="", help="capture name for messages")
+    add_params_arguments(e)
+    e.set_defaults(func=cmd_evaluate_sfm)
+
+    p = sub.add_parser("reconstruct", aliases=["batch"], help="Prefect flow over a folder of captures")
+    p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per capture")
+    p.add_argument("--out", type=Path, required=True, help="results root: <out>/<capture>/{sfm,evaluate_sfm}")
+    p.add_argument("--names", default="", help="comma-separated captures (default: all sub-folders)")
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_reconstruct)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except Capture3dError as exc:
+        logger.debug("failed", exc_info=True)
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Per-capture status of a flow run, built from Prefect futures, and its summary table.
+
+Input: the futures of one capture's stage tasks. Output: :class:`CaptureStatus` (ok or failed
+with the failing stage and its one-line reason, plus the evaluation metrics) and a markdown table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.futures import PrefectFuture
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("registered_fraction", "num_points3d", "mean_reprojection_error_px",
+                "rotation_error_deg_median", "position_error_median", "auc_rel_pose_5deg")
+
+
+@dataclass
+class CaptureStatus:
+    """Outcome of one capture in a flow run."""
+
+    name: str
+    ok: bool
+    failed_stage: str = ""
+    reason: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_futures(cls, name: str, stages: Sequence[tuple[str, PrefectFuture]]) -> "CaptureStatus":
+        """Wait for a capture's chain of (stage name, future); the first failure gives the reason."""
+        for stage, future in stages:
+            future.wait()
+            state = future.state
+            if not state.is_completed():
+                result = future.result(raise_on_failure=False)
+                reason = str(result) if isinstance(result, BaseException) else (state.message or state.name)
+                return cls(name, False, stage, reason.splitlines()[0] if reason else state.name)
+        last = stages[-1][1].result()
+        return cls(name, True, metrics=dict(last) if isinstance(last, dict) else {})
+
+    def row(self) -> dict[str, Any]:
+        """Flat summary: name, status, reason and the summary metrics."""
+        row: dict[str, Any] = {"capture": self.name, "status": "ok" if self.ok else f"failed ({self.failed_stage})"}
+        for key in SUMMARY_KEYS:
+            if key in self.metrics:
+                row[key] = self.metrics[key]
+        row["reason"] = self.reason
+        return row
+
+
+def status_markdown(statuses: list[CaptureStatus]) -> str:
+    """A markdown table with one row per capture."""
+    rows = [s.row() for s in statuses]
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
