@@ -88,7 +88,7 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, Mapping):
         raise ParamsError(f"params: '{where}' must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in set(data) - set(fields))
     if unknown:
         raise ParamsError(f"params: unknown key(s) in '{where}': {', '.join(unknown)}")
     missing = sorted(set(fields) - set(data))

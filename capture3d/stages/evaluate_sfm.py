@@ -100,7 +100,10 @@ def run(inputs: EvaluateSfmInputs, out: Path, config: EvaluateSfmConfig) -> Path
             gt = read_ground_truth(inputs.gt, config.gt_format)
         except (ValueError, OSError) as exc:
             raise CaptureError(inputs.label, f"ground truth: {exc}") from None
-    metrics = evaluate_sfm(models, num_images, gt, auc_threshold_deg=config.auc_threshold_deg)
+    try:
+        metrics = evaluate_sfm(models, num_images, gt, auc_threshold_deg=config.auc_threshold_deg)
+    except ValueError as exc:
+        raise CaptureError(inputs.label, f"evaluation against ground truth failed: {exc}") from None
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", {"capture": inputs.label, "has_ground_truth": gt is not None, **metrics})
     return out

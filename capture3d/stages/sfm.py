@@ -55,10 +55,10 @@ def load_config(params: Mapping[str, Any]) -> SfmConfig:
     """The ``sfm`` section as :class:`SfmConfig`, with each fallback rung checked too."""
     config = section(params, "sfm", SfmConfig)
     for i, rung in enumerate(config.fallback):
-        bad = sorted(set(rung) - LADDER_KEYS)
+        bad = sorted(str(k) for k in set(rung) - LADDER_KEYS)
         if bad:
             raise ParamsError(
-                f"params: 'sfm.fallback[{i}]' may only set {', '.join(sorted(LADDER_KEYS))}; got {', '.join(bad)}"
+                f"params: 'sfm.fallback[{i}]' may only set {', '.join(sorted(LADDER_KEYS))}; got {', '.join(map(str, bad))}"
             )
         from_mapping(SfmConfig, {**dataclasses.asdict(config), **rung}, f"sfm.fallback[{i}]")
     return config
@@ -101,6 +101,14 @@ def run(inputs: SfmInputs, out: Path, config: SfmConfig) -> Path:
             + (f" ({len(folder.skipped)} skipped)" if folder.skipped else ""),
         )
     known = resolve_intrinsics(inputs, config)
+    sizes = folder.distinct_sizes
+    if config.camera_mode == "auto":
+        config = dataclasses.replace(config, camera_mode="single" if len(sizes) == 1 else "per_image")
+    if len(sizes) > 1 and (config.camera_mode == "single" or known is not None):
+        shown = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
+        what = "known intrinsics" if known is not None else "sfm.camera_mode 'single'"
+        raise CaptureError(inputs.label, f"{what} needs images of one size, found {len(sizes)} sizes ({shown}); "
+                           "use sfm.camera_mode auto or per_image")
     with atomic_dir(out) as tmp:
         work = tmp / "_work"
         result = run_sfm(folder.root, list(folder.names), work, config, known)
@@ -121,10 +129,12 @@ def run(inputs: SfmInputs, out: Path, config: SfmConfig) -> Path:
             **reconstruction_stats(result.models, result.num_images),
             **exported,
             "intrinsics": "known" if known else "self-calibrated",
+            "camera_mode": config.camera_mode,
             "chosen_attempt": result.best,
             "attempts": attempts,
             "skipped_files": [{"file": f, "reason": r} for f, r in folder.skipped],
             "num_skipped_files": len(folder.skipped),
+            "not_imported_by_colmap": result.dropped,
             "timings": {**result.timings, "export_s": time.perf_counter() - t_export,
                         "total_s": time.perf_counter() - start},
         }

@@ -87,6 +87,7 @@ class SfmResult:
     best: int
     num_images: int
     timings: dict[str, float] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # images COLMAP refused to import
 
     @property
     def healthy(self) -> bool:
@@ -110,6 +111,9 @@ def run_sfm(
     t0 = time.perf_counter()
     extract_features(database, image_dir, image_names, config, known)
     timings["extract_s"] = time.perf_counter() - t0
+    dropped = sorted(set(image_names) - set(imported_images(database)))
+    if dropped:
+        logger.warning("COLMAP did not import %d image(s): %s", len(dropped), ", ".join(dropped[:10]))
 
     attempts: list[Attempt] = []
     results: list[list[pycolmap.Reconstruction]] = []
@@ -148,7 +152,7 @@ def run_sfm(
         if attempt.healthy:
             break
     best = max(range(len(attempts)), key=lambda i: _score(attempts[i]))
-    return SfmResult(results[best], attempts, best, len(image_names), timings)
+    return SfmResult(results[best], attempts, best, len(image_names), timings, dropped)
 
 
 def extract_features(
@@ -165,12 +169,22 @@ def extract_features(
     extraction.max_image_size = config.max_image_size
     extraction.num_threads = config.num_threads
     extraction.sift.max_num_features = config.max_num_features
+    # "auto" is resolved by the caller from the image sizes; COLMAP's AUTO makes one camera per image.
     mode = {"single": pycolmap.CameraMode.SINGLE, "per_image": pycolmap.CameraMode.PER_IMAGE,
-            "auto": pycolmap.CameraMode.AUTO}[config.camera_mode]
+            "auto": pycolmap.CameraMode.PER_IMAGE}[config.camera_mode]
     pycolmap.extract_features(
         database, image_dir, image_names=list(image_names), camera_mode=mode, reader_options=reader,
         extraction_options=extraction, device=_device(config.device),
     )
+
+
+def imported_images(database: Path) -> list[str]:
+    """Names of the images in a COLMAP database."""
+    db = pycolmap.Database.open(database)
+    try:
+        return [image.name for image in db.read_all_images()]
+    finally:
+        db.close()
 
 
 def match_features(database: Path, config: SfmConfig) -> None:

@@ -1,0 +1,57 @@
+"""The Prefect `reconstruct` flow under Prefect's test harness: a batch with good and bad captures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from capture3d.flows.reconstruct import run_reconstruct  # noqa: E402
+from capture3d.stages import synthesize  # noqa: E402
+from capture3d.config import load_params  # noqa: E402
+
+SMALL = ["synthesize.num_images=12", "synthesize.width=320", "synthesize.height=240"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.slow
+def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root: Path) -> None:
+    captures = tmp_path / "captures"
+    params = load_params(repo_root / "params.yaml", SMALL)
+    synthesize.run(captures / "scene", synthesize.load_config(params))
+    (captures / "empty").mkdir(parents=True)
+    few = captures / "few" / "images"
+    few.mkdir(parents=True)
+    for name in ("0000.png", "0001.png"):
+        (few / name).write_bytes((captures / "scene" / "images" / name).read_bytes())
+    (captures / ".hidden").mkdir()
+
+    statuses = run_reconstruct(captures, tmp_path / "results", None, repo_root / "params.yaml",
+                               ["sfm.max_image_size=640"])
+    by_name = {s.name: s for s in statuses}
+    assert sorted(by_name) == ["empty", "few", "scene"]
+
+    scene = by_name["scene"]
+    assert scene.ok, scene.reason
+    assert scene.metrics["registered_fraction"] == 1.0
+    assert scene.metrics["rotation_error_deg_median"] < 0.5
+    assert scene.metrics["auc_rel_pose_5deg"] > 0.8
+    assert (tmp_path / "results" / "scene" / "sfm" / "sparse" / "0" / "images.bin").is_file()
+
+    assert not by_name["empty"].ok and by_name["empty"].failed_stage == "sfm"
+    assert "empty folder" in by_name["empty"].reason
+    assert not by_name["few"].ok and "only 2 readable image(s)" in by_name["few"].reason
+    for bad in ("empty", "few"):
+        assert not (tmp_path / "results" / bad).exists() or not any((tmp_path / "results" / bad).iterdir())
+    rows = [s.row() for s in statuses]
+    assert [r["status"] for r in rows] == ["failed (sfm)", "failed (sfm)", "ok"]
