@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,23 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override one setting for this run (repeatable), as in `dvc exp run -S`",
     )
+
+
+def stage_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """A stage's parser with ``--out`` (replaced atomically), ``--name``, ``--params`` and ``--set``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or module).splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--name", default="", help="capture name for messages (default: folder name)")
+    add_params_arguments(parser)
+    return parser
+
+
+def stage_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+               body: Callable[[argparse.Namespace], object]) -> int:
+    """Parse ``argv``, set up logging and run ``body(args)`` through :func:`run_main`."""
+    args = parser.parse_args(argv)
+    configure_logging()
+    return run_main(lambda: body(args))
 
 
 def params_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import pycolmap
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError
-from capture3d.stages.common import add_params_arguments, configure_logging, params_from_args, run_main, write_json
+from capture3d.stages.common import params_from_args, stage_main, stage_parser, write_json
 from capture3d.tasks.evaluate_sfm import evaluate_sfm, read_ground_truth
 
 logger = logging.getLogger(__name__)
@@ -110,26 +110,21 @@ def run(inputs: EvaluateSfmInputs, out: Path, config: EvaluateSfmConfig) -> Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m capture3d.stages.evaluate_sfm", description=__doc__.splitlines()[0])
+    parser = stage_parser("capture3d.stages.evaluate_sfm", __doc__ or "")
     parser.add_argument("--model", type=Path, required=True, help="sfm output folder")
     parser.add_argument("--capture", type=Path, default=None, help="capture folder: ground truth found inside it")
     parser.add_argument("--gt", type=Path, default=None, help="ground-truth path (overrides --capture)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
-    parser.add_argument("--name", default="", help="capture name for messages")
-    add_params_arguments(parser)
     return parser
 
 
+def _main(args: argparse.Namespace) -> Path:
+    gt = args.gt if args.gt is not None else (find_ground_truth(args.capture) if args.capture else None)
+    inputs = EvaluateSfmInputs(args.model, gt, None, args.name or (args.capture.name if args.capture else ""))
+    return run(inputs, args.out, load_config(params_from_args(args)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-
-    def body() -> None:
-        gt = args.gt if args.gt is not None else (find_ground_truth(args.capture) if args.capture else None)
-        inputs = EvaluateSfmInputs(args.model, gt, None, args.name or (args.capture.name if args.capture else ""))
-        run(inputs, args.out, load_config(params_from_args(args)))
-
-    return run_main(body)
+    return stage_main(build_parser(), argv, _main)
 
 
 if __name__ == "__main__":

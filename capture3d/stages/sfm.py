@@ -23,7 +23,7 @@ from typing import Any
 from capture3d.atomic import atomic_dir
 from capture3d.config import from_mapping, section
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.stages.common import add_params_arguments, configure_logging, params_from_args, run_main, write_json
+from capture3d.stages.common import params_from_args, stage_main, stage_parser, write_json
 from capture3d.tasks.evaluate_sfm import reconstruction_stats
 from capture3d.tasks.image_folder import scan_images
 from capture3d.tasks.sfm import LADDER_KEYS, KnownIntrinsics, SfmConfig, run_sfm
@@ -145,22 +145,14 @@ def run(inputs: SfmInputs, out: Path, config: SfmConfig) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m capture3d.stages.sfm", description=__doc__.splitlines()[0])
+    parser = stage_parser("capture3d.stages.sfm", __doc__ or "")
     parser.add_argument("--capture", type=Path, required=True, help="capture folder (images/ inside, or photos)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
-    parser.add_argument("--name", default="", help="capture name for messages (default: folder name)")
-    add_params_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-
-    def body() -> None:
-        run(SfmInputs(args.capture, args.name), args.out, load_config(params_from_args(args)))
-
-    return run_main(body)
+    return stage_main(build_parser(), argv, lambda args: run(
+        SfmInputs(args.capture, args.name), args.out, load_config(params_from_args(args))))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
-from capture3d.stages.common import add_params_arguments, configure_logging, params_from_args, run_main
+from capture3d.stages.common import params_from_args, stage_main, stage_parser
 from capture3d.tasks.synthesize_capture import render_capture, write_capture
 
 logger = logging.getLogger(__name__)
@@ -49,16 +49,11 @@ def run(out: Path, config: SynthesizeConfig) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m capture3d.stages.synthesize", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="capture folder to write (replaced atomically)")
-    add_params_arguments(parser)
-    return parser
+    return stage_parser("capture3d.stages.synthesize", __doc__ or "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    return run_main(lambda: run(args.out, load_config(params_from_args(args))))
+    return stage_main(build_parser(), argv, lambda args: run(args.out, load_config(params_from_args(args))))
 
 
 if __name__ == "__main__":
