@@ -20,7 +20,7 @@ from rich.table import Table
 
 from capture3d.config import load_params
 from capture3d.errors import Capture3dError
-from capture3d.stages.common import add_params_arguments, configure_logging
+from capture3d.stages.common import add_params_arguments, configure_logging, error_line
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except Capture3dError as exc:
         logger.debug("failed", exc_info=True)
-        sys.stderr.write(f"error: {exc}\n")
+        folder = getattr(args, "images", None) or getattr(args, "model", None)
+        label = getattr(args, "name", "") or (Path(folder).name if folder else "")
+        sys.stderr.write(f"error: {error_line(exc, label)}\n")
         return exc.exit_code
 
 

@@ -129,7 +129,7 @@ def test_unknown_params_key(repo_root, tmp_path, make_textured_images):
     params_path.write_text(yaml.safe_dump(params))
     out = out_path(tmp_path)
     proc = run_stage(repo_root, tmp_path, capture, out, params=params_path)
-    line = assert_one_error(proc, "error: params", out)
+    line = assert_one_error(proc, "error: capture 'cap': params", out)
     assert "max_num_featurez" in line
 
 
@@ -138,7 +138,7 @@ def test_wrong_type_override(repo_root, tmp_path, make_textured_images):
     make_textured_images(capture / "images", n=3)
     out = out_path(tmp_path)
     proc = run_stage(repo_root, tmp_path, capture, out, "--set", "sfm.max_num_features=many")
-    line = assert_one_error(proc, "error: params", out)
+    line = assert_one_error(proc, "error: capture 'cap': params", out)
     assert "sfm.max_num_features" in line and "many" in line
 
 
@@ -147,7 +147,7 @@ def test_unknown_override_key(repo_root, tmp_path, make_textured_images):
     make_textured_images(capture / "images", n=3)
     out = out_path(tmp_path)
     proc = run_stage(repo_root, tmp_path, capture, out, "--set", "sfm.max_features=10")
-    line = assert_one_error(proc, "error: override 'sfm.max_features=10'", out)
+    line = assert_one_error(proc, "error: capture 'cap': override 'sfm.max_features=10'", out)
     assert "unknown key 'sfm.max_features'" in line
 
 
@@ -156,7 +156,7 @@ def test_missing_params_file(repo_root, tmp_path, make_textured_images):
     make_textured_images(capture / "images", n=3)
     out = out_path(tmp_path)
     proc = run_stage(repo_root, tmp_path, capture, out, params=tmp_path / "nope.yaml")
-    line = assert_one_error(proc, "error: params file", out)
+    line = assert_one_error(proc, "error: capture 'cap': params file", out)
     assert "not found" in line
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from capture3d.config import load_params
-from capture3d.errors import Capture3dError
+from capture3d.errors import Capture3dError, CaptureError
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,15 @@ def stage_parser(module: str, doc: str) -> argparse.ArgumentParser:
 
 def stage_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                body: Callable[[argparse.Namespace], object]) -> int:
-    """Parse ``argv``, set up logging and run ``body(args)`` through :func:`run_main`."""
+    """Parse ``argv``, set up logging and run ``body(args)`` through :func:`run_main`.
+
+    The capture named in errors is ``--name``, else the name of the ``--capture`` folder.
+    """
     args = parser.parse_args(argv)
     configure_logging()
-    return run_main(lambda: body(args))
+    capture = getattr(args, "capture", None)
+    label = args.name or (Path(capture).name if capture else "")
+    return run_main(lambda: body(args), label)
 
 
 def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,15 +65,26 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_main(body: Callable[[], object]) -> int:
-    """Run a stage body; a :class:`Capture3dError` becomes one line on stderr and its exit code."""
+def run_main(body: Callable[[], object], capture: str = "") -> int:
+    """Run a stage body; a :class:`Capture3dError` becomes one line on stderr and its exit code.
+
+    With ``capture`` given, errors that do not name a capture yet (params problems) are prefixed
+    with it, so every error line says which capture it is about.
+    """
     try:
         body()
     except Capture3dError as exc:
         logger.debug("stage failed", exc_info=True)
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {error_line(exc, capture)}\n")
         return exc.exit_code
     return 0
+
+
+def error_line(exc: Capture3dError, capture: str = "") -> str:
+    """The one-line message of ``exc``, naming ``capture`` when the error itself does not."""
+    if capture and not isinstance(exc, CaptureError):
+        return f"capture '{capture}': {exc}"
+    return str(exc)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

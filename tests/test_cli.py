@@ -1,0 +1,54 @@
+"""The `capture3d` command: sfm and evaluate on temporary folders, one-line errors naming the capture."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = str(Path(sys.executable).parent / "capture3d")
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_sfm_then_evaluate_on_own_photos(tmp_path: Path, repo_root: Path, make_textured_images) -> None:
+    images = tmp_path / "garden"
+    make_textured_images(images, n=7)
+    params = str(repo_root / "params.yaml")
+    proc = _run(["sfm", "--images", str(images), "--out", str(tmp_path / "out" / "sfm"), "--params", params,
+                 "--matcher", "sequential", "--set", "sfm.sequential_overlap=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "registered_fraction" in proc.stdout and "garden" in proc.stdout
+    metrics = json.loads((tmp_path / "out" / "sfm" / "metrics.json").read_text())
+    assert metrics["attempts"][0]["matcher"] == "sequential"
+    assert metrics["registered_fraction"] >= 0.9
+
+    proc = _run(["evaluate", "sfm", "--model", str(tmp_path / "out" / "sfm"), "--params", params], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "out" / "evaluate_sfm" / "metrics.json").read_text())
+    assert evaluated["num_images"] == 7 and evaluated["num_models"] == 1
+    assert evaluated["mean_reprojection_error_px"] < 1.0
+    assert "mean_track_length" in proc.stdout
+
+
+def test_errors_are_one_line_naming_the_capture(tmp_path: Path, repo_root: Path) -> None:
+    empty = tmp_path / "empty_capture"
+    empty.mkdir()
+    params = str(repo_root / "params.yaml")
+    proc = _run(["sfm", "--images", str(empty), "--out", str(tmp_path / "o"), "--params", params], tmp_path)
+    assert proc.returncode != 0
+    assert _error_lines(proc.stderr) == [f"error: capture 'empty_capture': no images in '{empty}' (empty folder)"]
+
+    proc = _run(["sfm", "--images", str(empty), "--out", str(tmp_path / "o"), "--params", params,
+                 "--set", "sfm.min_registered_fraction=lots"], tmp_path)
+    assert proc.returncode != 0
+    (line,) = _error_lines(proc.stderr)
+    assert line.startswith("error: capture 'empty_capture': params: 'sfm.min_registered_fraction' must be a number")
+    assert not (tmp_path / "o").exists()
