@@ -63,6 +63,9 @@ def configure_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import pycolmap  # COLMAP's glog lines: warnings and errors only unless verbose
+
+    pycolmap.logging.minloglevel = 0 if verbose else 1
 
 
 def run_main(body: Callable[[], object], capture: str = "") -> int:
