@@ -13,8 +13,9 @@ from pathlib import Path
 from prefect import flow, task
 
 from capture3d.config import load_params, section
-from capture3d.flows.dvc_record import CAPTURES_DIR, RESULTS_DIR, record_stages
-from capture3d.flows.reconstruct import ReconstructConfig, run_reconstruct
+from capture3d.flows.dvc_record import PHOTOS, RESULTS_DIR, record_stages
+from capture3d.flows.batch import FlowConfig
+from capture3d.flows.reconstruct import run_reconstruct
 from capture3d.flows.status import CaptureStatus
 from capture3d.stages import synthesize as synthesize_stage
 
@@ -34,7 +35,7 @@ def demo(repo: Path) -> list[CaptureStatus]:
     """Synthesize the demo capture and run the ``reconstruct`` flow on it inside ``repo``."""
     repo = Path(repo)
     params = load_params(repo / "params.yaml")
-    capture = synthesize_task(repo / CAPTURES_DIR / DEMO_CAPTURE, params)
-    if section(params, "reconstruct", ReconstructConfig).record_dvc:
+    capture = synthesize_task(repo / PHOTOS.captures_dir / DEMO_CAPTURE, params)
+    if section(params, "flows", FlowConfig).record_dvc:
         record_stages(repo, ["synthesize"])
     return run_reconstruct(capture.parent, repo / RESULTS_DIR, [DEMO_CAPTURE], repo / "params.yaml")

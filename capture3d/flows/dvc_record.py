@@ -12,31 +12,44 @@ import logging
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 logger = logging.getLogger(__name__)
 
-CAPTURES_DIR = Path("data/captures")
 RESULTS_DIR = Path("results")
-PER_CAPTURE_STAGES = ("sfm", "evaluate_sfm")
 
 
-def dvc_targets(repo: Path, captures_root: Path, out_root: Path, names: Sequence[str]) -> list[str]:
+@dataclass(frozen=True)
+class BatchLayout:
+    """Where a kind of capture lives in the project and which per-capture stages process it."""
+
+    captures_dir: Path          # repo-relative folder of the captures, e.g. data/captures
+    captures_key: str           # params.yaml list naming them, e.g. "captures"
+    stages: tuple[str, ...]     # per-capture stages of dvc.yaml, in order
+
+
+PHOTOS = BatchLayout(Path("data/captures"), "captures", ("sfm", "evaluate_sfm"))
+SCANS = BatchLayout(Path("data/scan_captures"), "scan_captures", ("register_scans", "evaluate_registration"))
+
+
+def dvc_targets(repo: Path, captures_root: Path, out_root: Path, names: Sequence[str], layout: BatchLayout) -> list[str]:
     """Stage instances of ``dvc.yaml`` that correspond to these captures, or [] if paths differ."""
     repo = Path(repo).resolve()
     if not (repo / "dvc.yaml").is_file() or not (repo / ".dvc").is_dir():
         return []
-    if Path(captures_root).resolve() != repo / CAPTURES_DIR or Path(out_root).resolve() != repo / RESULTS_DIR:
-        logger.info("outputs outside the DVC layout (%s, %s): not recorded", CAPTURES_DIR, RESULTS_DIR)
+    if Path(captures_root).resolve() != repo / layout.captures_dir or Path(out_root).resolve() != repo / RESULTS_DIR:
+        logger.info("outputs outside the DVC layout (%s, %s): not recorded", layout.captures_dir, RESULTS_DIR)
         return []
     params = yaml.safe_load((repo / "params.yaml").read_text()) or {}
-    listed = set(params.get("captures") or [])
+    listed = set(params.get(layout.captures_key) or [])
     skipped = [n for n in names if n not in listed]
     if skipped:
-        logger.info("captures not listed in params.yaml, not recorded in DVC: %s", ", ".join(skipped))
-    return [f"{stage}@{name}" for name in names if name in listed for stage in PER_CAPTURE_STAGES]
+        logger.info("captures not listed in params.yaml '%s', not recorded in DVC: %s", layout.captures_key,
+                    ", ".join(skipped))
+    return [f"{stage}@{name}" for name in names if name in listed for stage in layout.stages]
 
 
 def record_stages(repo: Path, targets: Sequence[str]) -> None:

@@ -12,29 +12,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.futures import PrefectFuture
+from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from capture3d.config import load_params, section
-from capture3d.flows.dvc_record import dvc_targets, record_stages
-from capture3d.flows.status import CaptureStatus, status_markdown
+from capture3d.flows.batch import Chain, FlowConfig, discover_captures, finish_batch, run_chains
+from capture3d.flows.dvc_record import PHOTOS
+from capture3d.flows.status import CaptureStatus
 from capture3d.stages import evaluate_sfm as evaluate_stage
 from capture3d.stages import sfm as sfm_stage
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReconstructConfig:
-    """Settings of the flow (the ``reconstruct`` section)."""
-
-    max_workers: int
-    record_dvc: bool
 
 
 @task(name="sfm", task_run_name="sfm-{name}")
@@ -51,11 +42,6 @@ def evaluate_task(name: str, model: Path, capture: Path, out: Path, params: dict
     return evaluate_stage.read_metrics(result)
 
 
-def discover_captures(root: Path) -> list[str]:
-    """Names of the capture folders under ``root`` (hidden folders skipped)."""
-    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 @flow(name="reconstruct", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
 def reconstruct(
     captures_root: Path,
@@ -65,27 +51,19 @@ def reconstruct(
     overrides: Sequence[str] = (),
 ) -> list[CaptureStatus]:
     """Run SfM + evaluation on each capture concurrently; returns one status per capture."""
-    run_logger = get_run_logger()
     params = load_params(params_file, overrides)
-    config = section(params, "reconstruct", ReconstructConfig)
+    config = section(params, "flows", FlowConfig)
     captures_root, out_root = Path(captures_root), Path(out_root)
     names = list(names) if names else discover_captures(captures_root)
-    futures: dict[str, tuple[PrefectFuture, PrefectFuture]] = {}
-    for name in names:
+
+    def submit(name: str) -> Chain:
         capture = captures_root / name
-        sfm_out = out_root / name / "sfm"
-        f_sfm = sfm_task.submit(name, capture, sfm_out, params)
+        f_sfm = sfm_task.submit(name, capture, out_root / name / "sfm", params)
         f_eval = evaluate_task.submit(name, f_sfm, capture, out_root / name / "evaluate_sfm", params)
-        futures[name] = (f_sfm, f_eval)
-    statuses = [CaptureStatus.from_futures(name, [("sfm", futures[name][0]), ("evaluate_sfm", futures[name][1])])
-                for name in names]
-    if config.record_dvc and not overrides:
-        done = [s.name for s in statuses if s.ok]
-        repo = Path(params_file).resolve().parent if params_file else Path.cwd()
-        record_stages(repo, dvc_targets(repo, captures_root, out_root, done))
-    elif config.record_dvc:
-        run_logger.warning("overrides given: outputs not recorded in DVC (they differ from params.yaml)")
-    run_logger.info("reconstruct finished:\n%s", status_markdown(statuses))
+        return [("sfm", f_sfm), ("evaluate_sfm", f_eval)]
+
+    statuses = run_chains(names, submit)
+    finish_batch("reconstruct", statuses, PHOTOS, captures_root, out_root, params_file, overrides, config.record_dvc)
     return statuses
 
 
@@ -96,7 +74,7 @@ def run_reconstruct(
     params_file: Path | None = None,
     overrides: Sequence[str] = (),
 ) -> list[CaptureStatus]:
-    """Run the ``reconstruct`` flow with ``reconstruct.max_workers`` captures at a time."""
-    config = section(load_params(params_file, overrides), "reconstruct", ReconstructConfig)
+    """Run the ``reconstruct`` flow with ``flows.max_workers`` captures at a time."""
+    config = section(load_params(params_file, overrides), "flows", FlowConfig)
     runner = ThreadPoolTaskRunner(max_workers=max(1, config.max_workers))
     return reconstruct.with_options(task_runner=runner)(captures_root, out_root, names, params_file, overrides)
