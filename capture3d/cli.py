@@ -31,6 +31,14 @@ SFM_TABLE_KEYS = (
 )
 
 
+REGISTRATION_TABLE_KEYS = (
+    "num_scans", "num_placed", "num_within_tolerance", "ape_rotation_deg_median", "ape_rotation_deg_max",
+    "ape_translation_median", "ape_translation_max", "registration_recall", "num_pairs", "fused_chamfer",
+    "fused_precision", "fused_recall", "fused_fscore", "voxel_size", "num_confident_pairs", "mean_pair_fitness",
+    "mean_pair_inlier_rmse",
+)
+
+
 def _prefect_environment() -> None:
     """Prefect settings for an offline machine: embedded server, no analytics."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -129,8 +137,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     repo = Path(args.repo).resolve()
     statuses = demo(repo)
     for status in statuses:
-        if status.ok:
+        if status.ok and "num_placed" in status.metrics:
+            print_metrics(f"demo capture '{status.name}': registration against ground truth", status.metrics,
+                          REGISTRATION_TABLE_KEYS)
+        elif status.ok:
             print_metrics(f"demo capture '{status.name}': SfM against ground truth", status.metrics)
+    print_statuses([s.row() for s in statuses])
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from capture3d.stages import register_scans
+
+    overrides = list(args.overrides)
+    for flag, key in (("voxel", "preprocess.voxel_size"), ("features", "features"),
+                      ("global_method", "pair.global_method"), ("icp", "pair.icp_method"), ("pairs", "multiway.pairs")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"register_scans.{key}={getattr(args, flag)}")
+    config = register_scans.load_config(load_params(args.params, overrides))
+    out = register_scans.run(register_scans.RegisterScansInputs(args.scans, args.name), args.out, config)
+    metrics = json.loads((out / "metrics.json").read_text())
+    print_metrics(f"register: {metrics['capture']}", metrics, REGISTRATION_TABLE_KEYS + ("num_points_fused",))
+    for name, reason in metrics["unplaced"].items():
+        Console().print(f"unplaced: {name}: {reason}")
+    return 0
+
+
+def cmd_evaluate_registration(args: argparse.Namespace) -> int:
+    from capture3d.stages import evaluate_registration
+
+    overrides = list(args.overrides)
+    if args.gt_format:
+        overrides.append(f"evaluate_registration.gt_format={args.gt_format}")
+    config = evaluate_registration.load_config(load_params(args.params, overrides))
+    out = args.out or (args.result.parent / "evaluate_registration")
+    inputs = evaluate_registration.EvaluateRegistrationInputs(args.result, args.scans, args.gt, args.name)
+    metrics = evaluate_registration.read_metrics(evaluate_registration.run(inputs, out, config))
+    print_metrics(f"evaluate registration: {metrics['capture']}", metrics, REGISTRATION_TABLE_KEYS)
+    return 0
+
+
+def cmd_synthesize_scans(args: argparse.Namespace) -> int:
+    from capture3d.stages import synthesize_scans
+
+    synthesize_scans.run(args.out, synthesize_scans.load_config(load_params(args.params, args.overrides)))
+    return 0
+
+
+def cmd_register_batch(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from capture3d.flows.register_scans import run_register_scans
+
+    names = [n for n in args.names.split(",") if n] if args.names else None
+    statuses = run_register_scans(args.captures, args.out, names, args.params, args.overrides)
     print_statuses([s.row() for s in statuses])
     return 0 if all(s.ok for s in statuses) else 1
 
@@ -175,6 +234,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_params_arguments(e)
     e.set_defaults(func=cmd_evaluate_sfm)
 
+    p = sub.add_parser("synthesize-scans", help="write the deterministic synthetic scan capture")
+    p.add_argument("--out", type=Path, required=True)
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_synthesize_scans)
+
+    p = sub.add_parser("register", help="multiway registration of a folder of scans")
+    p.add_argument("--scans", type=Path, required=True, help="folder of point clouds (or a capture with scans/)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    p.add_argument("--name", default="", help="capture name for messages (default: folder name)")
+    p.add_argument("--voxel", help="voxel size in metres, or auto")
+    p.add_argument("--features", help="feature name from the registry (fpfh)")
+    p.add_argument("--global-method", choices=["fgr", "ransac", "fgr_then_ransac"])
+    p.add_argument("--icp", choices=["point_to_point", "point_to_plane", "colored", "generalized"])
+    p.add_argument("--pairs", choices=["all", "sequential"])
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_register)
+
+    e = ev.add_parser("registration", help="registration metrics against ground-truth poses")
+    e.add_argument("--result", type=Path, required=True, help="register output folder")
+    e.add_argument("--scans", type=Path, required=True, help="the scan capture folder")
+    e.add_argument("--gt", type=Path, help="ground-truth poses (default: found in the capture)")
+    e.add_argument("--gt-format", choices=["auto", "stanford", "3dmatch", "matrices", "json"])
+    e.add_argument("--out", type=Path, help="output folder (default: <result>/../evaluate_registration)")
+    e.add_argument("--name", default="", help="capture name for messages")
+    add_params_arguments(e)
+    e.set_defaults(func=cmd_evaluate_registration)
+
+    p = sub.add_parser("register-batch", help="Prefect flow register_scans over a folder of scan captures")
+    p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per scan capture")
+    p.add_argument("--out", type=Path, required=True, help="results root: <out>/<capture>/register_scans")
+    p.add_argument("--names", default="", help="comma-separated captures (default: all sub-folders)")
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_register_batch)
+
     p = sub.add_parser("reconstruct", aliases=["batch"], help="Prefect flow over a folder of captures")
     p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per capture")
     p.add_argument("--out", type=Path, required=True, help="results root: <out>/<capture>/{sfm,evaluate_sfm}")
@@ -191,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except Capture3dError as exc:
         logger.debug("failed", exc_info=True)
-        folder = getattr(args, "images", None) or getattr(args, "model", None)
+        folder = getattr(args, "images", None) or getattr(args, "scans", None) or getattr(args, "model", None)
         label = getattr(args, "name", "") or (Path(folder).name if folder else "")
         sys.stderr.write(f"error: {error_line(exc, label)}\n")
         return exc.exit_code

@@ -1,8 +1,9 @@
-"""Prefect flow ``demo``: generate the embedded synthetic capture, then reconstruct and evaluate it.
+"""Prefect flow ``demo``: generate the embedded sample captures, then run the pipelines on them.
 
-Inputs: the project folder (its params.yaml). Outputs: ``data/captures/demo/`` (the synthetic
-capture with ground truth) and ``results/demo/{sfm,evaluate_sfm}/``, recorded in DVC like
-``dvc repro`` would, and the per-capture status rows.
+Inputs: the project folder (its params.yaml). Outputs: ``data/captures/demo/`` (synthetic photos
+with ground truth) and ``data/scan_captures/demo_scans/`` (synthetic scans with ground-truth
+poses); ``results/demo/{sfm,evaluate_sfm}/`` and ``results/demo_scans/{register_scans,
+evaluate_registration}/``, recorded in DVC like ``dvc repro`` would; the per-capture status rows.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from pathlib import Path
 from prefect import flow, task
 
 from capture3d.config import load_params, section
-from capture3d.flows.dvc_record import PHOTOS, RESULTS_DIR, record_stages
 from capture3d.flows.batch import FlowConfig
+from capture3d.flows.dvc_record import PHOTOS, RESULTS_DIR, SCANS, record_stages
 from capture3d.flows.reconstruct import run_reconstruct
+from capture3d.flows.register_scans import run_register_scans
 from capture3d.flows.status import CaptureStatus
 from capture3d.stages import synthesize as synthesize_stage
+from capture3d.stages import synthesize_scans as synthesize_scans_stage
 
 logger = logging.getLogger(__name__)
 
 DEMO_CAPTURE = "demo"
+DEMO_SCAN_CAPTURE = "demo_scans"
 
 
 @task(name="synthesize")
@@ -30,12 +34,22 @@ def synthesize_task(out: Path, params: dict) -> Path:
     return synthesize_stage.run(out, synthesize_stage.load_config(params))
 
 
+@task(name="synthesize_scans")
+def synthesize_scans_task(out: Path, params: dict) -> Path:
+    """The ``synthesize_scans`` stage as a Prefect task."""
+    return synthesize_scans_stage.run(out, synthesize_scans_stage.load_config(params))
+
+
 @flow(name="demo", validate_parameters=False)
 def demo(repo: Path) -> list[CaptureStatus]:
-    """Synthesize the demo capture and run the ``reconstruct`` flow on it inside ``repo``."""
+    """Synthesize both sample captures and run ``reconstruct`` and ``register_scans`` on them."""
     repo = Path(repo)
-    params = load_params(repo / "params.yaml")
-    capture = synthesize_task(repo / PHOTOS.captures_dir / DEMO_CAPTURE, params)
+    params_file = repo / "params.yaml"
+    params = load_params(params_file)
+    photos = synthesize_task(repo / PHOTOS.captures_dir / DEMO_CAPTURE, params)
+    scans = synthesize_scans_task(repo / SCANS.captures_dir / DEMO_SCAN_CAPTURE, params)
     if section(params, "flows", FlowConfig).record_dvc:
-        record_stages(repo, ["synthesize"])
-    return run_reconstruct(capture.parent, repo / RESULTS_DIR, [DEMO_CAPTURE], repo / "params.yaml")
+        record_stages(repo, ["synthesize", "synthesize_scans"])
+    statuses = run_reconstruct(photos.parent, repo / RESULTS_DIR, [DEMO_CAPTURE], params_file)
+    statuses += run_register_scans(scans.parent, repo / RESULTS_DIR, [DEMO_SCAN_CAPTURE], params_file)
+    return statuses

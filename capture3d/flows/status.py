@@ -16,7 +16,9 @@ from prefect.futures import PrefectFuture
 logger = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("registered_fraction", "num_points3d", "mean_reprojection_error_px",
-                "rotation_error_deg_median", "position_error_median", "auc_rel_pose_5deg")
+                "rotation_error_deg_median", "position_error_median", "auc_rel_pose_5deg",
+                "num_placed", "num_within_tolerance", "ape_rotation_deg_max", "ape_translation_max",
+                "registration_recall", "fused_fscore")
 
 
 @dataclass

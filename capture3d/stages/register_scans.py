@@ -1,0 +1,195 @@
+"""DVC stage ``register_scans``: a capture of scans -> one pose per scan, the fused model, metrics.
+
+Inputs: a scan capture folder (point clouds in ``scans/`` or directly inside: PLY, PCD, XYZ, NPY)
+and the ``register_scans`` section of params.yaml (preprocessing, features, pairwise and multiway
+settings). Output folder (written atomically): ``poses.json`` (world_from_scan 4x4 for every
+placed scan; world = the reference scan's frame), ``pairs.json`` (every pairwise result),
+``fused.ply`` (the fused, voxel-downsampled model) and ``metrics.json`` (placed and unplaced scans
+with reasons, pair statistics, the voxel size used, runtime per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from capture3d.atomic import atomic_dir
+from capture3d.config import section
+from capture3d.errors import CaptureError
+from capture3d.stages.common import params_from_args, stage_main, stage_parser, write_json
+from capture3d.tasks.multiway import MultiwayConfig, fuse_clouds, register_multiway
+from capture3d.tasks.register_pair import PairConfig
+from capture3d.tasks.scan_features import get_feature
+from capture3d.tasks.scan_io import Scan, read_scans, write_poses_json
+from capture3d.tasks.scan_preprocess import auto_voxel_size, preprocess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Voxel size (metres after ``units_scale``, or ``auto``), outlier removal and normals."""
+
+    units_scale: float
+    voxel_size: Literal["auto"] | float
+    auto_target_points: int
+    outlier_neighbors: int
+    outlier_std_ratio: float
+    normal_radius_factor: float
+    min_points: int
+
+
+@dataclass(frozen=True)
+class RegisterScansConfig:
+    """The ``register_scans`` section."""
+
+    preprocess: PreprocessConfig
+    features: str
+    pair: PairConfig
+    multiway: MultiwayConfig
+    fused_voxel_factor: float
+
+
+@dataclass(frozen=True)
+class RegisterScansInputs:
+    """A scan capture folder and the name used in messages (default: the folder name)."""
+
+    capture: Path
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.capture.name
+
+    @property
+    def scan_dir(self) -> Path:
+        scans = self.capture / "scans"
+        return scans if scans.is_dir() else self.capture
+
+
+def load_config(params: Mapping[str, Any]) -> RegisterScansConfig:
+    config = section(params, "register_scans", RegisterScansConfig)
+    get_feature(config.features)  # unknown feature names fail here, with the known ones listed
+    return config
+
+
+def load_scans(inputs: RegisterScansInputs, units_scale: float) -> list[Scan]:
+    """Read and scale the capture's scans; bad files become a CaptureError naming the capture."""
+    if not inputs.capture.is_dir():
+        raise CaptureError(inputs.label, f"capture folder '{inputs.capture}' does not exist")
+    try:
+        scans = read_scans(inputs.scan_dir)
+    except ValueError as exc:
+        raise CaptureError(inputs.label, str(exc)) from None
+    if len(scans) < 2:
+        raise CaptureError(inputs.label, f"only {len(scans)} scan in '{inputs.scan_dir}': nothing to register")
+    if units_scale != 1.0:
+        scans = [Scan(s.name, s.points * units_scale, s.colors) for s in scans]
+    return scans
+
+
+def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> Path:
+    """Register every scan of the capture into one frame and fuse them; returns ``out``."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    scans = load_scans(inputs, config.preprocess.units_scale)
+    timings["read_s"] = time.perf_counter() - start
+    pp = config.preprocess
+    voxel = auto_voxel_size(scans, pp.auto_target_points) if pp.voxel_size == "auto" else float(pp.voxel_size)
+
+    t = time.perf_counter()
+    try:
+        prepared = [preprocess(s, voxel, pp.outlier_neighbors, pp.outlier_std_ratio, pp.normal_radius_factor,
+                               min_points=pp.min_points) for s in scans]
+    except ValueError as exc:
+        raise CaptureError(inputs.label, str(exc)) from None
+    timings["preprocess_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    extract = get_feature(config.features)
+    features = [extract(np.asarray(p.pcd.points), np.asarray(p.pcd.normals), voxel) for p in prepared]
+    timings["features_s"] = time.perf_counter() - t
+
+    names = [s.name for s in scans]
+    clouds = [p.pcd for p in prepared]
+    result = register_multiway(names, clouds, features, voxel, config.pair, config.multiway)
+    timings.update({f"multiway_{k}": v for k, v in result.seconds.items()})
+    if len(result.poses) < 2:
+        reasons = "; ".join(f"{n}: {r}" for n, r in list(result.unplaced.items())[:3])
+        raise CaptureError(inputs.label, f"no two scans could be registered confidently ({reasons})")
+
+    t = time.perf_counter()
+    placed = [n for n in names if n in result.poses]
+    fused = fuse_clouds([clouds[names.index(n)] for n in placed], [result.poses[n] for n in placed],
+                        voxel * config.fused_voxel_factor)
+    timings["fuse_s"] = time.perf_counter() - t
+    with atomic_dir(out) as tmp:
+        import open3d as o3d
+
+        o3d.io.write_point_cloud(str(tmp / "fused.ply"), fused)
+        write_poses_json(tmp / "poses.json", result.poses)
+        write_json(tmp / "pairs.json", {"pairs": [_pair_record(p) for p in result.pairs]})
+        timings["total_s"] = time.perf_counter() - start
+        write_json(tmp / "metrics.json", _metrics(inputs.label, scans, prepared, voxel, result, timings,
+                                                  len(fused.points), config))
+    logger.info("capture '%s': %d/%d scans placed -> %s", inputs.label, len(result.poses), len(scans), out)
+    return out
+
+
+def _pair_record(pair: Any) -> dict[str, Any]:
+    return {
+        "source": pair.source, "target": pair.target, "transformation": np.asarray(pair.transformation).tolist(),
+        "fitness": float(pair.fitness), "inlier_rmse": float(pair.inlier_rmse), "confident": bool(pair.confident),
+        "reason": pair.reason, "method": pair.method, "seconds": pair.seconds,
+    }
+
+
+def _metrics(label: str, scans: list[Scan], prepared: list[Any], voxel: float, result: Any,
+             timings: dict[str, float], num_fused: int, config: RegisterScansConfig) -> dict[str, Any]:
+    confident = [p for p in result.pairs if p.confident]
+    return {
+        "capture": label,
+        "status": "ok",
+        "num_scans": len(scans),
+        "num_placed": len(result.poses),
+        "placed_fraction": len(result.poses) / len(scans),
+        "unplaced": result.unplaced,
+        "reference_scan": result.reference,
+        "voxel_size": voxel,
+        "units_scale": config.preprocess.units_scale,
+        "features": config.features,
+        "global_method": config.pair.global_method,
+        "icp_method": config.pair.icp_method,
+        "num_pairs": len(result.pairs),
+        "num_confident_pairs": len(confident),
+        "num_kept_edges": len(result.kept_edges),
+        "mean_pair_fitness": float(np.mean([p.fitness for p in confident])) if confident else 0.0,
+        "mean_pair_inlier_rmse": float(np.mean([p.inlier_rmse for p in confident])) if confident else 0.0,
+        "num_points_input": int(sum(len(s.points) for s in scans)),
+        "num_points_downsampled": int(sum(len(p.pcd.points) for p in prepared)),
+        "num_outliers_removed": int(sum(p.num_removed_outliers for p in prepared)),
+        "num_points_fused": num_fused,
+        "timings": timings,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = stage_parser("capture3d.stages.register_scans", __doc__ or "")
+    parser.add_argument("--capture", type=Path, required=True, help="scan capture folder (scans/ inside, or clouds)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main(build_parser(), argv, lambda args: run(
+        RegisterScansInputs(args.capture, args.name), args.out, load_config(params_from_args(args))))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

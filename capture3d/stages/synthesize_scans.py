@@ -1,0 +1,59 @@
+"""DVC stage ``synthesize_scans``: the embedded sample scan capture, generated deterministically.
+
+Inputs: the ``synthesize_scans`` section of params.yaml (no files). Output folder (written
+atomically): ``scans/scan_NNN.ply`` (partial, noisy depth-sensor scans of the demo scene, each in
+its sensor frame) and ``gt/poses.json`` (world_from_scan), from :mod:`capture3d.tasks.synthesize_scans`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capture3d.atomic import atomic_dir
+from capture3d.config import section
+from capture3d.stages.common import params_from_args, stage_main, stage_parser
+from capture3d.tasks.synthesize_scans import render_scans, write_scan_capture
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SynthesizeScansConfig:
+    """Settings of the synthetic scan capture (the ``synthesize_scans`` section)."""
+
+    num_scans: int
+    noise_sigma: float
+    width: int
+    height: int
+    seed: int
+
+
+def load_config(params: Mapping[str, Any]) -> SynthesizeScansConfig:
+    return section(params, "synthesize_scans", SynthesizeScansConfig)
+
+
+def run(out: Path, config: SynthesizeScansConfig) -> Path:
+    """Render the synthetic scans into ``out``; returns ``out``."""
+    scans, poses = render_scans(num_scans=config.num_scans, seed=config.seed, noise_sigma=config.noise_sigma,
+                                width=config.width, height=config.height)
+    with atomic_dir(out) as tmp:
+        write_scan_capture(scans, poses, tmp)
+    logger.info("synthetic scan capture with %d scans -> %s", len(scans), out)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return stage_parser("capture3d.stages.synthesize_scans", __doc__ or "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main(build_parser(), argv, lambda args: run(args.out, load_config(params_from_args(args))))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

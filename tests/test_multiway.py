@@ -1,0 +1,223 @@
+"""Multiway registration (capture3d.tasks.multiway) on synthetic crops and the Stanford bunny scans.
+
+bun.conf convention (checked numerically): with R the rotation of the quaternion (qi, qj, qk, qr)
+= (x, y, z, w), a scan point p lands at ``R^T p + t``; with R instead of R^T, bun000 and bun045
+overlap at 0.5% of points within 1 mm, with R^T at 89% (and every other scan at 99-100% against
+the union of the others, except chin at 67%).
+
+Measured (voxel 2 mm, FPFH, FGR + point-to-plane ICP, all 45 pairs, 2 CPU cores): all 10 scans
+placed within 0.46 deg and 0.9 mm of the ground truth, unplaced none, in ~22-40 s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import pytest
+
+from capture3d.tasks.multiway import (
+    MultiwayConfig,
+    candidate_pairs,
+    fuse_clouds,
+    register_multiway,
+    rigid_difference,
+)
+from capture3d.tasks.register_pair import PairConfig
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BUNNY = DATA / "registration" / "bunny"
+
+PAIR = PairConfig(
+    global_method="fgr", ransac_max_iterations=20000, ransac_confidence=0.999, mutual_filter=True,
+    distance_factor=1.5, icp_method="point_to_plane", icp_scales=(3.0, 1.5, 0.75), icp_max_iterations=30,
+    min_fitness=0.3, max_rmse_factor=0.75, seed=0,
+)
+MULTIWAY = MultiwayConfig(
+    pairs="all", window=2, max_all_pairs_scans=12, edge_prune_threshold=0.25, preference_loop_closure=2.0,
+    max_correspondence_factor=1.5,
+)
+
+
+def preprocess(points: np.ndarray, voxel: float) -> tuple[o3d.geometry.PointCloud, np.ndarray]:
+    """Voxel-downsampled cloud with normals and its FPFH features (N, 33) float32."""
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points)).voxel_down_sample(voxel)
+    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2 * voxel, max_nn=30))
+    fpfh = o3d.pipelines.registration.compute_fpfh_feature(
+        cloud, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * voxel, max_nn=100)
+    )
+    return cloud, np.asarray(fpfh.data).T.astype(np.float32)
+
+
+def random_rigid(rng: np.random.Generator, max_angle: float, max_shift: float) -> np.ndarray:
+    """A (4, 4) rigid transform: rotation up to ``max_angle`` rad about a random axis, shift per axis."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    angle = rng.uniform(0.0, max_angle)
+    transform = np.eye(4)
+    transform[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    transform[:3, 3] = rng.uniform(-max_shift, max_shift, 3)
+    return transform
+
+
+def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    return points @ transform[:3, :3].T + transform[:3, 3]
+
+
+def bumpy_surface(rng: np.random.Generator, n: int = 40000) -> np.ndarray:
+    """(n, 3) points of a 1.5 m x 1 m height field with many random Gaussian bumps (3-8 cm wide).
+
+    The bumps must be small and dense: on a gently curved surface two non-overlapping crops can be
+    laid onto each other with a high ICP fitness, which no fitness gate can tell from an overlap.
+    """
+    xy = rng.uniform([-0.75, -0.5], [0.75, 0.5], (n, 2))
+    z = np.zeros(n)
+    for centre, height, width in zip(rng.uniform([-0.75, -0.5], [0.75, 0.5], (80, 2)),
+                                     rng.uniform(-0.08, 0.08, 80), rng.uniform(0.03, 0.08, 80)):
+        z += height * np.exp(-np.sum((xy - centre) ** 2, axis=1) / (2 * width**2))
+    return np.column_stack([xy, z])
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def test_candidate_pairs() -> None:
+    assert candidate_pairs(4, MULTIWAY) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    sequential = dataclasses.replace(MULTIWAY, pairs="sequential", window=2)
+    assert candidate_pairs(4, sequential) == [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]
+    capped = dataclasses.replace(MULTIWAY, max_all_pairs_scans=3, window=1)
+    assert candidate_pairs(4, capped) == [(0, 1), (1, 2), (2, 3)]
+    assert candidate_pairs(1, MULTIWAY) == []
+
+
+def test_fuse_clouds_applies_poses() -> None:
+    a = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.zeros((1, 3))))
+    shift = np.eye(4)
+    shift[:3, 3] = [1.0, 0.0, 0.0]
+    fused = fuse_clouds([a, a], [np.eye(4), shift], voxel=0.1)
+    np.testing.assert_allclose(np.sort(np.asarray(fused.points)[:, 0]), [0.0, 1.0], atol=1e-9)
+    with pytest.raises(ValueError):
+        fuse_clouds([a], [], 0.1)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def synthetic_scans(outlier_first: bool) -> tuple[list[str], list[o3d.geometry.PointCloud], list[np.ndarray],
+                                                  dict[str, np.ndarray], float]:
+    """Four overlapping crops of one surface and a sphere far away, each rigidly perturbed.
+
+    Returns names, clouds, features, the true world_from_scan (4, 4) per name, and the voxel.
+    """
+    rng = np.random.default_rng(11)
+    voxel = 0.02
+    surface = bumpy_surface(rng)
+    crops = {f"crop{k}": surface[(surface[:, 0] >= lo) & (surface[:, 0] <= lo + 0.8)]
+             for k, lo in enumerate((-0.75, -0.5, -0.25, -0.05))}
+    sphere = rng.normal(size=(8000, 3))
+    crops["sphere"] = 0.3 * sphere / np.linalg.norm(sphere, axis=1, keepdims=True) + [3.0, 0.0, 0.0]
+    order = sorted(crops, key=lambda name: (name != "sphere") if outlier_first else (name == "sphere", name))
+    names, clouds, features, truth = [], [], [], {}
+    for name in order:
+        perturbation = random_rigid(rng, np.pi, 0.3)  # scan frame <- world
+        noisy = crops[name] + rng.normal(0, 0.002, crops[name].shape)
+        cloud, feature = preprocess(transform_points(noisy, perturbation), voxel)
+        names.append(name)
+        clouds.append(cloud)
+        features.append(feature)
+        truth[name] = np.linalg.inv(perturbation)  # world_from_scan
+    return names, clouds, features, truth, voxel
+
+
+@pytest.mark.parametrize("outlier_first", [False, True])
+def test_multiway_synthetic_places_overlapping_and_rejects_outlier(outlier_first: bool) -> None:
+    names, clouds, features, truth, voxel = synthetic_scans(outlier_first)
+    result = register_multiway(names, clouds, features, voxel, PAIR, MULTIWAY)
+
+    assert set(result.unplaced) == {"sphere"}
+    assert "no confident pair" in result.unplaced["sphere"]
+    assert "best fitness" in result.unplaced["sphere"]
+    assert len(result.pairs) == 10
+    assert set(result.poses) == {"crop0", "crop1", "crop2", "crop3"}
+    reference = "crop0" if outlier_first else names[0]
+    assert result.reference == reference
+    np.testing.assert_allclose(result.poses[reference], np.eye(4), atol=1e-9)
+    world = np.linalg.inv(truth[reference])  # the reference scan's frame <- true world
+    for name, pose in result.poses.items():
+        angle, shift = rigid_difference(pose, world @ truth[name])
+        assert angle < 0.5 and shift < 0.5 * voxel, (name, angle, shift)
+    kept = set(result.kept_edges)
+    assert all("sphere" not in edge for edge in kept)
+    assert ("crop0", "crop1") in kept or ("crop1", "crop0") in kept
+    assert set(result.seconds) >= {"pairs_s", "optimize_s", "total_s"}
+
+
+def test_multiway_single_scan() -> None:
+    names, clouds, features, _, voxel = synthetic_scans(False)
+    result = register_multiway(names[:1], clouds[:1], features[:1], voxel, PAIR, MULTIWAY)
+    assert list(result.poses) == names[:1] and not result.unplaced and not result.pairs
+    np.testing.assert_allclose(result.poses[names[0]], np.eye(4))
+
+
+# ----------------------------------------------------------------------------- bunny
+
+
+def bunny_ground_truth() -> dict[str, np.ndarray]:
+    """File name -> world_from_scan (4, 4) from bun.conf: p lands at R^T p + t."""
+    poses = {}
+    for line in (BUNNY / "bun.conf").read_text().splitlines():
+        fields = line.split()
+        if not fields or fields[0] != "bmesh":
+            continue
+        tx, ty, tz, x, y, z, w = map(float, fields[2:9])
+        rotation = np.array([
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ])
+        pose = np.eye(4)
+        pose[:3, :3] = rotation.T
+        pose[:3, 3] = [tx, ty, tz]
+        poses[fields[1]] = pose
+    return poses
+
+
+@pytest.mark.slow
+def test_bunny_multiway(record_property) -> None:
+    if not BUNNY.is_dir():
+        pytest.skip(f"{BUNNY} is absent: bunny test skipped")
+    voxel = 0.002  # the bunny is ~15 cm: ~4-7k points per scan
+    truth = bunny_ground_truth()
+    files = sorted(truth, key=lambda f: (f != "bun000.ply", f))  # bun000 first: the reference
+    rng = np.random.default_rng(7)
+    names, clouds, features, world_from_scan = [], [], [], {}
+    for file in files:
+        perturbation = random_rigid(rng, np.pi, 0.1)  # perturbed scan <- original scan
+        points = np.asarray(o3d.io.read_point_cloud(str(BUNNY / file)).points)
+        cloud, feature = preprocess(transform_points(points, perturbation), voxel)
+        name = file.removesuffix(".ply")
+        names.append(name)
+        clouds.append(cloud)
+        features.append(feature)
+        world_from_scan[name] = truth[file] @ np.linalg.inv(perturbation)
+
+    result = register_multiway(names, clouds, features, voxel, PAIR, MULTIWAY)
+
+    reference = np.linalg.inv(world_from_scan["bun000"])  # bun000's (perturbed) frame <- bun.conf world
+    errors = {name: rigid_difference(pose, reference @ world_from_scan[name]) for name, pose in result.poses.items()}
+    record_property("bunny_errors_deg_m", errors)
+    record_property("bunny_unplaced", result.unplaced)
+    record_property("bunny_seconds", result.seconds)
+    good = [n for n, (angle, shift) in errors.items() if angle < 2.0 and shift < 0.002]
+    assert len(good) >= 8, errors
+    for name in set(names) - set(good):  # not within tolerance: unplaced, or at least not grossly wrong
+        if name in errors:
+            assert errors[name][0] < 10.0 and errors[name][1] < 0.01, (name, errors[name])
+        else:
+            assert name in result.unplaced
+    assert set(result.poses) | set(result.unplaced) == set(names)
+    assert result.reference == "bun000"
+    assert len(result.pairs) == 45
