@@ -36,7 +36,7 @@ def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
     for name, stage in stages.items():
         body = stage.get("do", stage)
         if "foreach" in stage:
-            assert stage["foreach"] == "${captures}", name
+            assert stage["foreach"] in ("${captures}", "${scan_captures}"), name
         cmd = body["cmd"]
         assert f"python -m capture3d.stages.{name} " in cmd, f"stage {name} must run capture3d.stages.{name}"
         module = importlib.import_module(f"capture3d.stages.{name}")
@@ -49,8 +49,9 @@ def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
             if dep.startswith("capture3d/"):
                 assert (repo_root / dep).is_file(), dep
         assert f"capture3d/stages/{name}.py" in body["deps"]
-    assert set(params) == used_sections | FLOW_SECTIONS | {"captures"}
+    assert set(params) == used_sections | FLOW_SECTIONS | {"captures", "scan_captures"}
     assert isinstance(params["captures"], list) and "demo" in params["captures"]
+    assert isinstance(params["scan_captures"], list) and "demo_scans" in params["scan_captures"]
 
 
 def _copy_project(repo_root: Path, dest: Path) -> None:
@@ -75,6 +76,7 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     _copy_project(repo_root, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["synthesize"].update(num_images=12, width=320, height=240)
+    params["synthesize_scans"].update(num_scans=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
@@ -95,6 +97,8 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     # The Prefect demo flow runs the same stages and records them: DVC has nothing to do.
     out = _run([str(VENV_BIN / "capture3d"), "demo"], repo, env)
     assert "demo" in out and "ok" in out
+    scans = json.loads((repo / "results/demo_scans/evaluate_registration/metrics.json").read_text())
+    assert scans["num_within_tolerance"] >= 3 and scans["placed_beyond_tolerance"] == [], scans
     assert "up to date" in _run([*dvc, "status"], repo, env)
     assert "Running stage" not in _run([*dvc, "repro"], repo, env)
 
