@@ -52,3 +52,23 @@ def test_errors_are_one_line_naming_the_capture(tmp_path: Path, repo_root: Path)
     (line,) = _error_lines(proc.stderr)
     assert line.startswith("error: capture 'empty_capture': params: 'sfm.min_registered_fraction' must be a number")
     assert not (tmp_path / "o").exists()
+
+
+def test_register_then_evaluate_registration(tmp_path: Path, repo_root: Path) -> None:
+    params = str(repo_root / "params.yaml")
+    capture = tmp_path / "scans8"
+    proc = _run(["synthesize-scans", "--out", str(capture), "--params", params], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run(["register", "--scans", str(capture), "--out", str(tmp_path / "r" / "register_scans"),
+                 "--params", params, "--global-method", "fgr_then_ransac", "--icp", "point_to_plane"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "num_placed" in proc.stdout
+    registered = json.loads((tmp_path / "r" / "register_scans" / "metrics.json").read_text())
+    assert registered["global_method"] == "fgr_then_ransac" and registered["num_scans"] == 8
+    proc = _run(["evaluate", "registration", "--result", str(tmp_path / "r" / "register_scans"),
+                 "--scans", str(capture), "--params", params], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "r" / "evaluate_registration" / "metrics.json").read_text())
+    assert evaluated["placed_beyond_tolerance"] == []
+    assert evaluated["num_within_tolerance"] == registered["num_placed"] == 8
+    assert "ape_rotation_deg_max" in proc.stdout

@@ -76,7 +76,6 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     _copy_project(repo_root, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["synthesize"].update(num_images=12, width=320, height=240)
-    params["synthesize_scans"].update(num_scans=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}

@@ -55,3 +55,30 @@ def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root:
         assert not (tmp_path / "results" / bad).exists() or not any((tmp_path / "results" / bad).iterdir())
     rows = [s.row() for s in statuses]
     assert [r["status"] for r in rows] == ["failed (sfm)", "failed (sfm)", "ok"]
+
+
+@pytest.mark.slow
+def test_register_scans_batch_isolates_failures(harness, tmp_path: Path, repo_root: Path) -> None:
+    from capture3d.flows.register_scans import run_register_scans
+    from capture3d.stages import synthesize_scans
+
+    captures = tmp_path / "scan_captures"
+    params = load_params(repo_root / "params.yaml")
+    synthesize_scans.run(captures / "ring", synthesize_scans.load_config(params))
+    single = captures / "single" / "scans"
+    single.mkdir(parents=True)
+    (single / "scan_000.ply").write_bytes((captures / "ring" / "scans" / "scan_000.ply").read_bytes())
+
+    statuses = run_register_scans(captures, tmp_path / "results", None, repo_root / "params.yaml",
+                                  ["flows.max_workers=2"])
+    by_name = {s.name: s for s in statuses}
+    assert sorted(by_name) == ["ring", "single"]
+    ring = by_name["ring"]
+    assert ring.ok, ring.reason
+    assert ring.metrics["num_placed"] == 8 and ring.metrics["placed_beyond_tolerance"] == []
+    assert ring.metrics["ape_translation_max"] < 0.02
+    assert (tmp_path / "results" / "ring" / "register_scans" / "fused.ply").is_file()
+    single_status = by_name["single"]
+    assert not single_status.ok and single_status.failed_stage == "register_scans"
+    assert "only 1 scan" in single_status.reason
+    assert not (tmp_path / "results" / "single" / "register_scans").exists()

@@ -137,13 +137,15 @@ def test_multiway_synthetic_places_overlapping_and_rejects_outlier(outlier_first
     names, clouds, features, truth, voxel = synthetic_scans(outlier_first)
     result = register_multiway(names, clouds, features, voxel, PAIR, MULTIWAY)
 
-    assert set(result.unplaced) == {"sphere"}
+    # The sphere overlaps nothing. crop0's pair with crop2 comes out confidently wrong on this bumpy
+    # surface, which contradicts crop0's only other link: crop0 may be left unplaced, with a reason,
+    # but never placed wrongly.
+    assert "sphere" in result.unplaced and set(result.unplaced) <= {"sphere", "crop0"}
     assert "no confident pair" in result.unplaced["sphere"]
     assert "best fitness" in result.unplaced["sphere"]
     assert len(result.pairs) == 10
-    assert set(result.poses) == {"crop0", "crop1", "crop2", "crop3"}
-    reference = "crop0" if outlier_first else names[0]
-    assert result.reference == reference
+    assert {"crop1", "crop2", "crop3"} <= set(result.poses)
+    reference = result.reference
     np.testing.assert_allclose(result.poses[reference], np.eye(4), atol=1e-9)
     world = np.linalg.inv(truth[reference])  # the reference scan's frame <- true world
     for name, pose in result.poses.items():
@@ -151,7 +153,6 @@ def test_multiway_synthetic_places_overlapping_and_rejects_outlier(outlier_first
         assert angle < 0.5 and shift < 0.5 * voxel, (name, angle, shift)
     kept = set(result.kept_edges)
     assert all("sphere" not in edge for edge in kept)
-    assert ("crop0", "crop1") in kept or ("crop1", "crop0") in kept
     assert set(result.seconds) >= {"pairs_s", "optimize_s", "total_s"}
 
 
@@ -221,3 +222,26 @@ def test_bunny_multiway(record_property) -> None:
     assert set(result.poses) | set(result.unplaced) == set(names)
     assert result.reference == "bun000"
     assert len(result.pairs) == 45
+
+
+def test_contradicted_bridges_leave_scans_unplaced_not_wrong() -> None:
+    """Five scans of the symmetric synthetic courtyard with FGR only: several confident pairs are
+    wrong (measured: up to 150 deg off at fitness 0.41). No scan may end up placed with a wrong pose."""
+    from capture3d.tasks.evaluate_registration import absolute_pose_errors
+    from capture3d.tasks.scan_features import fpfh
+    from capture3d.tasks.scan_preprocess import auto_voxel_size, preprocess
+    from capture3d.tasks.synthesize_scans import render_scans
+
+    scans, gt = render_scans(num_scans=5, seed=0)
+    voxel = auto_voxel_size(scans)
+    prepared = [preprocess(s, voxel) for s in scans]
+    features = [fpfh(np.asarray(p.pcd.points), np.asarray(p.pcd.normals), voxel) for p in prepared]
+    pair_config = PairConfig("fgr", 100000, 0.999, False, 1.5, "point_to_plane", (3.0, 1.5, 0.75), 50, 0.3, 1.0, 0)
+    config = MultiwayConfig("all", 3, 30, 0.25, 2.0, 1.5)
+    result = register_multiway([s.name for s in scans], [p.pcd for p in prepared], features, voxel,
+                               pair_config, config)
+    assert set(result.poses) | set(result.unplaced) == {s.name for s in scans}
+    if len(result.poses) > 1:
+        errors = absolute_pose_errors(result.poses, gt, result.reference)
+        for name, err in errors.items():
+            assert err["rotation_error_deg"] < 2.0 and err["translation_error"] < 0.05, (name, err)

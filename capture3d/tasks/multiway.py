@@ -111,7 +111,7 @@ def register_multiway(
     tree = _max_spanning_tree(reference, edges)
     initial = _tree_poses(reference, tree)  # index -> world_from_scan (4, 4)
     kept = _optimise(initial, reference, tree, edges, voxel, config)
-    poses, kept = _check_and_place(reference, initial, kept, voxel, config, names)
+    reference, poses, kept = _check_and_place(reference, initial, kept, voxel, config, names, edges)
     t_end = time.perf_counter()
 
     unplaced = {names[k]: _unplaced_reason(k, names, index_pairs, pairs, initial)
@@ -222,20 +222,82 @@ def _optimise(
 
 def _check_and_place(
     reference: int, poses: dict[int, np.ndarray], kept: list[tuple[int, int, np.ndarray]], voxel: float,
-    config: MultiwayConfig, names: list[str],
-) -> tuple[dict[int, np.ndarray], list[tuple[int, int]]]:
-    """Drop edges whose optimised relative pose disagrees with the pair; keep the reference's component."""
-    agreeing: list[tuple[int, int]] = []
-    for i, j, transformation in kept:
-        relative = np.linalg.inv(poses[j]) @ poses[i]  # optimised target_from_source
-        angle, shift = rigid_difference(relative, transformation)
-        if angle <= config.max_edge_rotation_deg and shift <= config.max_edge_translation_factor * voxel:
-            agreeing.append((i, j))
-        else:
-            logger.warning("edge %s -> %s dropped: optimised pose differs from the pair by %.2f deg, %.4g",
-                           names[i], names[j], angle, shift)
-    component = _component(reference, agreeing)
-    return {k: poses[k] for k in component}, [e for e in agreeing if e[0] in component]
+    config: MultiwayConfig, names: list[str], edges: list[Edge] | None = None,
+) -> tuple[int, dict[int, np.ndarray], list[tuple[int, int]]]:
+    """Keep the edges that agree with the optimised poses and the scans they connect to the reference.
+
+    A confident pair that disagrees with the optimised poses means some link on the cycle it closes
+    is wrong. Links on that cycle that are bridges (the only connection between two groups of
+    scans) cannot be checked by any other pair, so they are cut: the scans behind them are left
+    unplaced instead of being given a pose that nothing confirms and something contradicts.
+    """
+    agreeing = [(i, j) for i, j, T in kept if _agrees(poses, i, j, T, voxel, config, names)]
+    kept_keys = {(i, j) for i, j, _ in kept}
+    contradicting = [(i, j) for i, j, pair in (edges or [])
+                     if i in poses and j in poses and ((i, j) not in kept_keys
+                                                       or (i, j) not in agreeing)
+                     and not _agrees(poses, i, j, pair.transformation, voxel, config, names, log=False)]
+    bridges = {e for e in agreeing if _is_bridge(e, agreeing)}
+    cut: set[tuple[int, int]] = set()
+    for a, b in contradicting:
+        for edge in _path_edges(a, b, agreeing):
+            if edge in bridges and edge not in cut:
+                cut.add(edge)
+                logger.warning("link %s -> %s cut: it is the only link on a cycle that pair %s -> %s contradicts",
+                               names[edge[0]], names[edge[1]], names[a], names[b])
+    trusted = [e for e in agreeing if e not in cut]
+    component = _component(reference, trusted)
+    for k in sorted(poses):  # a cut may leave the reference in the smaller part: keep the largest
+        other = _component(k, trusted)
+        if len(other) > len(component):
+            component = other
+    if reference not in component:
+        new_reference = max(sorted(component), key=lambda k: sum(k in e for e in trusted))
+        logger.warning("reference %s cut off; scans are placed in %s's frame", names[reference], names[new_reference])
+        anchor = np.linalg.inv(poses[new_reference])
+        poses = {k: anchor @ poses[k] for k in component}
+        reference = new_reference
+    return reference, {k: poses[k] for k in component}, [e for e in trusted if e[0] in component]
+
+
+def _agrees(poses: dict[int, np.ndarray], i: int, j: int, transformation: np.ndarray, voxel: float,
+            config: MultiwayConfig, names: list[str], log: bool = True) -> bool:
+    relative = np.linalg.inv(poses[j]) @ poses[i]  # optimised target_from_source
+    angle, shift = rigid_difference(relative, transformation)
+    ok = angle <= config.max_edge_rotation_deg and shift <= config.max_edge_translation_factor * voxel
+    if not ok and log:
+        logger.warning("edge %s -> %s dropped: optimised pose differs from the pair by %.2f deg, %.4g",
+                       names[i], names[j], angle, shift)
+    return ok
+
+
+def _is_bridge(edge: tuple[int, int], edges: list[tuple[int, int]]) -> bool:
+    """True when removing ``edge`` disconnects its two ends."""
+    rest = [e for e in edges if e != edge]
+    return edge[1] not in _component(edge[0], rest)
+
+
+def _path_edges(a: int, b: int, edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The edges of one shortest path from ``a`` to ``b`` (breadth first); [] when not connected."""
+    parent: dict[int, tuple[int, tuple[int, int]] | None] = {a: None}
+    frontier = [a]
+    while frontier and b not in parent:
+        nxt = []
+        for node in frontier:
+            for e in edges:
+                if node in e:
+                    other = e[1] if e[0] == node else e[0]
+                    if other not in parent:
+                        parent[other] = (node, e)
+                        nxt.append(other)
+        frontier = nxt
+    if b not in parent:
+        return []
+    path, node = [], b
+    while parent[node] is not None:
+        node, e = parent[node]  # type: ignore[misc]
+        path.append(e)
+    return path
 
 
 def _component(start: int, edges: list[tuple[int, int]]) -> set[int]:
@@ -266,7 +328,8 @@ def _unplaced_reason(
                 f"{best.reason})")
     if k not in tree_poses:
         return "its confident pairs do not connect it to the reference scan"
-    return "its edges to the reference scan were pruned or disagreed with the optimised poses"
+    return ("its links to the reference scan were pruned, disagreed with the optimised poses, or were "
+            "contradicted by another confident pair")
 
 
 def rigid_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
