@@ -38,6 +38,7 @@ test-fast: system-deps $(STAMP)
 
 bench: system-deps $(STAMP)
 	$(PY) benchmarks/bench_sfm.py
+	$(PY) benchmarks/bench_registration.py
 
 clean:
 	rm -rf results data/captures/demo .pytest_cache
