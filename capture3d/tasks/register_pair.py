@@ -9,8 +9,10 @@ target frame, its ICP fitness / inlier RMSE, the 6x6 information matrix at the f
 Global registration: ``fgr`` (Fast Global Registration, Zhou et al. 2016), ``ransac`` (feature
 matching + RANSAC with edge-length 0.9 and distance checkers) or ``fgr_then_ransac``: FGR, then
 ICP; when that refined result is not confident, RANSAC, then ICP, and the better of the two is
-kept (confident first, then higher fitness, then lower RMSE). FGR is fast but fails on scenes
-like the 3DMatch pair with FPFH at 2.5 cm voxels, where RANSAC succeeds.
+kept (confident first, then higher fitness, then lower RMSE). FGR is fast but fragile: on the
+3DMatch pair with FPFH at 2.5 cm voxels it fails (131 deg off) on clouds that are only voxel-
+downsampled, yet succeeds (0.9 deg) after capture3d's outlier removal and normal orientation; on
+low-overlap bunny pairs it fails on 3 of 24, which RANSAC recovers (benchmarks/bench_registration.py).
 
 Confidence: the refined result is confident when ``fitness >= min_fitness`` and
 ``inlier_rmse < max_rmse_factor * voxel`` (both from ICP at the finest scale).
