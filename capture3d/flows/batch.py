@@ -12,8 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import get_run_logger
+from prefect import Flow, get_run_logger
 from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from capture3d.config import load_params, section
 
 from capture3d.flows.dvc_record import BatchLayout, dvc_targets, record_stages
 from capture3d.flows.status import CaptureStatus, status_markdown
@@ -40,6 +43,20 @@ def run_chains(names: Sequence[str], submit: Callable[[str], Chain]) -> list[Cap
     """Submit every capture's chain first (so they run concurrently), then wait for each."""
     chains = {name: submit(name) for name in names}
     return [CaptureStatus.from_futures(name, chains[name]) for name in names]
+
+
+def run_with_workers(
+    batch_flow: Flow,
+    captures_root: Path,
+    out_root: Path,
+    names: Sequence[str] | None,
+    params_file: Path | None,
+    overrides: Sequence[str],
+) -> list[CaptureStatus]:
+    """Run a batch flow with ``flows.max_workers`` captures at a time."""
+    config = section(load_params(params_file, overrides), "flows", FlowConfig)
+    runner = ThreadPoolTaskRunner(max_workers=max(1, config.max_workers))
+    return batch_flow.with_options(task_runner=runner)(captures_root, out_root, names, params_file, overrides)
 
 
 def finish_batch(

@@ -19,7 +19,7 @@ from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from capture3d.config import load_params, section
-from capture3d.flows.batch import Chain, FlowConfig, discover_captures, finish_batch, run_chains
+from capture3d.flows.batch import Chain, FlowConfig, discover_captures, finish_batch, run_chains, run_with_workers
 from capture3d.flows.dvc_record import PHOTOS
 from capture3d.flows.status import CaptureStatus
 from capture3d.stages import evaluate_sfm as evaluate_stage
@@ -75,6 +75,4 @@ def run_reconstruct(
     overrides: Sequence[str] = (),
 ) -> list[CaptureStatus]:
     """Run the ``reconstruct`` flow with ``flows.max_workers`` captures at a time."""
-    config = section(load_params(params_file, overrides), "flows", FlowConfig)
-    runner = ThreadPoolTaskRunner(max_workers=max(1, config.max_workers))
-    return reconstruct.with_options(task_runner=runner)(captures_root, out_root, names, params_file, overrides)
+    return run_with_workers(reconstruct, captures_root, out_root, names, params_file, overrides)

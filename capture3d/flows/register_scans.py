@@ -19,7 +19,7 @@ from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from capture3d.config import load_params, section
-from capture3d.flows.batch import Chain, FlowConfig, discover_captures, finish_batch, run_chains
+from capture3d.flows.batch import Chain, FlowConfig, discover_captures, finish_batch, run_chains, run_with_workers
 from capture3d.flows.dvc_record import SCANS
 from capture3d.flows.status import CaptureStatus
 from capture3d.stages import evaluate_registration as evaluate_stage
@@ -79,6 +79,4 @@ def run_register_scans(
     overrides: Sequence[str] = (),
 ) -> list[CaptureStatus]:
     """Run the ``register_scans`` flow with ``flows.max_workers`` captures at a time."""
-    config = section(load_params(params_file, overrides), "flows", FlowConfig)
-    runner = ThreadPoolTaskRunner(max_workers=max(1, config.max_workers))
-    return register_scans.with_options(task_runner=runner)(captures_root, out_root, names, params_file, overrides)
+    return run_with_workers(register_scans, captures_root, out_root, names, params_file, overrides)

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,23 @@ from capture3d.config import load_params
 from capture3d.errors import Capture3dError, CaptureError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptureInputs:
+    """A capture folder and the name used in messages (default: the folder name)."""
+
+    capture: Path
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.capture.name
+
+    def data_dir(self, sub: str) -> Path:
+        """``<capture>/<sub>`` when it exists, else the capture folder itself."""
+        inner = self.capture / sub
+        return inner if inner.is_dir() else self.capture
 
 
 def add_params_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError
-from capture3d.stages.common import params_from_args, stage_main, stage_parser, write_json
+from capture3d.stages.common import CaptureInputs, params_from_args, stage_main, stage_parser, write_json
 from capture3d.tasks.multiway import MultiwayConfig, fuse_clouds, register_multiway
 from capture3d.tasks.register_pair import PairConfig
 from capture3d.tasks.scan_features import get_feature
@@ -57,21 +57,12 @@ class RegisterScansConfig:
     fused_voxel_factor: float
 
 
-@dataclass(frozen=True)
-class RegisterScansInputs:
-    """A scan capture folder and the name used in messages (default: the folder name)."""
-
-    capture: Path
-    name: str = ""
-
-    @property
-    def label(self) -> str:
-        return self.name or self.capture.name
+class RegisterScansInputs(CaptureInputs):
+    """A scan capture: its point clouds are in ``scans/`` or directly in the folder."""
 
     @property
     def scan_dir(self) -> Path:
-        scans = self.capture / "scans"
-        return scans if scans.is_dir() else self.capture
+        return self.data_dir("scans")
 
 
 def load_config(params: Mapping[str, Any]) -> RegisterScansConfig:

@@ -16,14 +16,13 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from capture3d.atomic import atomic_dir
 from capture3d.config import from_mapping, section
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.stages.common import params_from_args, stage_main, stage_parser, write_json
+from capture3d.stages.common import CaptureInputs, params_from_args, stage_main, stage_parser, write_json
 from capture3d.tasks.evaluate_sfm import reconstruction_stats
 from capture3d.tasks.image_folder import scan_images
 from capture3d.tasks.sfm import LADDER_KEYS, KnownIntrinsics, SfmConfig, run_sfm
@@ -34,21 +33,12 @@ logger = logging.getLogger(__name__)
 MIN_IMAGES = 3
 
 
-@dataclass(frozen=True)
-class SfmInputs:
-    """A capture folder and the name used in messages (default: the folder name)."""
-
-    capture: Path
-    name: str = ""
-
-    @property
-    def label(self) -> str:
-        return self.name or self.capture.name
+class SfmInputs(CaptureInputs):
+    """A photo capture: its images are in ``images/`` or directly in the folder."""
 
     @property
     def image_dir(self) -> Path:
-        images = self.capture / "images"
-        return images if images.is_dir() else self.capture
+        return self.data_dir("images")
 
 
 def load_config(params: Mapping[str, Any]) -> SfmConfig:
