@@ -57,12 +57,12 @@ def print_metrics(title: str, metrics: dict[str, Any], keys: Sequence[str] = SFM
     _console().print(table)
 
 
-def print_statuses(rows: list[dict[str, Any]]) -> None:
+def print_statuses(rows: list[dict[str, Any]], title: str = "captures") -> None:
     """One row per capture: status, summary metrics, reason when failed."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    table = Table(title="reconstruct: captures")
+    table = Table(title=title)
     for key in keys:
         table.add_column(key, overflow="fold")
     for row in rows:
@@ -126,13 +126,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     names = [n for n in args.names.split(",") if n] if args.names else None
     statuses = run_reconstruct(args.captures, args.out, names, args.params, args.overrides)
-    print_statuses([s.row() for s in statuses])
+    print_statuses([s.row() for s in statuses], "reconstruct: captures")
     return 0 if all(s.ok for s in statuses) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _prefect_environment()
-    from capture3d.flows.demo import demo
+    from capture3d.flows.demo import DEMO_CAPTURE, DEMO_SCAN_CAPTURE, demo
 
     repo = Path(args.repo).resolve()
     statuses = demo(repo)
@@ -142,7 +142,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           REGISTRATION_TABLE_KEYS)
         elif status.ok:
             print_metrics(f"demo capture '{status.name}': SfM against ground truth", status.metrics)
-    print_statuses([s.row() for s in statuses])
+    for title, name in (("reconstruct: photo captures", DEMO_CAPTURE),
+                        ("register_scans: scan captures", DEMO_SCAN_CAPTURE)):
+        print_statuses([s.row() for s in statuses if s.name == name], title)
     return 0 if all(s.ok for s in statuses) else 1
 
 
@@ -190,7 +192,7 @@ def cmd_register_batch(args: argparse.Namespace) -> int:
 
     names = [n for n in args.names.split(",") if n] if args.names else None
     statuses = run_register_scans(args.captures, args.out, names, args.params, args.overrides)
-    print_statuses([s.row() for s in statuses])
+    print_statuses([s.row() for s in statuses], "register_scans: scan captures")
     return 0 if all(s.ok for s in statuses) else 1
 
 
