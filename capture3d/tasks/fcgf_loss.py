@@ -1,0 +1,192 @@
+"""FCGF's hardest-contrastive loss, ground-truth correspondences and feature-match recall.
+
+Inputs: per-point (or per-voxel) descriptors f0 (N0, D), f1 (N1, D) of two clouds, the clouds'
+points (N0, 3), (N1, 3), the ground-truth rigid transform ``T_1_from_0`` (4, 4) and positive pairs
+(P, 2) int64 ``[i0, i1]``. Outputs: the loss and its positive / negative terms (scalars with
+autograd), the positive pairs themselves (:func:`correspondences`), and the 3DMatch feature-match
+recall flag with its inlier fraction (:func:`feature_match_recall`).
+
+Loss (Choy, Park, Koltun, ICCV 2019, Eq. 4; ``HardestContrastiveLossTrainer`` in the FCGF
+repository's ``lib/trainer.py``)::
+
+    pos  = mean_over_sampled_pairs relu(||f0_i - f1_j|| - pos_thresh)^2
+    neg0 = mean_i relu(neg_thresh - min_{k in S1, (i,k) not positive} ||f0_i - f1_k||)^2
+    neg1 = mean_j relu(neg_thresh - min_{k in S0, (k,j) not positive} ||f1_j - f0_k||)^2
+    loss = pos_weight * pos + neg_weight * (neg0 + neg1) / 2
+
+with up to ``num_pos`` positive pairs drawn at random and S0 / S1 random subsets of
+``num_hn_samples`` rows of each cloud as negative candidates. Two deliberate differences from the
+FCGF code, both following the paper: the positive term is the squared hinge on the distance
+(FCGF's code hinges the *squared* distance: ``relu(||f0 - f1||^2 - pos_thresh)``), and true
+correspondences are excluded from the candidates *before* taking the minimum (FCGF takes the
+minimum first and then drops anchors whose hardest negative is a positive). Anchors with no
+admissible candidate are dropped; an empty term contributes 0.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 2048  # rows per block of pairwise distances
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.to(dtype) if dtype is not None else t
+
+
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Euclidean distances (A, D), (B, D) -> (A, B), with a finite gradient at zero distance."""
+    sq = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)  # (A, B)
+    return sq.clamp(min=eps).sqrt()
+
+
+def _sample(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """k distinct indices of range(n) (all of them, in order, when k >= n); (min(n, k),) int64."""
+    if k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator)[:k]
+
+
+def hardest_contrastive_loss(
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    positive_pairs: torch.Tensor,
+    num_pos: int = 1024,
+    num_hn_samples: int = 512,
+    pos_thresh: float = 0.1,
+    neg_thresh: float = 1.4,
+    generator: torch.Generator | None = None,
+    pos_weight: float = 1.0,
+    neg_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FCGF hardest-contrastive loss; returns (loss, pos_loss, neg_loss) scalar tensors.
+
+    f0 (N0, D), f1 (N1, D) float descriptors; positive_pairs (P, 2) int64 rows ``[i0, i1]``.
+    ``generator`` (a CPU torch.Generator) drives the sampling of positives and candidates; the
+    result is deterministic for a seeded generator. Raises ValueError on empty / malformed input.
+    """
+    if f0.ndim != 2 or f1.ndim != 2 or f0.shape[1] != f1.shape[1]:
+        raise ValueError(f"f0, f1 must be (N0, D), (N1, D); got {tuple(f0.shape)}, {tuple(f1.shape)}")
+    pairs = _as_tensor(positive_pairs, torch.int64).cpu()
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
+        raise ValueError(f"positive_pairs must be non-empty (P, 2), got {tuple(pairs.shape)}")
+    n0, n1 = int(f0.shape[0]), int(f1.shape[0])
+    if bool((pairs[:, 0] < 0).any() or (pairs[:, 0] >= n0).any() or (pairs[:, 1] < 0).any() or (pairs[:, 1] >= n1).any()):
+        raise ValueError("positive_pairs index outside f0 / f1")
+    dev = f0.device
+
+    sel_pos = _sample(pairs.shape[0], num_pos, generator)
+    sample = pairs[sel_pos]  # (Ps, 2)
+    sel0 = _sample(n0, num_hn_samples, generator)  # (S0,)
+    sel1 = _sample(n1, num_hn_samples, generator)  # (S1,)
+    pos_keys = pairs[:, 0] * n1 + pairs[:, 1]  # (P,) one key per positive pair
+    anchors0, anchors1 = sample[:, 0], sample[:, 1]  # (Ps,), (Ps,)
+
+    pos_f0 = f0[anchors0.to(dev)]  # (Ps, D)
+    pos_f1 = f1[anchors1.to(dev)]  # (Ps, D)
+    pos_d = ((pos_f0 - pos_f1).pow(2).sum(1).clamp(min=1e-12)).sqrt()  # (Ps,)
+    pos_loss = torch.relu(pos_d - pos_thresh).pow(2).mean()
+
+    # Anchor f0_i against candidates f1_k (k in S1), excluding (i, k) positive.
+    d01 = pairwise_distances(pos_f0, f1[sel1.to(dev)])  # (Ps, S1)
+    excl01 = torch.isin(anchors0[:, None] * n1 + sel1[None, :], pos_keys)  # (Ps, S1)
+    # Anchor f1_j against candidates f0_k (k in S0), excluding (k, j) positive.
+    d10 = pairwise_distances(pos_f1, f0[sel0.to(dev)])  # (Ps, S0)
+    excl10 = torch.isin(sel0[None, :] * n1 + anchors1[:, None], pos_keys)  # (Ps, S0)
+
+    neg_terms = []
+    for d, excl in ((d01, excl01), (d10, excl10)):
+        excl = excl.to(dev)
+        d = d.masked_fill(excl, float("inf"))
+        ok = ~excl.all(dim=1)  # (Ps,) anchors with an admissible candidate
+        if bool(ok.any()):
+            dmin = d[ok].min(dim=1).values  # (Ps_ok,)
+            neg_terms.append(torch.relu(neg_thresh - dmin).pow(2).mean())
+        else:
+            neg_terms.append(f0.sum() * 0.0)
+    neg_loss = (neg_terms[0] + neg_terms[1]) / 2
+    loss = pos_weight * pos_loss + neg_weight * neg_loss
+    return loss, pos_loss, neg_loss
+
+
+def _transform(points: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    return points @ T[:3, :3].T + T[:3, 3]  # (N, 3)
+
+
+def correspondences(
+    points0: np.ndarray | torch.Tensor,
+    points1: np.ndarray | torch.Tensor,
+    T_1_from_0: np.ndarray | torch.Tensor,
+    radius: float,
+) -> torch.Tensor:
+    """All pairs (i, j) with ``||T_1_from_0 @ p0_i - p1_j|| <= radius``; (P, 2) int64 CPU tensor.
+
+    points0 (N0, 3), points1 (N1, 3), T (4, 4). Rows are sorted by i, then j. Brute force with
+    float64 ``torch.cdist`` in blocks of rows (O(N0 * N1) time, O(block * N1) memory).
+    """
+    p0 = _as_tensor(points0, torch.float64).cpu()
+    p1 = _as_tensor(points1, torch.float64).cpu()
+    T = _as_tensor(T_1_from_0, torch.float64).cpu()
+    if p0.ndim != 2 or p0.shape[1] != 3 or p1.ndim != 2 or p1.shape[1] != 3 or T.shape != (4, 4):
+        raise ValueError("points must be (N, 3) and T_1_from_0 (4, 4)")
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    q = _transform(p0, T)  # (N0, 3) in frame 1
+    out = []
+    for start in range(0, q.shape[0], _CHUNK):
+        d = torch.cdist(q[start : start + _CHUNK], p1)  # (B, N1)
+        ij = torch.nonzero(d <= radius)  # (P_b, 2)
+        ij[:, 0] += start
+        out.append(ij)
+    pairs = torch.cat(out, 0) if out else torch.zeros(0, 2, dtype=torch.int64)
+    logger.debug("correspondences: %d pairs within %.4g", pairs.shape[0], radius)
+    return pairs.to(torch.int64)
+
+
+def feature_match_recall(
+    f0: np.ndarray | torch.Tensor,
+    f1: np.ndarray | torch.Tensor,
+    points0: np.ndarray | torch.Tensor,
+    points1: np.ndarray | torch.Tensor,
+    T_1_from_0: np.ndarray | torch.Tensor,
+    inlier_dist: float = 0.10,
+    inlier_ratio: float = 0.05,
+    mutual: bool = False,
+) -> tuple[bool, float]:
+    """3DMatch feature-match recall of one fragment pair: (recall_flag, inlier_fraction).
+
+    f0 (N0, D) are the descriptors of points0 (N0, 3), f1 (N1, D) of points1 (N1, 3). Every point
+    of cloud 0 is matched to its nearest neighbour in feature space in cloud 1 (one-way, as FCGF's
+    evaluation; with ``mutual`` only mutual nearest neighbours are kept and the fraction is over
+    those). A match is an inlier when ``||T_1_from_0 @ p0_i - p1_nn(i)|| < inlier_dist``; the pair
+    counts as recalled when the inlier fraction exceeds ``inlier_ratio`` (3DMatch: 0.1 m, 5 %).
+    """
+    a = _as_tensor(f0, torch.float32).detach().cpu()
+    b = _as_tensor(f1, torch.float32).detach().cpu()
+    p0 = _as_tensor(points0, torch.float64).cpu()
+    p1 = _as_tensor(points1, torch.float64).cpu()
+    T = _as_tensor(T_1_from_0, torch.float64).cpu()
+    if a.shape[0] != p0.shape[0] or b.shape[0] != p1.shape[0] or a.shape[0] == 0 or b.shape[0] == 0:
+        raise ValueError("need non-empty f0 / points0 and f1 / points1 with matching row counts")
+    nn01 = _nearest(a, b)  # (N0,)
+    rows = torch.arange(a.shape[0])
+    if mutual:
+        nn10 = _nearest(b, a)  # (N1,)
+        rows = rows[nn10[nn01] == rows]
+        if rows.numel() == 0:
+            return False, 0.0
+    dist = (_transform(p0[rows], T) - p1[nn01[rows]]).norm(dim=1)  # (R,)
+    fraction = float((dist < inlier_dist).to(torch.float64).mean())
+    return fraction > inlier_ratio, fraction
+
+
+def _nearest(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Index in b (B, D) of each row of a (A, D)'s nearest neighbour; (A,) int64."""
+    out = [torch.cdist(a[s : s + _CHUNK], b).argmin(dim=1) for s in range(0, a.shape[0], _CHUNK)]
+    return torch.cat(out, 0)
