@@ -21,6 +21,8 @@ import pytest
 from capture3d.tasks.multiway import rigid_difference
 from capture3d.tasks.register_pair import PairConfig, global_registration, refine, register_pair
 
+from registration_helpers import preprocess, random_rigid, transform_points
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MATCH = DATA / "registration" / "3dmatch_pair"
 
@@ -31,28 +33,6 @@ CONFIG = PairConfig(
 )
 
 
-def preprocess(points: np.ndarray, voxel: float) -> tuple[o3d.geometry.PointCloud, np.ndarray]:
-    """Voxel-downsampled cloud with normals and its FPFH features (N, 33) float32."""
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points)).voxel_down_sample(voxel)
-    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2 * voxel, max_nn=30))
-    fpfh = o3d.pipelines.registration.compute_fpfh_feature(
-        cloud, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * voxel, max_nn=100)
-    )
-    return cloud, np.asarray(fpfh.data).T.astype(np.float32)
-
-
-def random_rigid(rng: np.random.Generator, max_angle: float, max_shift: float) -> np.ndarray:
-    """A (4, 4) rigid transform: rotation up to ``max_angle`` rad about a random axis, shift per axis."""
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    angle = rng.uniform(0.0, max_angle)
-    transform = np.eye(4)
-    transform[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
-    transform[:3, 3] = rng.uniform(-max_shift, max_shift, 3)
-    return transform
-
-
 def bumpy_surface(rng: np.random.Generator, n: int = 30000) -> np.ndarray:
     """(n, 3) points of a 1 m x 1 m height field with random Gaussian bumps (distinctive for FPFH)."""
     xy = rng.uniform(-0.5, 0.5, (n, 2))
@@ -61,10 +41,6 @@ def bumpy_surface(rng: np.random.Generator, n: int = 30000) -> np.ndarray:
                                      rng.uniform(0.05, 0.15, 14)):
         z += height * np.exp(-np.sum((xy - centre) ** 2, axis=1) / (2 * width**2))
     return np.column_stack([xy, z])
-
-
-def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
-    return points @ transform[:3, :3].T + transform[:3, 3]
 
 
 # ----------------------------------------------------------------------------- synthetic
