@@ -122,10 +122,11 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     _prefect_environment()
-    from capture3d.flows.reconstruct import run_reconstruct
+    from capture3d.flows.batch import run_with_workers
+    from capture3d.flows.reconstruct import reconstruct
 
     names = [n for n in args.names.split(",") if n] if args.names else None
-    statuses = run_reconstruct(args.captures, args.out, names, args.params, args.overrides)
+    statuses = run_with_workers(reconstruct, args.captures, args.out, names, args.params, args.overrides)
     print_statuses([s.row() for s in statuses], "reconstruct: captures")
     return 0 if all(s.ok for s in statuses) else 1
 
@@ -188,10 +189,11 @@ def cmd_synthesize_scans(args: argparse.Namespace) -> int:
 
 def cmd_register_batch(args: argparse.Namespace) -> int:
     _prefect_environment()
-    from capture3d.flows.register_scans import run_register_scans
+    from capture3d.flows.batch import run_with_workers
+    from capture3d.flows.register_scans import register_scans
 
     names = [n for n in args.names.split(",") if n] if args.names else None
-    statuses = run_register_scans(args.captures, args.out, names, args.params, args.overrides)
+    statuses = run_with_workers(register_scans, args.captures, args.out, names, args.params, args.overrides)
     print_statuses([s.row() for s in statuses], "register_scans: scan captures")
     return 0 if all(s.ok for s in statuses) else 1
 

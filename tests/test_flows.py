@@ -11,7 +11,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from capture3d.flows.reconstruct import run_reconstruct  # noqa: E402
+from capture3d.flows.batch import run_with_workers  # noqa: E402
+from capture3d.flows.reconstruct import reconstruct  # noqa: E402
 from capture3d.stages import synthesize  # noqa: E402
 from capture3d.config import load_params  # noqa: E402
 
@@ -36,7 +37,7 @@ def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root:
         (few / name).write_bytes((captures / "scene" / "images" / name).read_bytes())
     (captures / ".hidden").mkdir()
 
-    statuses = run_reconstruct(captures, tmp_path / "results", None, repo_root / "params.yaml",
+    statuses = run_with_workers(reconstruct, captures, tmp_path / "results", None, repo_root / "params.yaml",
                                ["sfm.max_image_size=640"])
     by_name = {s.name: s for s in statuses}
     assert sorted(by_name) == ["empty", "few", "scene"]
@@ -59,7 +60,7 @@ def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root:
 
 @pytest.mark.slow
 def test_register_scans_batch_isolates_failures(harness, tmp_path: Path, repo_root: Path) -> None:
-    from capture3d.flows.register_scans import run_register_scans
+    from capture3d.flows.register_scans import register_scans
     from capture3d.stages import synthesize_scans
 
     captures = tmp_path / "scan_captures"
@@ -69,7 +70,7 @@ def test_register_scans_batch_isolates_failures(harness, tmp_path: Path, repo_ro
     single.mkdir(parents=True)
     (single / "scan_000.ply").write_bytes((captures / "ring" / "scans" / "scan_000.ply").read_bytes())
 
-    statuses = run_register_scans(captures, tmp_path / "results", None, repo_root / "params.yaml",
+    statuses = run_with_workers(register_scans, captures, tmp_path / "results", None, repo_root / "params.yaml",
                                   ["flows.max_workers=2"])
     by_name = {s.name: s for s in statuses}
     assert sorted(by_name) == ["ring", "single"]

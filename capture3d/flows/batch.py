@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import Flow, get_run_logger
 from prefect.futures import PrefectFuture
@@ -37,6 +38,27 @@ class FlowConfig:
 def discover_captures(root: Path) -> list[str]:
     """Names of the capture folders under ``root`` (hidden folders skipped)."""
     return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def run_batch(
+    flow_name: str,
+    layout: BatchLayout,
+    chain: Callable[[str, Path, Path, dict[str, Any]], Chain],
+    captures_root: Path,
+    out_root: Path,
+    names: Sequence[str] | None,
+    params_file: Path | None,
+    overrides: Sequence[str],
+) -> list[CaptureStatus]:
+    """The body of a batch flow: ``chain(name, capture, capture_out, params)`` per capture, concurrently;
+    then the finished captures are recorded in DVC and the status table is logged."""
+    params = load_params(params_file, overrides)
+    config = section(params, "flows", FlowConfig)
+    captures_root, out_root = Path(captures_root), Path(out_root)
+    names = list(names) if names else discover_captures(captures_root)
+    statuses = run_chains(names, lambda name: chain(name, captures_root / name, out_root / name, params))
+    finish_batch(flow_name, statuses, layout, captures_root, out_root, params_file, overrides, config.record_dvc)
+    return statuses
 
 
 def run_chains(names: Sequence[str], submit: Callable[[str], Chain]) -> list[CaptureStatus]:

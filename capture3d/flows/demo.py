@@ -14,10 +14,10 @@ from pathlib import Path
 from prefect import flow, task
 
 from capture3d.config import load_params, section
-from capture3d.flows.batch import FlowConfig
+from capture3d.flows.batch import FlowConfig, run_with_workers
 from capture3d.flows.dvc_record import PHOTOS, RESULTS_DIR, SCANS, record_stages
-from capture3d.flows.reconstruct import run_reconstruct
-from capture3d.flows.register_scans import run_register_scans
+from capture3d.flows.reconstruct import reconstruct
+from capture3d.flows.register_scans import register_scans
 from capture3d.flows.status import CaptureStatus
 from capture3d.stages import synthesize as synthesize_stage
 from capture3d.stages import synthesize_scans as synthesize_scans_stage
@@ -50,6 +50,6 @@ def demo(repo: Path) -> list[CaptureStatus]:
     scans = synthesize_scans_task(repo / SCANS.captures_dir / DEMO_SCAN_CAPTURE, params)
     if section(params, "flows", FlowConfig).record_dvc:
         record_stages(repo, ["synthesize", "synthesize_scans"])
-    statuses = run_reconstruct(photos.parent, repo / RESULTS_DIR, [DEMO_CAPTURE], params_file)
-    statuses += run_register_scans(scans.parent, repo / RESULTS_DIR, [DEMO_SCAN_CAPTURE], params_file)
+    statuses = run_with_workers(reconstruct, photos.parent, repo / RESULTS_DIR, [DEMO_CAPTURE], params_file, ())
+    statuses += run_with_workers(register_scans, scans.parent, repo / RESULTS_DIR, [DEMO_SCAN_CAPTURE], params_file, ())
     return statuses

@@ -18,8 +18,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from capture3d.config import load_params, section
-from capture3d.flows.batch import Chain, FlowConfig, discover_captures, finish_batch, run_chains, run_with_workers
+from capture3d.flows.batch import Chain, run_batch
 from capture3d.flows.dvc_record import PHOTOS
 from capture3d.flows.status import CaptureStatus
 from capture3d.stages import evaluate_sfm as evaluate_stage
@@ -51,28 +50,10 @@ def reconstruct(
     overrides: Sequence[str] = (),
 ) -> list[CaptureStatus]:
     """Run SfM + evaluation on each capture concurrently; returns one status per capture."""
-    params = load_params(params_file, overrides)
-    config = section(params, "flows", FlowConfig)
-    captures_root, out_root = Path(captures_root), Path(out_root)
-    names = list(names) if names else discover_captures(captures_root)
-
-    def submit(name: str) -> Chain:
-        capture = captures_root / name
-        f_sfm = sfm_task.submit(name, capture, out_root / name / "sfm", params)
-        f_eval = evaluate_task.submit(name, f_sfm, capture, out_root / name / "evaluate_sfm", params)
-        return [("sfm", f_sfm), ("evaluate_sfm", f_eval)]
-
-    statuses = run_chains(names, submit)
-    finish_batch("reconstruct", statuses, PHOTOS, captures_root, out_root, params_file, overrides, config.record_dvc)
-    return statuses
+    return run_batch("reconstruct", PHOTOS, _chain, captures_root, out_root, names, params_file, overrides)
 
 
-def run_reconstruct(
-    captures_root: Path,
-    out_root: Path,
-    names: Sequence[str] | None = None,
-    params_file: Path | None = None,
-    overrides: Sequence[str] = (),
-) -> list[CaptureStatus]:
-    """Run the ``reconstruct`` flow with ``flows.max_workers`` captures at a time."""
-    return run_with_workers(reconstruct, captures_root, out_root, names, params_file, overrides)
+def _chain(name: str, capture: Path, out: Path, params: dict[str, Any]) -> Chain:
+    f_sfm = sfm_task.submit(name, capture, out / "sfm", params)
+    f_eval = evaluate_task.submit(name, f_sfm, capture, out / "evaluate_sfm", params)
+    return [("sfm", f_sfm), ("evaluate_sfm", f_eval)]

@@ -18,8 +18,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from capture3d.config import load_params, section
-from capture3d.flows.batch import Chain, FlowConfig, discover_captures, finish_batch, run_chains, run_with_workers
+from capture3d.flows.batch import Chain, run_batch
 from capture3d.flows.dvc_record import SCANS
 from capture3d.flows.status import CaptureStatus
 from capture3d.stages import evaluate_registration as evaluate_stage
@@ -55,28 +54,10 @@ def register_scans(
     overrides: Sequence[str] = (),
 ) -> list[CaptureStatus]:
     """Register each scan capture concurrently; returns one status per capture."""
-    params = load_params(params_file, overrides)
-    config = section(params, "flows", FlowConfig)
-    captures_root, out_root = Path(captures_root), Path(out_root)
-    names = list(names) if names else discover_captures(captures_root)
-
-    def submit(name: str) -> Chain:
-        capture, result = captures_root / name, out_root / name / "register_scans"
-        f_reg = register_task.submit(name, capture, result, params)
-        f_eval = evaluate_task.submit(name, f_reg, result, capture, out_root / name / "evaluate_registration", params)
-        return [("register_scans", f_reg), ("evaluate_registration", f_eval)]
-
-    statuses = run_chains(names, submit)
-    finish_batch("register_scans", statuses, SCANS, captures_root, out_root, params_file, overrides, config.record_dvc)
-    return statuses
+    return run_batch("register_scans", SCANS, _chain, captures_root, out_root, names, params_file, overrides)
 
 
-def run_register_scans(
-    captures_root: Path,
-    out_root: Path,
-    names: Sequence[str] | None = None,
-    params_file: Path | None = None,
-    overrides: Sequence[str] = (),
-) -> list[CaptureStatus]:
-    """Run the ``register_scans`` flow with ``flows.max_workers`` captures at a time."""
-    return run_with_workers(register_scans, captures_root, out_root, names, params_file, overrides)
+def _chain(name: str, capture: Path, out: Path, params: dict[str, Any]) -> Chain:
+    f_reg = register_task.submit(name, capture, out / "register_scans", params)
+    f_eval = evaluate_task.submit(name, f_reg, out / "register_scans", capture, out / "evaluate_registration", params)
+    return [("register_scans", f_reg), ("evaluate_registration", f_eval)]
