@@ -37,19 +37,73 @@ def _check_weight(weight: torch.Tensor, kernel_size: int, in_channels: int) -> N
         )
 
 
+class _KernelMapConv(torch.autograd.Function):
+    """Gather -> matmul -> scatter-add over a kernel map, with a hand-written backward.
+
+    The backward mirrors the forward per offset k: ``grad_in[in] += grad_out[out] @ W[k].T`` and
+    ``grad_W[k] = in_feats[in].T @ grad_out[out]``; autograd's generic backward of indexing
+    (an accumulating ``index_put_``) is several times slower on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:  # type: ignore[override]
+        n_out = kmap.out_coords.shape[0]
+        out = features.new_zeros(n_out, weight.shape[2])  # (N_out, C_out)
+        for k, (in_rows, out_rows) in enumerate(kmap.pairs):
+            if in_rows.numel():
+                out.index_add_(0, out_rows, features[in_rows] @ weight[k])  # (P_k, C_out)
+        ctx.save_for_backward(features, weight)
+        ctx.kmap = kmap
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        features, weight = ctx.saved_tensors
+        kmap: KernelMap = ctx.kmap
+        need_in, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_in = torch.zeros_like(features) if need_in else None  # (N_in, C_in)
+        grad_w = torch.zeros_like(weight) if need_w else None  # (K, C_in, C_out)
+        for k, (in_rows, out_rows) in enumerate(kmap.pairs):
+            if not in_rows.numel():
+                continue
+            g = grad_out[out_rows]  # (P_k, C_out)
+            if grad_in is not None:
+                grad_in.index_add_(0, in_rows, g @ weight[k].T)
+            if grad_w is not None:
+                grad_w[k] = features[in_rows].T @ g
+        return grad_in, grad_w, None
+
+
 def apply_kernel_map(
     features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Gather -> matmul -> scatter-add: features (N_in, C_in), weight (K, C_in, C_out) -> (N_out, C_out)."""
-    n_out = kmap.out_coords.shape[0]
-    out = features.new_zeros(n_out, weight.shape[2])  # (N_out, C_out)
-    for k, (in_rows, out_rows) in enumerate(kmap.pairs):
-        if in_rows.numel() == 0:
-            continue
-        out.index_add_(0, out_rows, features[in_rows] @ weight[k])  # (P_k, C_out)
+    out = _KernelMapConv.apply(features, weight, kmap)  # (N_out, C_out)
     if bias is not None:
         out = out + bias
     return out
+
+
+def cached_kernel_map(x: SparseTensor, kernel_size: int, stride: int) -> KernelMap:
+    """The kernel map of a conv of x (k, stride), from x's cache when built before for x.coords."""
+    key = ("conv", x.stride, kernel_size, stride)
+    hit = x.kernel_maps.get(key)
+    if hit is not None and hit[0] is x.coords:
+        return hit[1]
+    kmap = build_kernel_map(x.coords, x.stride, kernel_size, stride)
+    x.kernel_maps[key] = (x.coords, kmap)
+    return kmap
+
+
+def _cached_transpose_map(x: SparseTensor, target_coords: torch.Tensor, kernel_size: int, stride: int) -> KernelMap:
+    """Transposed map coarse x -> target_coords: the mirrored forward map swapped, when cached."""
+    if stride >= 1 and x.stride % stride == 0:
+        hit = x.kernel_maps.get(("conv", x.stride // stride, kernel_size, stride))
+        if hit is not None and hit[0] is target_coords and hit[1].out_coords is x.coords:
+            fwd = hit[1]
+            return KernelMap(pairs=tuple((o, i) for i, o in fwd.pairs), out_coords=target_coords,
+                             out_stride=x.stride // stride, kernel_size=kernel_size)
+    return build_transpose_kernel_map(x.coords, x.stride, target_coords, kernel_size, stride)
 
 
 def sparse_conv(
@@ -62,12 +116,17 @@ def sparse_conv(
 ) -> SparseTensor:
     """Sparse convolution of x with weight (K, C_in, C_out); see the module docstring.
 
-    ``kernel_map`` may be a map built earlier for the same coords / k / stride (it is reused).
+    ``kernel_map`` may be a map built earlier for the same coords / k / stride (it is reused);
+    otherwise the map comes from x's cache (:func:`cached_kernel_map`). A 1x1x1 stride-1
+    convolution is a plain matmul.
     """
     _check_weight(weight, kernel_size, x.num_channels)
-    kmap = kernel_map if kernel_map is not None else build_kernel_map(x.coords, x.stride, kernel_size, stride)
+    if kernel_size == 1 and stride == 1 and kernel_map is None:
+        out = x.features @ weight[0]  # (N, C_out)
+        return x.with_features(out + bias if bias is not None else out)
+    kmap = kernel_map if kernel_map is not None else cached_kernel_map(x, kernel_size, stride)
     out = apply_kernel_map(x.features, weight, kmap, bias)
-    return SparseTensor(features=out, coords=kmap.out_coords, stride=kmap.out_stride)
+    return SparseTensor(features=out, coords=kmap.out_coords, stride=kmap.out_stride, kernel_maps=x.kernel_maps)
 
 
 def sparse_conv_transpose(
@@ -78,11 +137,15 @@ def sparse_conv_transpose(
     target_coords: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> SparseTensor:
-    """Transposed sparse convolution of coarse x onto target_coords (N_out, 4) at stride x.stride / stride."""
+    """Transposed sparse convolution of coarse x onto target_coords (N_out, 4) at stride x.stride / stride.
+
+    When the forward convolution target -> x ran on the same coords tensors, its cached map is
+    reused with the roles swapped (MinkowskiEngine's transposed kernel map).
+    """
     _check_weight(weight, kernel_size, x.num_channels)
-    kmap = build_transpose_kernel_map(x.coords, x.stride, target_coords, kernel_size, stride)
+    kmap = _cached_transpose_map(x, target_coords, kernel_size, stride)
     out = apply_kernel_map(x.features, weight, kmap, bias)
-    return SparseTensor(features=out, coords=kmap.out_coords, stride=kmap.out_stride)
+    return SparseTensor(features=out, coords=kmap.out_coords, stride=kmap.out_stride, kernel_maps=x.kernel_maps)
 
 
 def cat_features(a: SparseTensor, b: SparseTensor) -> SparseTensor:
@@ -174,7 +237,7 @@ class SparseResBlock(nn.Module):
         self.kernel_size = kernel_size
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        kmap = build_kernel_map(x.coords, x.stride, self.kernel_size, 1)  # shared by both convs
+        kmap = cached_kernel_map(x, self.kernel_size, 1)  # shared by both convs (and other blocks)
         out = sparse_conv(x, self.conv1.weight, self.kernel_size, 1, kernel_map=kmap)
         out = torch.relu(self.norm1(out).features)  # (N, C)
         out = sparse_conv(x.with_features(out), self.conv2.weight, self.kernel_size, 1, kernel_map=kmap)

@@ -22,7 +22,8 @@ spatial coordinates that are multiples of ``s`` (MinkowskiEngine's convention).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -42,11 +43,17 @@ class SparseTensor:
 
     ``features`` (M, C) float, ``coords`` (M, 4) int64 ``[batch, x, y, z]`` (unique rows, spatial
     parts multiples of ``stride``), ``stride`` the tensor stride in finest-voxel units.
+
+    ``kernel_maps`` is a cache of kernel maps shared by every tensor derived from this one
+    (MinkowskiEngine's coordinate manager): convolutions store the maps they build, keyed by
+    stride and kernel, together with the coords tensor they were built from, and reuse a map only
+    when given that very coords tensor again. It never changes results, only saves rebuilding.
     """
 
     features: torch.Tensor  # (M, C) float
     coords: torch.Tensor  # (M, 4) int64
     stride: int = 1
+    kernel_maps: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.coords.dtype != torch.int64 or self.coords.ndim != 2 or self.coords.shape[1] != 4:
@@ -72,7 +79,7 @@ class SparseTensor:
 
     def with_features(self, features: torch.Tensor) -> SparseTensor:
         """The same coordinates and stride with new (M, C') features."""
-        return SparseTensor(features=features, coords=self.coords, stride=self.stride)
+        return SparseTensor(features=features, coords=self.coords, stride=self.stride, kernel_maps=self.kernel_maps)
 
     def to(self, device: torch.device | str) -> SparseTensor:
         """A copy on ``device`` (autograd-tracked for the features)."""

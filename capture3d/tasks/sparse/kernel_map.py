@@ -88,24 +88,27 @@ def match_offsets(
     in_keys = pack_keys(in_coords)  # (N_in,)
     pack_keys(out_coords)  # range check only
     sorted_keys, perm = torch.sort(in_keys)  # (N_in,), (N_in,)
-    n_in = in_keys.shape[0]
+    n_in, n_out = in_keys.shape[0], out_coords.shape[0]
     offsets = kernel_offsets(kernel_size, out_coords.device) * offset_scale  # (K, 3)
-    out_rows_all = torch.arange(out_coords.shape[0], device=out_coords.device)  # (N_out,)
-    pairs = []
-    for d in offsets:
-        query = out_coords.clone()  # (N_out, 4)
-        query[:, 1:] += d
-        valid = coords_in_range(query)  # (N_out,)
-        q_rows = out_rows_all[valid]
-        if n_in == 0 or q_rows.numel() == 0:
-            empty = out_rows_all[:0]
-            pairs.append((empty, empty))
-            continue
-        q_keys = pack_keys_unchecked(query[valid])  # (Q,)
-        pos = torch.searchsorted(sorted_keys, q_keys).clamp_(max=n_in - 1)  # (Q,)
-        found = sorted_keys[pos] == q_keys  # (Q,)
-        pairs.append((perm[pos[found]], q_rows[found]))
-    return tuple(pairs)
+    num_k = offsets.shape[0]
+    empty = torch.zeros(0, dtype=torch.int64, device=out_coords.device)
+    if n_in == 0 or n_out == 0:
+        return tuple((empty, empty) for _ in range(num_k))
+    # All K offsets at once: queries (K * N_out, 4), ordered by offset, then out row.
+    query = out_coords[None, :, :].repeat(num_k, 1, 1)  # (K, N_out, 4)
+    query[:, :, 1:] += offsets[:, None, :]
+    query = query.reshape(-1, 4)
+    valid = coords_in_range(query)  # (K * N_out,)
+    q_index = torch.nonzero(valid).squeeze(1)  # (Q,)
+    q_keys = pack_keys_unchecked(query[q_index])  # (Q,)
+    pos = torch.searchsorted(sorted_keys, q_keys).clamp_(max=n_in - 1)  # (Q,)
+    found = sorted_keys[pos] == q_keys  # (Q,)
+    hit = q_index[found]  # (H,) flat query index, sorted
+    in_rows = perm[pos[found]]  # (H,)
+    k_of_hit = hit // n_out  # (H,)
+    out_rows = hit - k_of_hit * n_out  # (H,)
+    counts = torch.bincount(k_of_hit, minlength=num_k).tolist()
+    return tuple(zip(torch.split(in_rows, counts), torch.split(out_rows, counts)))
 
 
 def build_kernel_map(in_coords: torch.Tensor, in_stride: int, kernel_size: int, stride: int) -> KernelMap:
