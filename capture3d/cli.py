@@ -198,6 +198,64 @@ def cmd_register_batch(args: argparse.Namespace) -> int:
     return 0 if all(s.ok for s in statuses) else 1
 
 
+TRAIN_TABLE_KEYS = (
+    "iterations", "resumed_from", "num_train_pairs", "num_val_pairs", "loss_first_50", "loss_last_50",
+    "val_fmr_initial", "val_fmr", "val_inlier_ratio_initial", "val_inlier_ratio", "seconds_per_iteration",
+    "wall_s", "device",
+)
+FEATURE_TABLE_KEYS = ("num_pairs", "feature_match_recall", "inlier_ratio", "registration_recall",
+                      "median_rotation_error_deg", "median_translation_error", "extract_s_per_scan", "dimension")
+
+
+def print_feature_table(title: str, features: dict[str, dict[str, Any]]) -> None:
+    """One row per metric, one column per descriptor."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in features:
+        table.add_column(name, justify="right")
+    for key in FEATURE_TABLE_KEYS:
+        table.add_row(key, *(_fmt(features[name].get(key)) for name in features))
+    _console().print(table)
+
+
+def cmd_train_fcgf(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for flag, key in (("iterations", "iterations"), ("device", "device"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"train_fcgf.{key}={getattr(args, flag)}")
+    if args.extra_capture:
+        overrides.append(f"train_fcgf.data.extra_captures=[{', '.join(map(str, args.extra_capture))}]")
+    if args.captures is None:
+        from capture3d.stages import train_fcgf
+
+        out = train_fcgf.run(args.out, train_fcgf.load_config(load_params(args.params, overrides)))
+        print_metrics("train fcgf", json.loads((out / "metrics.json").read_text()), TRAIN_TABLE_KEYS)
+        return 0
+    _prefect_environment()
+    from capture3d.flows.train_fcgf import train_fcgf as train_flow
+
+    names = [n for n in args.names.split(",") if n] if args.names else None
+    trained, statuses = train_flow(args.out, args.captures, args.results, names, args.params, overrides)
+    print_metrics("train fcgf", trained, TRAIN_TABLE_KEYS)
+    print_statuses([s.row() for s in statuses], "evaluate_features: scan captures")
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def cmd_evaluate_features(args: argparse.Namespace) -> int:
+    from capture3d.stages import evaluate_features
+
+    overrides = list(args.overrides)
+    if args.features:
+        overrides.append(f"evaluate_features.features=[{args.features}]")
+    configs = evaluate_features.load_config(load_params(args.params, overrides))
+    out = args.out or (Path("results") / (args.name or args.scans.name) / "evaluate_features")
+    inputs = evaluate_features.EvaluateFeaturesInputs(args.scans, args.name, args.checkpoint, args.gt)
+    metrics = json.loads((evaluate_features.run(inputs, out, configs) / "metrics.json").read_text())
+    print_feature_table(f"features on {metrics['capture']} (voxel {metrics['voxel_size']:.3g}, "
+                        f"{metrics['global_method']})", metrics["features"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capture3d", description="Captured photos and scans to 3D results.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -248,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     p.add_argument("--name", default="", help="capture name for messages (default: folder name)")
     p.add_argument("--voxel", help="voxel size in metres, or auto")
-    p.add_argument("--features", help="feature name from the registry (fpfh)")
+    p.add_argument("--features", help="feature name from the registry (fpfh, fcgf)")
     p.add_argument("--global-method", choices=["fgr", "ransac", "fgr_then_ransac"])
     p.add_argument("--icp", choices=["point_to_point", "point_to_plane", "colored", "generalized"])
     p.add_argument("--pairs", choices=["all", "sequential"])
@@ -264,6 +322,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default="", help="capture name for messages")
     add_params_arguments(e)
     e.set_defaults(func=cmd_evaluate_registration)
+
+    e = ev.add_parser("features", help="FCGF vs FPFH: feature-match recall, inlier ratio, registration recall")
+    e.add_argument("--scans", type=Path, required=True, help="scan capture folder with ground truth")
+    e.add_argument("--checkpoint", type=Path, help="FCGF checkpoint (capture3d or official FCGF .pth)")
+    e.add_argument("--features", help="comma-separated descriptors (default: evaluate_features.features)")
+    e.add_argument("--gt", type=Path, help="ground-truth poses (default: found in the capture)")
+    e.add_argument("--out", type=Path, help="output folder (default: results/<name>/evaluate_features)")
+    e.add_argument("--name", default="", help="capture name for messages")
+    add_params_arguments(e)
+    e.set_defaults(func=cmd_evaluate_features)
+
+    p = sub.add_parser("train", help="train a learned model")
+    tr = p.add_subparsers(dest="model", required=True)
+    t = tr.add_parser("fcgf", help="train FCGF (hardest-contrastive) on synthetic and given scan pairs")
+    t.add_argument("--out", type=Path, default=Path("models/fcgf"), help="model folder (default: models/fcgf)")
+    t.add_argument("--iterations", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--seed", type=int)
+    t.add_argument("--extra-capture", type=Path, action="append", default=[],
+                   help="scan capture with ground truth to train on as well (repeatable)")
+    t.add_argument("--captures", type=Path, help="then evaluate on these scan captures (Prefect flow)")
+    t.add_argument("--results", type=Path, help="results root for --captures (default: the captures folder)")
+    t.add_argument("--names", default="", help="comma-separated captures for --captures (default: all)")
+    add_params_arguments(t)
+    t.set_defaults(func=cmd_train_fcgf)
 
     p = sub.add_parser("register-batch", help="Prefect flow register_scans over a folder of scan captures")
     p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per scan capture")

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from capture3d.tasks.fcgf_loss import correspondences, feature_match_recall, hardest_contrastive_loss
+from capture3d.tasks.fcgf_loss import (
+    correspondences,
+    feature_match_recall,
+    hardest_contrastive_loss,
+)
 from capture3d.tasks.fcgf_model import ResUNetBN2C, extract_features, voxelize_for_fcgf
 
 VOXEL = 0.1

@@ -38,7 +38,7 @@ from capture3d.tasks.scan_io import read_gt_poses
 
 logger = logging.getLogger(__name__)
 
-GT_CANDIDATES = ("gt/poses.json", "gt/gt.log", "gt.log", "poses.json", "gt")
+GT_CANDIDATES = ("gt/poses.json", "gt/gt.log", "gt.log", "poses.json", "gt", "gt.npy")
 
 
 @dataclass(frozen=True)

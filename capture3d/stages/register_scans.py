@@ -22,13 +22,14 @@ import numpy as np
 
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
-from capture3d.errors import CaptureError
+from capture3d.errors import CaptureError, ParamsError
 from capture3d.stages.common import CaptureInputs, params_from_args, stage_main, stage_parser, write_json
 from capture3d.tasks.multiway import MultiwayConfig, fuse_clouds, register_multiway
 from capture3d.tasks.register_pair import PairConfig
-from capture3d.tasks.scan_features import get_feature
+from capture3d.tasks.fcgf_features import FCGF, registry_with_fcgf
+from capture3d.tasks.scan_features import FeatureFn, feature_registry, get_feature
 from capture3d.tasks.scan_io import Scan, read_scans, write_poses_json
-from capture3d.tasks.scan_preprocess import auto_voxel_size, preprocess
+from capture3d.tasks.scan_preprocess import Preprocessed, auto_voxel_size, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,20 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class FcgfFeatureConfig:
+    """The trained FCGF model used when ``features: fcgf``."""
+
+    checkpoint: str  # capture3d or official FCGF checkpoint (train_fcgf writes models/fcgf/model.pt)
+    device: Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
 class RegisterScansConfig:
     """The ``register_scans`` section."""
 
     preprocess: PreprocessConfig
     features: str
+    fcgf: FcgfFeatureConfig
     pair: PairConfig
     multiway: MultiwayConfig
     fused_voxel_factor: float
@@ -67,7 +77,11 @@ class RegisterScansInputs(CaptureInputs):
 
 def load_config(params: Mapping[str, Any]) -> RegisterScansConfig:
     config = section(params, "register_scans", RegisterScansConfig)
-    get_feature(config.features)  # unknown feature names fail here, with the known ones listed
+    known = {**feature_registry(), FCGF: None}
+    try:
+        get_feature(config.features, known)  # type: ignore[arg-type]  # unknown names fail here, listing the known ones
+    except ValueError as exc:
+        raise ParamsError(f"register_scans.features: {exc}") from None
     return config
 
 
@@ -86,26 +100,54 @@ def load_scans(inputs: RegisterScansInputs, units_scale: float) -> list[Scan]:
     return scans
 
 
-def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> Path:
-    """Register every scan of the capture into one frame and fuse them; returns ``out``."""
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    scans = load_scans(inputs, config.preprocess.units_scale)
-    timings["read_s"] = time.perf_counter() - start
-    pp = config.preprocess
-    voxel = auto_voxel_size(scans, pp.auto_target_points) if pp.voxel_size == "auto" else float(pp.voxel_size)
-
+def prepare_scans(inputs: RegisterScansInputs, pp: PreprocessConfig
+                  ) -> tuple[list[Scan], float, list[Preprocessed], dict[str, float]]:
+    """Read, scale, size the voxel of and preprocess a capture's scans (CaptureError naming it)."""
     t = time.perf_counter()
+    scans = load_scans(inputs, pp.units_scale)
+    timings = {"read_s": time.perf_counter() - t}
     try:
+        voxel = auto_voxel_size(scans, pp.auto_target_points) if pp.voxel_size == "auto" else float(pp.voxel_size)
+        t = time.perf_counter()
         prepared = [preprocess(s, voxel, pp.outlier_neighbors, pp.outlier_std_ratio, pp.normal_radius_factor,
                                min_points=pp.min_points) for s in scans]
     except ValueError as exc:
         raise CaptureError(inputs.label, str(exc)) from None
     timings["preprocess_s"] = time.perf_counter() - t
+    return scans, voxel, prepared, timings
+
+
+def feature_registry_for(config: RegisterScansConfig, label: str) -> dict[str, FeatureFn]:
+    """The built-in descriptors, plus ``fcgf`` from ``config.fcgf.checkpoint`` when ``features: fcgf``."""
+    if config.features != FCGF:
+        return feature_registry()
+    try:
+        return registry_with_fcgf(Path(config.fcgf.checkpoint), config.fcgf.device)
+    except ValueError as exc:
+        raise CaptureError(label, str(exc)) from None
+
+
+def compute_features(label: str, prepared: list[Preprocessed], voxel: float, extract: FeatureFn) -> list[np.ndarray]:
+    """One (N_i, D) descriptor array per preprocessed scan; a descriptor's ValueError names the scan."""
+    out = []
+    for p in prepared:
+        try:
+            out.append(extract(np.asarray(p.pcd.points), np.asarray(p.pcd.normals), voxel))
+        except ValueError as exc:
+            raise CaptureError(label, f"scan {p.name}: {exc}") from None
+    return out
+
+
+def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> Path:
+    """Register every scan of the capture into one frame and fuse them; returns ``out``."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    registry = feature_registry_for(config, inputs.label)
+    scans, voxel, prepared, prep_timings = prepare_scans(inputs, config.preprocess)
+    timings.update(prep_timings)
 
     t = time.perf_counter()
-    extract = get_feature(config.features)
-    features = [extract(np.asarray(p.pcd.points), np.asarray(p.pcd.normals), voxel) for p in prepared]
+    features = compute_features(inputs.label, prepared, voxel, get_feature(config.features, registry))
     timings["features_s"] = time.perf_counter() - t
 
     names = [s.name for s in scans]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import open3d as o3d
 import torch
 
 logger = logging.getLogger(__name__)
@@ -64,12 +65,16 @@ def hardest_contrastive_loss(
     generator: torch.Generator | None = None,
     pos_weight: float = 1.0,
     neg_weight: float = 1.0,
+    excluded_pairs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FCGF hardest-contrastive loss; returns (loss, pos_loss, neg_loss) scalar tensors.
 
     f0 (N0, D), f1 (N1, D) float descriptors; positive_pairs (P, 2) int64 rows ``[i0, i1]``.
     ``generator`` (a CPU torch.Generator) drives the sampling of positives and candidates; the
-    result is deterministic for a seeded generator. Raises ValueError on empty / malformed input.
+    result is deterministic for a seeded generator. ``excluded_pairs`` (E, 2), when given, replaces
+    the positives as the pairs that may not serve as negatives -- e.g. every pair within a "safe
+    radius" larger than the positive radius (D3Feat / PREDATOR), so that spatial neighbours of the
+    true match are not pushed apart. Raises ValueError on empty / malformed input.
     """
     if f0.ndim != 2 or f1.ndim != 2 or f0.shape[1] != f1.shape[1]:
         raise ValueError(f"f0, f1 must be (N0, D), (N1, D); got {tuple(f0.shape)}, {tuple(f1.shape)}")
@@ -85,7 +90,8 @@ def hardest_contrastive_loss(
     sample = pairs[sel_pos]  # (Ps, 2)
     sel0 = _sample(n0, num_hn_samples, generator)  # (S0,)
     sel1 = _sample(n1, num_hn_samples, generator)  # (S1,)
-    pos_keys = pairs[:, 0] * n1 + pairs[:, 1]  # (P,) one key per positive pair
+    excl = pairs if excluded_pairs is None else _as_tensor(excluded_pairs, torch.int64).cpu()
+    pos_keys = excl[:, 0] * n1 + excl[:, 1]  # (E,) one key per pair that may not be a negative
     anchors0, anchors1 = sample[:, 0], sample[:, 1]  # (Ps,), (Ps,)
 
     pos_f0 = f0[anchors0.to(dev)]  # (Ps, D)
@@ -127,8 +133,8 @@ def correspondences(
 ) -> torch.Tensor:
     """All pairs (i, j) with ``||T_1_from_0 @ p0_i - p1_j|| <= radius``; (P, 2) int64 CPU tensor.
 
-    points0 (N0, 3), points1 (N1, 3), T (4, 4). Rows are sorted by i, then j. Brute force with
-    float64 ``torch.cdist`` in blocks of rows (O(N0 * N1) time, O(block * N1) memory).
+    points0 (N0, 3), points1 (N1, 3), T (4, 4). Rows are sorted by i, then j. Candidates come
+    from Open3D's fixed-radius search (a spatial hash) and are confirmed with float64 distances.
     """
     p0 = _as_tensor(points0, torch.float64).cpu()
     p1 = _as_tensor(points1, torch.float64).cpu()
@@ -137,16 +143,22 @@ def correspondences(
         raise ValueError("points must be (N, 3) and T_1_from_0 (4, 4)")
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius}")
+    if p0.shape[0] == 0 or p1.shape[0] == 0:
+        return torch.zeros(0, 2, dtype=torch.int64)
     q = _transform(p0, T)  # (N0, 3) in frame 1
-    out = []
-    for start in range(0, q.shape[0], _CHUNK):
-        d = torch.cdist(q[start : start + _CHUNK], p1)  # (B, N1)
-        ij = torch.nonzero(d <= radius)  # (P_b, 2)
-        ij[:, 0] += start
-        out.append(ij)
-    pairs = torch.cat(out, 0) if out else torch.zeros(0, 2, dtype=torch.int64)
+    nns = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor(p1.numpy()))
+    search = radius * (1.0 + 1e-6)
+    nns.fixed_radius_index(search)
+    idx, _, splits = nns.fixed_radius_search(o3d.core.Tensor(q.numpy()), search)
+    j = torch.from_numpy(idx.numpy().astype(np.int64))  # (C,) candidate rows of points1
+    counts = torch.from_numpy(np.diff(splits.numpy()).astype(np.int64))  # (N0,)
+    i = torch.repeat_interleave(torch.arange(q.shape[0]), counts)  # (C,)
+    keep = (q[i] - p1[j]).norm(dim=1) <= radius
+    i, j = i[keep], j[keep]
+    order = torch.argsort(i * p1.shape[0] + j)
+    pairs = torch.stack([i[order], j[order]], dim=1)  # (P, 2)
     logger.debug("correspondences: %d pairs within %.4g", pairs.shape[0], radius)
-    return pairs.to(torch.int64)
+    return pairs
 
 
 def feature_match_recall(

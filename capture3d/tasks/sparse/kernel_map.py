@@ -32,7 +32,14 @@ from dataclasses import dataclass
 
 import torch
 
-from capture3d.tasks.sparse.coords import coords_in_range, pack_keys, pack_keys_unchecked, unpack_keys
+from capture3d.tasks.sparse.coords import (
+    SPATIAL_MAX,
+    SPATIAL_MIN,
+    coords_in_range,
+    pack_keys,
+    pack_keys_unchecked,
+    unpack_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +101,22 @@ def match_offsets(
     empty = torch.zeros(0, dtype=torch.int64, device=out_coords.device)
     if n_in == 0 or n_out == 0:
         return tuple((empty, empty) for _ in range(num_k))
-    # All K offsets at once: queries (K * N_out, 4), ordered by offset, then out row.
-    query = out_coords[None, :, :].repeat(num_k, 1, 1)  # (K, N_out, 4)
-    query[:, :, 1:] += offsets[:, None, :]
-    query = query.reshape(-1, 4)
-    valid = coords_in_range(query)  # (K * N_out,)
-    q_index = torch.nonzero(valid).squeeze(1)  # (Q,)
-    q_keys = pack_keys_unchecked(query[q_index])  # (Q,)
+    # All K offsets at once: queries (K * N_out,), ordered by offset, then out row.
+    spatial = out_coords[:, 1:]
+    lo = spatial.min(dim=0).values + offsets.min(dim=0).values  # (3,)
+    hi = spatial.max(dim=0).values + offsets.max(dim=0).values  # (3,)
+    if bool((lo >= SPATIAL_MIN).all() and (hi <= SPATIAL_MAX).all()):
+        # Every query packs: the key of out + d is key(out) + key-delta(d) (no carries between fields).
+        delta = pack_keys_unchecked(torch.cat([torch.zeros_like(offsets[:, :1]), offsets], 1)) - pack_keys_unchecked(
+            torch.zeros(1, 4, dtype=torch.int64, device=offsets.device))  # (K,)
+        q_keys = (pack_keys_unchecked(out_coords)[None, :] + delta[:, None]).reshape(-1)  # (K * N_out,)
+        q_index = torch.arange(q_keys.shape[0], device=out_coords.device)
+    else:
+        query = out_coords[None, :, :].repeat(num_k, 1, 1)  # (K, N_out, 4)
+        query[:, :, 1:] += offsets[:, None, :]
+        query = query.reshape(-1, 4)
+        q_index = torch.nonzero(coords_in_range(query)).squeeze(1)  # (Q,)
+        q_keys = pack_keys_unchecked(query[q_index])  # (Q,)
     pos = torch.searchsorted(sorted_keys, q_keys).clamp_(max=n_in - 1)  # (Q,)
     found = sorted_keys[pos] == q_keys  # (Q,)
     hit = q_index[found]  # (H,) flat query index, sorted

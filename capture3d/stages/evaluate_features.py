@@ -1,0 +1,173 @@
+"""DVC stage ``evaluate_features``: FCGF against FPFH (or any descriptors) on one scan capture's pairs.
+
+Inputs: a scan capture with ground-truth poses (as for ``evaluate_registration``), an FCGF
+checkpoint (``--checkpoint``, needed when ``fcgf`` is among the descriptors), the
+``evaluate_features`` section (descriptors, pair selection, thresholds, global method) and the
+``register_scans`` section, whose preprocessing and pairwise settings are used unchanged so the
+numbers describe what ``register_scans`` would do.
+Output folder (written atomically): ``metrics.json`` (one summary per descriptor: feature-match
+recall, mean inlier ratio, registration recall, median errors, extraction time per scan) and
+``pairs.json`` (every pair and descriptor). Protocol: :mod:`capture3d.tasks.evaluate_features`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from capture3d.atomic import atomic_dir
+from capture3d.config import section
+from capture3d.errors import CaptureError, ParamsError
+from capture3d.stages.common import (
+    CaptureInputs,
+    params_from_args,
+    stage_main,
+    stage_parser,
+    write_json,
+)
+from capture3d.stages.evaluate_registration import find_scan_ground_truth
+from capture3d.stages.register_scans import (
+    RegisterScansConfig,
+    RegisterScansInputs,
+    compute_features,
+    prepare_scans,
+)
+from capture3d.stages.register_scans import load_config as load_register_config
+from capture3d.tasks.evaluate_features import (
+    FeatureEvalConfig,
+    evaluate_descriptors,
+    with_global_method,
+)
+from capture3d.tasks.fcgf_features import FCGF, registry_with_fcgf
+from capture3d.tasks.scan_features import feature_registry, get_feature
+from capture3d.tasks.scan_io import read_gt_poses
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateFeaturesConfig:
+    """The ``evaluate_features`` section."""
+
+    features: tuple[str, ...]  # descriptors compared, e.g. [fpfh, fcgf]
+    global_method: Literal["fgr", "ransac", "fgr_then_ransac"]
+    min_overlap: float
+    inlier_distance: float
+    inlier_ratio: float
+    rotation_threshold_deg: float
+    translation_threshold: float
+    threshold_scale: float
+    gt_format: str
+    device: Literal["auto", "cpu", "cuda"]
+
+    def eval_config(self) -> FeatureEvalConfig:
+        return FeatureEvalConfig(self.min_overlap, self.inlier_distance, self.inlier_ratio,
+                                 self.rotation_threshold_deg, self.translation_threshold, self.threshold_scale)
+
+
+@dataclass(frozen=True)
+class EvaluateFeaturesInputs(CaptureInputs):
+    """A scan capture with ground truth, the FCGF checkpoint and optional explicit ground truth."""
+
+    checkpoint: Path | None = None
+    gt: Path | None = None
+
+
+def load_config(params: Mapping[str, Any]) -> tuple[EvaluateFeaturesConfig, RegisterScansConfig]:
+    config = section(params, "evaluate_features", EvaluateFeaturesConfig)
+    known = {**feature_registry(), FCGF: None}
+    for name in config.features:
+        try:
+            get_feature(name, known)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ParamsError(f"evaluate_features.features: {exc}") from None
+    if not config.features:
+        raise ParamsError("evaluate_features.features: name at least one descriptor")
+    return config, load_register_config(params)
+
+
+def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeaturesConfig, RegisterScansConfig]) -> Path:
+    """Compare the descriptors on every overlapping ground-truth pair of the capture; returns ``out``."""
+    config, reg = configs
+    label = inputs.label
+    registry = feature_registry()
+    if FCGF in config.features:
+        if inputs.checkpoint is None:
+            raise CaptureError(label, "descriptor 'fcgf' needs --checkpoint")
+        try:
+            registry = registry_with_fcgf(inputs.checkpoint, config.device)
+        except ValueError as exc:
+            raise CaptureError(label, str(exc)) from None
+    scans, voxel, prepared, _ = prepare_scans(RegisterScansInputs(inputs.capture, inputs.name), reg.preprocess)
+    names = [s.name for s in scans]
+    gt_path = inputs.gt or find_scan_ground_truth(inputs.capture)
+    if gt_path is None:
+        raise CaptureError(label, "no ground-truth poses found (gt/poses.json, a .conf, .log, gt.npy or matrices)")
+    try:
+        gt = read_gt_poses(gt_path, names, config.gt_format, require_all=False)
+    except ValueError as exc:
+        raise CaptureError(label, str(exc)) from None
+    if reg.preprocess.units_scale != 1.0:
+        gt = {n: _scaled(T, reg.preprocess.units_scale) for n, T in gt.items()}
+    keep = [i for i, n in enumerate(names) if n in gt]
+    if len(keep) < 2:
+        raise CaptureError(label, f"ground truth covers {len(keep)} scan(s): need 2 to form a pair")
+
+    features: dict[str, list[np.ndarray]] = {}
+    timing: dict[str, float] = {}
+    for name in config.features:
+        t = time.perf_counter()
+        features[name] = [f for i, f in enumerate(compute_features(label, prepared, voxel, get_feature(name, registry)))
+                          if i in keep]
+        timing[name] = (time.perf_counter() - t) / len(prepared)
+    clouds = [prepared[i].pcd for i in keep]
+    rows, summary = evaluate_descriptors([names[i] for i in keep], clouds, features, [gt[names[i]] for i in keep],
+                                         voxel, with_global_method(reg.pair, config.global_method),
+                                         config.eval_config())
+    if not rows:
+        raise CaptureError(label, f"no scan pair overlaps at least {config.min_overlap:.0%} under the ground truth")
+    for name in config.features:
+        summary[name]["extract_s_per_scan"] = timing[name]
+        summary[name]["dimension"] = int(features[name][0].shape[1])
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "pairs.json", {"pairs": rows})
+        write_json(tmp / "metrics.json", {
+            "capture": label, "status": "ok", "voxel_size": voxel, "num_scans": len(keep),
+            "global_method": config.global_method, "inlier_distance": config.inlier_distance * config.threshold_scale,
+            "inlier_ratio_threshold": config.inlier_ratio, "checkpoint": str(inputs.checkpoint or ""),
+            "features": summary,
+        })
+    logger.info("capture '%s': %s", label, ", ".join(
+        f"{n} FMR {s['feature_match_recall']:.2f} RR {s['registration_recall']:.2f}" for n, s in summary.items()))
+    return out
+
+
+def _scaled(T: np.ndarray, units: float) -> np.ndarray:
+    T = np.array(T, dtype=np.float64)
+    T[:3, 3] *= units
+    return T
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = stage_parser("capture3d.stages.evaluate_features", __doc__ or "")
+    parser.add_argument("--capture", type=Path, required=True, help="scan capture folder with ground truth")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="FCGF checkpoint (for the fcgf descriptor)")
+    parser.add_argument("--gt", type=Path, default=None, help="ground-truth poses (default: found in the capture)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main(build_parser(), argv, lambda args: run(
+        EvaluateFeaturesInputs(args.capture, args.name, args.checkpoint, args.gt), args.out,
+        load_config(params_from_args(args))))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
