@@ -18,6 +18,7 @@ table unless ``--cuda-only``):
 
 Ratios are against the dense (table 1) or FPFH (table 2) time measured in this same run.
 Usage: python benchmarks/bench_fcgf.py [--device cpu|cuda] [--repeats N] [--voxel 0.025]
+(``BENCH_FRAGMENT=path.npy`` points it at another (N, 3) fragment).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DATA = REPO.parent / "shared" / "data" / "registration" / "3dmatch_pair" / "src.npy"
+DATA = Path(os.environ.get("BENCH_FRAGMENT", REPO.parent / "shared" / "data" / "registration" / "3dmatch_pair" / "src.npy"))
 CHANNELS = ((32, 32), (32, 64), (64, 64))
 
 logger = logging.getLogger("bench_fcgf")
@@ -141,26 +142,36 @@ def conv_table(device: str, voxel: float, repeats: int) -> list[str]:
 
 
 def extraction_table(device: str, voxel: float, repeats: int) -> list[str]:
-    import open3d as o3d
     import torch
 
-    from capture3d.tasks.fcgf_checkpoint import FcgfModelConfig, build_model
-    from capture3d.tasks.fcgf_model import extract_features
-    from capture3d.tasks.scan_features import fpfh
+    from capture3d.tasks.fcgf_model import ResUNetBN2C, extract_features
+    from capture3d.tasks.sparse import quantize
 
     pts, _ = fragment()
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts)).voxel_down_sample(voxel)
-    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2 * voxel, max_nn=30))
-    down, normals = np.asarray(pcd.points), np.asarray(pcd.normals)
+    try:
+        import open3d as o3d
+
+        from capture3d.tasks.scan_features import fpfh
+    except ImportError:  # a GPU machine without Open3D: FCGF alone, on voxel centres
+        o3d = None
+    if o3d is not None:
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts)).voxel_down_sample(voxel)
+        pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2 * voxel, max_nn=30))
+        down, normals = np.asarray(pcd.points), np.asarray(pcd.normals)
+    else:
+        down = (quantize(torch.as_tensor(pts), voxel)[0].double().numpy() + 0.5) * voxel
     torch.manual_seed(0)
-    model = build_model(FcgfModelConfig("ResUNetBN2C", 1, 32, 5, 0.05, True)).to(device).eval()
+    model = ResUNetBN2C(1, 32, bn_momentum=0.05, conv1_kernel_size=5).to(device).eval()
 
     def run_fcgf() -> None:
         extract_features(model, down, voxel)
         _sync(device)
 
     timings = {}
-    for name, fn in (("FPFH (Open3D, cpu)", lambda: fpfh(down, normals, voxel)), (f"FCGF ({device})", run_fcgf)):
+    runs = [(f"FCGF ({device})", run_fcgf)]
+    if o3d is not None:
+        runs.insert(0, ("FPFH (Open3D, cpu)", lambda: fpfh(down, normals, voxel)))
+    for name, fn in runs:
         fn()
         times = []
         for _ in range(repeats):
@@ -168,10 +179,10 @@ def extraction_table(device: str, voxel: float, repeats: int) -> list[str]:
             fn()
             times.append(time.perf_counter() - t)
         timings[name] = statistics.median(times)
-    ref = timings["FPFH (Open3D, cpu)"]
+    ref = timings.get("FPFH (Open3D, cpu)")
     lines = [f"{len(down)} points after {voxel} m downsampling", "", "| descriptor | s per fragment | vs FPFH |",
              "|---|---|---|"]
-    lines += [f"| {k} | {v:.4f} | {v / ref:.2f} |" for k, v in timings.items()]
+    lines += [f"| {k} | {v:.4f} | {f'{v / ref:.2f}' if ref else 'n/a'} |" for k, v in timings.items()]
     return lines
 
 

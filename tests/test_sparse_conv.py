@@ -357,3 +357,26 @@ def test_cuda_matches_cpu() -> None:
     for cpu, gpu in zip(results["cpu"], results["cuda"]):
         assert torch.equal(cpu.coords, gpu.coords.cpu())
         torch.testing.assert_close(cpu.features, gpu.features.cpu(), rtol=0, atol=1e-9)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fcgf_network_cuda_matches_cpu_forward_and_backward() -> None:
+    from capture3d.tasks.fcgf_model import ResUNetBN2C, voxelize_for_fcgf
+
+    rng = np.random.default_rng(0)
+    u, v = rng.uniform(0.0, 2.0, size=(2, 20000))
+    points = np.stack([u, v, 0.2 * np.sin(3 * u) * np.cos(2 * v)], 1)  # (N, 3) a wavy 2 m sheet
+    torch.manual_seed(0)
+    model = ResUNetBN2C(1, 32, bn_momentum=0.05, conv1_kernel_size=5)
+    out = {}
+    for device in ("cpu", "cuda"):
+        net = model.to(device).train()
+        net.zero_grad()
+        x, _ = voxelize_for_fcgf(points, 0.05, device)
+        feats = net(x).features  # (M, 32)
+        (feats * torch.linspace(-1, 1, 32, device=device)).sum().backward()
+        out[device] = (feats.detach().cpu(), {k: p.grad.detach().cpu() for k, p in net.named_parameters()})
+    torch.testing.assert_close(out["cuda"][0], out["cpu"][0], rtol=1e-3, atol=1e-4)
+    for k, g in out["cpu"][1].items():
+        torch.testing.assert_close(out["cuda"][1][k], g, rtol=1e-2, atol=1e-3, msg=k)
