@@ -39,6 +39,7 @@ test-fast: system-deps $(STAMP)
 bench: system-deps $(STAMP)
 	$(PY) benchmarks/bench_sfm.py
 	$(PY) benchmarks/bench_registration.py
+	$(PY) benchmarks/bench_fcgf.py
 
 clean:
 	rm -rf results data/captures/demo .pytest_cache

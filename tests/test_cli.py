@@ -72,3 +72,36 @@ def test_register_then_evaluate_registration(tmp_path: Path, repo_root: Path) ->
     assert evaluated["placed_beyond_tolerance"] == []
     assert evaluated["num_within_tolerance"] == registered["num_placed"] == 8
     assert "ape_rotation_deg_max" in proc.stdout
+
+
+def test_train_fcgf_flow_then_evaluate_features(tmp_path: Path, repo_root: Path) -> None:
+    """`capture3d train fcgf --captures` trains (a token run) and evaluates through the Prefect flow;
+    `capture3d evaluate features` prints the FPFH / FCGF table for the same capture."""
+    params = str(repo_root / "params.yaml")
+    small = ["--set", "synthesize_scans.num_scans=4", "--set", "synthesize_scans.width=80",
+             "--set", "synthesize_scans.height=60"]
+    proc = _run(["synthesize-scans", "--out", str(tmp_path / "captures" / "ring"), "--params", params, *small],
+                tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    token = ["--set", "train_fcgf.data.synthetic_seeds=[1]", "--set", "train_fcgf.data.validation_seeds=[]",
+             "--set", "train_fcgf.data.num_scans=4", "--set", "train_fcgf.data.width=80",
+             "--set", "train_fcgf.data.height=60", "--set", "train_fcgf.data.auto_target_points=1500",
+             "--set", "evaluate_features.global_method=fgr", "--set", "evaluate_features.device=cpu"]
+    proc = _run(["train", "fcgf", "--out", str(tmp_path / "models" / "fcgf"), "--iterations", "2", "--device", "cpu",
+                 "--captures", str(tmp_path / "captures"), "--results", str(tmp_path / "results"),
+                 "--params", params, *token], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loss_last_50" in proc.stdout and "ring" in proc.stdout and "ok" in proc.stdout
+    trained = json.loads((tmp_path / "models" / "fcgf" / "metrics.json").read_text())
+    assert trained["iterations"] == 2 and trained["train_data"] == ["seed1"]
+    evaluated = json.loads((tmp_path / "results" / "ring" / "evaluate_features" / "metrics.json").read_text())
+    assert set(evaluated["features"]) == {"fpfh", "fcgf"} and evaluated["features"]["fcgf"]["num_pairs"] >= 3
+    proc = _run(["evaluate", "features", "--scans", str(tmp_path / "captures" / "ring"), "--features", "fpfh",
+                 "--checkpoint", str(tmp_path / "models" / "fcgf" / "model.pt"), "--out", str(tmp_path / "ev"),
+                 "--params", params, *token], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "feature_match_recall" in proc.stdout and "fpfh" in proc.stdout
+    proc = _run(["evaluate", "features", "--scans", str(tmp_path / "captures" / "ring"), "--out", str(tmp_path / "ev2"),
+                 "--params", params, *token], tmp_path)
+    assert proc.returncode != 0 and _error_lines(proc.stderr) == [
+        "error: capture 'ring': descriptor 'fcgf' needs --checkpoint"], proc.stderr[-2000:]
