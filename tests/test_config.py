@@ -10,7 +10,13 @@ import pytest
 import yaml
 
 from capture3d.atomic import atomic_dir
-from capture3d.config import apply_overrides, load_params, parse_override, replace_checked, section
+from capture3d.config import (
+    apply_overrides,
+    load_params,
+    parse_override,
+    replace_checked,
+    section,
+)
 from capture3d.errors import ParamsError
 from capture3d.stages.sfm import load_config
 from capture3d.tasks.sfm import LADDER_KEYS, SfmConfig

@@ -11,10 +11,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from capture3d.config import load_params  # noqa: E402
 from capture3d.flows.batch import run_with_workers  # noqa: E402
 from capture3d.flows.reconstruct import reconstruct  # noqa: E402
 from capture3d.stages import synthesize  # noqa: E402
-from capture3d.config import load_params  # noqa: E402
 
 SMALL = ["synthesize.num_images=12", "synthesize.width=320", "synthesize.height=240"]
 

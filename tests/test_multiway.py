@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 import pytest
+from registration_helpers import preprocess, random_rigid, transform_points
 
 from capture3d.tasks.multiway import (
     MultiwayConfig,
@@ -26,8 +27,6 @@ from capture3d.tasks.multiway import (
     rigid_difference,
 )
 from capture3d.tasks.register_pair import PairConfig
-
-from registration_helpers import preprocess, random_rigid, transform_points
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BUNNY = DATA / "registration" / "bunny"

@@ -17,11 +17,15 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 import pytest
+from registration_helpers import preprocess, random_rigid, transform_points
 
 from capture3d.tasks.multiway import rigid_difference
-from capture3d.tasks.register_pair import PairConfig, global_registration, refine, register_pair
-
-from registration_helpers import preprocess, random_rigid, transform_points
+from capture3d.tasks.register_pair import (
+    PairConfig,
+    global_registration,
+    refine,
+    register_pair,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MATCH = DATA / "registration" / "3dmatch_pair"

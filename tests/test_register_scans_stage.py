@@ -18,7 +18,12 @@ from capture3d.errors import CaptureError
 from capture3d.stages import evaluate_registration as evaluate_stage
 from capture3d.stages import register_scans as register_stage
 from capture3d.stages import synthesize_scans
-from capture3d.tasks.scan_io import read_gt_poses, read_scans, write_point_cloud, write_poses_json
+from capture3d.tasks.scan_io import (
+    read_gt_poses,
+    read_scans,
+    write_point_cloud,
+    write_poses_json,
+)
 
 
 def _params(base: dict[str, Any], register: dict[str, Any] | None = None,

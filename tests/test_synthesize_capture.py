@@ -11,7 +11,11 @@ import pytest
 from PIL import Image
 
 from capture3d.tasks.cameras import PinholeCamera, read_transforms_json
-from capture3d.tasks.synthesize_capture import SyntheticCapture, render_capture, write_capture
+from capture3d.tasks.synthesize_capture import (
+    SyntheticCapture,
+    render_capture,
+    write_capture,
+)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from capture3d.config import load_params, section
-
 from capture3d.flows.dvc_record import BatchLayout, dvc_targets, record_stages
 from capture3d.flows.status import CaptureStatus, status_markdown
 

@@ -32,7 +32,10 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
-from capture3d.stages.evaluate_registration import find_scan_ground_truth
+from capture3d.stages.evaluate_registration import (
+    find_scan_ground_truth,
+    scale_translation,
+)
 from capture3d.stages.register_scans import (
     RegisterScansConfig,
     RegisterScansInputs,
@@ -115,7 +118,7 @@ def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeatur
     except ValueError as exc:
         raise CaptureError(label, str(exc)) from None
     if reg.preprocess.units_scale != 1.0:
-        gt = {n: _scaled(T, reg.preprocess.units_scale) for n, T in gt.items()}
+        gt = {n: scale_translation(T, reg.preprocess.units_scale) for n, T in gt.items()}
     keep = [i for i, n in enumerate(names) if n in gt]
     if len(keep) < 2:
         raise CaptureError(label, f"ground truth covers {len(keep)} scan(s): need 2 to form a pair")
@@ -147,12 +150,6 @@ def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeatur
     logger.info("capture '%s': %s", label, ", ".join(
         f"{n} FMR {s['feature_match_recall']:.2f} RR {s['registration_recall']:.2f}" for n, s in summary.items()))
     return out
-
-
-def _scaled(T: np.ndarray, units: float) -> np.ndarray:
-    T = np.array(T, dtype=np.float64)
-    T[:3, 3] *= units
-    return T
 
 
 def build_parser() -> argparse.ArgumentParser:

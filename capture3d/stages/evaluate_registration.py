@@ -25,7 +25,12 @@ import open3d as o3d
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError
-from capture3d.stages.common import params_from_args, stage_main, stage_parser, write_json
+from capture3d.stages.common import (
+    params_from_args,
+    stage_main,
+    stage_parser,
+    write_json,
+)
 from capture3d.stages.register_scans import RegisterScansInputs, load_scans
 from capture3d.tasks.evaluate_registration import (
     absolute_pose_errors,
@@ -111,7 +116,7 @@ def run(inputs: EvaluateRegistrationInputs, out: Path, config: EvaluateRegistrat
     missing = [n for n in names if n not in gt]
     if missing:
         raise CaptureError(label, f"ground truth does not match the scans: no pose for {', '.join(missing[:5])}")
-    gt = {n: _scaled(T, units) for n, T in gt.items()}
+    gt = {n: scale_translation(T, units) for n, T in gt.items()}
     est = read_gt_poses(inputs.result / "poses.json", names, "json", require_all=False)
 
     scale = config.threshold_scale
@@ -174,7 +179,8 @@ def _fraction(rows: list[dict[str, Any]], key: str) -> float | None:
     return sum(bool(r[key]) for r in rows) / len(rows) if rows else None
 
 
-def _scaled(T: np.ndarray, units: float) -> np.ndarray:
+def scale_translation(T: np.ndarray, units: float) -> np.ndarray:
+    """A copy of the 4x4 T with its translation multiplied by ``units``."""
     T = np.array(T, dtype=np.float64)
     T[:3, 3] *= units
     return T

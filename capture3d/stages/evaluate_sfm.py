@@ -23,7 +23,12 @@ import pycolmap
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError
-from capture3d.stages.common import params_from_args, stage_main, stage_parser, write_json
+from capture3d.stages.common import (
+    params_from_args,
+    stage_main,
+    stage_parser,
+    write_json,
+)
 from capture3d.tasks.evaluate_sfm import evaluate_sfm, read_ground_truth
 
 logger = logging.getLogger(__name__)

@@ -23,10 +23,16 @@ import numpy as np
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.stages.common import CaptureInputs, params_from_args, stage_main, stage_parser, write_json
+from capture3d.stages.common import (
+    CaptureInputs,
+    params_from_args,
+    stage_main,
+    stage_parser,
+    write_json,
+)
+from capture3d.tasks.fcgf_features import FCGF, registry_with_fcgf
 from capture3d.tasks.multiway import MultiwayConfig, fuse_clouds, register_multiway
 from capture3d.tasks.register_pair import PairConfig
-from capture3d.tasks.fcgf_features import FCGF, registry_with_fcgf
 from capture3d.tasks.scan_features import FeatureFn, feature_registry, get_feature
 from capture3d.tasks.scan_io import Scan, read_scans, write_poses_json
 from capture3d.tasks.scan_preprocess import Preprocessed, auto_voxel_size, preprocess

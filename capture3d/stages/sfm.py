@@ -22,7 +22,13 @@ from typing import Any
 from capture3d.atomic import atomic_dir
 from capture3d.config import from_mapping, section
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.stages.common import CaptureInputs, params_from_args, stage_main, stage_parser, write_json
+from capture3d.stages.common import (
+    CaptureInputs,
+    params_from_args,
+    stage_main,
+    stage_parser,
+    write_json,
+)
 from capture3d.tasks.evaluate_sfm import reconstruction_stats
 from capture3d.tasks.image_folder import scan_images
 from capture3d.tasks.sfm import LADDER_KEYS, KnownIntrinsics, SfmConfig, run_sfm

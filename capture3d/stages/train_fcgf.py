@@ -36,9 +36,8 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
-from capture3d.tasks.fcgf_checkpoint import FcgfModelConfig, save_checkpoint
+from capture3d.tasks.fcgf_checkpoint import save_checkpoint
 from capture3d.tasks.fcgf_data import (
-    AugmentConfig,
     ScanPair,
     pairs_from_scans,
     synthetic_pairs,
@@ -46,8 +45,6 @@ from capture3d.tasks.fcgf_data import (
 from capture3d.tasks.fcgf_features import resolve_device
 from capture3d.tasks.fcgf_train import (
     FcgfTrainConfig,
-    LossConfig,
-    OptimConfig,
     TrainResult,
     train_fcgf,
 )
@@ -76,27 +73,12 @@ class TrainDataConfig:
 
 
 @dataclass(frozen=True)
-class TrainFcgfConfig:
-    """The ``train_fcgf`` section."""
+class TrainFcgfConfig(FcgfTrainConfig):
+    """The ``train_fcgf`` section: the training settings plus the data, the seed and the device."""
 
     data: TrainDataConfig
-    model: FcgfModelConfig
-    optim: OptimConfig
-    loss: LossConfig
-    augment: AugmentConfig
-    iterations: int
-    checkpoint_every: int
-    val_every: int
-    fmr_inlier_distance: float
-    fmr_inlier_ratio: float
     seed: int
     device: Literal["auto", "cpu", "cuda"]
-
-    def train_config(self) -> FcgfTrainConfig:
-        return FcgfTrainConfig(
-            model=self.model, optim=self.optim, loss=self.loss, augment=self.augment, iterations=self.iterations,
-            checkpoint_every=self.checkpoint_every, val_every=self.val_every,
-            fmr_inlier_distance=self.fmr_inlier_distance, fmr_inlier_ratio=self.fmr_inlier_ratio)
 
 
 def load_config(params: Mapping[str, Any]) -> TrainFcgfConfig:
@@ -156,7 +138,7 @@ def run(out: Path, config: TrainFcgfConfig) -> Path:
     try:
         device = resolve_device(config.device)
         state = state_path_for(out)
-        result = train_fcgf(train, val, config.train_config(), config.seed, device, state)
+        result = train_fcgf(train, val, config, config.seed, device, state)
     except ValueError as exc:
         raise CaptureError(LABEL, str(exc)) from None
     with atomic_dir(out) as tmp:

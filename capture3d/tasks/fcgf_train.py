@@ -129,9 +129,14 @@ def _fresh_state(config: FcgfTrainConfig, seed: int, device: torch.device) -> _S
     return _State(model, opt, sched, np.random.default_rng(seed), gen)
 
 
+def _identity(config: FcgfTrainConfig) -> str:
+    """What a saved state must match to be resumed: the training settings alone (not data paths or device)."""
+    return repr({f.name: getattr(config, f.name) for f in dataclasses.fields(FcgfTrainConfig)})
+
+
 def _state_dict(state: _State, config: FcgfTrainConfig, seed: int) -> dict[str, Any]:
     return {
-        "format": STATE_FORMAT, "config": repr(config), "seed": seed, "iteration": state.iteration,
+        "format": STATE_FORMAT, "config": _identity(config), "seed": seed, "iteration": state.iteration,
         "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "rng": state.rng.bit_generator.state, "gen": state.gen.get_state(),
@@ -161,7 +166,7 @@ def _restore(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> b
     if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
         logger.warning("ignoring %s: not a capture3d FCGF training state", path)
         return False
-    if saved.get("config") != repr(config) or saved.get("seed") != seed:
+    if saved.get("config") != _identity(config) or saved.get("seed") != seed:
         logger.warning("ignoring training state %s: it was made with other settings or seed", path)
         return False
     state.model.load_state_dict(saved["model"])

@@ -38,7 +38,11 @@ import numpy as np
 import open3d as o3d
 from PIL import Image
 
-from capture3d.tasks.cameras import PinholeCamera, cam_from_world_matrix, write_transforms_json
+from capture3d.tasks.cameras import (
+    PinholeCamera,
+    cam_from_world_matrix,
+    write_transforms_json,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,11 @@ import torch
 from torch import nn
 
 from capture3d.tasks.sparse.coords import SparseTensor
-from capture3d.tasks.sparse.kernel_map import KernelMap, build_kernel_map, build_transpose_kernel_map
+from capture3d.tasks.sparse.kernel_map import (
+    KernelMap,
+    build_kernel_map,
+    build_transpose_kernel_map,
+)
 
 logger = logging.getLogger(__name__)
 
