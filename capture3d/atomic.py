@@ -39,15 +39,22 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     logger.debug("wrote %s", out)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary sibling and ``os.replace``."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of ``path``; it replaces ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary sibling and ``os.replace``."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)

@@ -39,6 +39,7 @@ from capture3d.stages.evaluate_registration import (
 from capture3d.stages.register_scans import (
     RegisterScansConfig,
     RegisterScansInputs,
+    check_feature_names,
     compute_features,
     prepare_scans,
 )
@@ -56,23 +57,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EvaluateFeaturesConfig:
-    """The ``evaluate_features`` section."""
+class EvaluateFeaturesConfig(FeatureEvalConfig):
+    """The ``evaluate_features`` section: the protocol's thresholds plus what to compare and how."""
 
     features: tuple[str, ...]  # descriptors compared, e.g. [fpfh, fcgf]
     global_method: Literal["fgr", "ransac", "fgr_then_ransac"]
-    min_overlap: float
-    inlier_distance: float
-    inlier_ratio: float
-    rotation_threshold_deg: float
-    translation_threshold: float
-    threshold_scale: float
     gt_format: str
     device: Literal["auto", "cpu", "cuda"]
-
-    def eval_config(self) -> FeatureEvalConfig:
-        return FeatureEvalConfig(self.min_overlap, self.inlier_distance, self.inlier_ratio,
-                                 self.rotation_threshold_deg, self.translation_threshold, self.threshold_scale)
 
 
 @dataclass(frozen=True)
@@ -85,12 +76,7 @@ class EvaluateFeaturesInputs(CaptureInputs):
 
 def load_config(params: Mapping[str, Any]) -> tuple[EvaluateFeaturesConfig, RegisterScansConfig]:
     config = section(params, "evaluate_features", EvaluateFeaturesConfig)
-    known = {**feature_registry(), FCGF: None}
-    for name in config.features:
-        try:
-            get_feature(name, known)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise ParamsError(f"evaluate_features.features: {exc}") from None
+    check_feature_names(config.features, "evaluate_features.features")
     if not config.features:
         raise ParamsError("evaluate_features.features: name at least one descriptor")
     return config, load_register_config(params)
@@ -123,17 +109,16 @@ def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeatur
     if len(keep) < 2:
         raise CaptureError(label, f"ground truth covers {len(keep)} scan(s): need 2 to form a pair")
 
+    kept = [prepared[i] for i in keep]
     features: dict[str, list[np.ndarray]] = {}
     timing: dict[str, float] = {}
     for name in config.features:
         t = time.perf_counter()
-        features[name] = [f for i, f in enumerate(compute_features(label, prepared, voxel, get_feature(name, registry)))
-                          if i in keep]
-        timing[name] = (time.perf_counter() - t) / len(prepared)
-    clouds = [prepared[i].pcd for i in keep]
+        features[name] = compute_features(label, kept, voxel, get_feature(name, registry))
+        timing[name] = (time.perf_counter() - t) / len(kept)
+    clouds = [p.pcd for p in kept]
     rows, summary = evaluate_descriptors([names[i] for i in keep], clouds, features, [gt[names[i]] for i in keep],
-                                         voxel, with_global_method(reg.pair, config.global_method),
-                                         config.eval_config())
+                                         voxel, with_global_method(reg.pair, config.global_method), config)
     if not rows:
         raise CaptureError(label, f"no scan pair overlaps at least {config.min_overlap:.0%} under the ground truth")
     for name in config.features:

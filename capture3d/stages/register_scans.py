@@ -83,12 +83,18 @@ class RegisterScansInputs(CaptureInputs):
 
 def load_config(params: Mapping[str, Any]) -> RegisterScansConfig:
     config = section(params, "register_scans", RegisterScansConfig)
-    known = {**feature_registry(), FCGF: None}
-    try:
-        get_feature(config.features, known)  # type: ignore[arg-type]  # unknown names fail here, listing the known ones
-    except ValueError as exc:
-        raise ParamsError(f"register_scans.features: {exc}") from None
+    check_feature_names([config.features], "register_scans.features")
     return config
+
+
+def check_feature_names(names: Sequence[str], key: str) -> None:
+    """ParamsError (listing the known ones) for a name that is neither built in nor ``fcgf``."""
+    known = {**feature_registry(), FCGF: None}
+    for name in names:
+        try:
+            get_feature(name, known)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ParamsError(f"{key}: {exc}") from None
 
 
 def load_scans(inputs: RegisterScansInputs, units_scale: float) -> list[Scan]:

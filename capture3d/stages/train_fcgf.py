@@ -36,6 +36,7 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
+from capture3d.stages.evaluate_registration import find_scan_ground_truth
 from capture3d.tasks.fcgf_checkpoint import save_checkpoint
 from capture3d.tasks.fcgf_data import (
     ScanPair,
@@ -90,8 +91,6 @@ def load_config(params: Mapping[str, Any]) -> TrainFcgfConfig:
 
 def capture_pairs(folder: Path, data: TrainDataConfig) -> list[ScanPair]:
     """Overlapping pairs of a scan capture with ground truth (CaptureError naming it otherwise)."""
-    from capture3d.stages.evaluate_registration import find_scan_ground_truth
-
     label = folder.name
     if not folder.is_dir():
         raise CaptureError(label, f"training capture folder '{folder}' does not exist")

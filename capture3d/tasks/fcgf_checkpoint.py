@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from typing import Any, Literal
 
 import torch
 
+from capture3d.atomic import atomic_file
 from capture3d.tasks.fcgf_model import ResUNetBN2, ResUNetBN2C
 
 logger = logging.getLogger(__name__)
@@ -102,18 +101,10 @@ def _torch_load(path: Path) -> Any:
 
 def save_checkpoint(path: Path, model: ResUNetBN2C, config: FcgfModelConfig, **extra: Any) -> None:
     """Write ``model`` in capture3d's format (atomically: temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, "model_config": dataclasses.asdict(config),
              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(Path(path)) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def convert_me_state_dict(me_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from capture3d.atomic import atomic_file
 from capture3d.tasks.fcgf_checkpoint import FcgfModelConfig, build_model
 from capture3d.tasks.fcgf_data import (
     AugmentConfig,
@@ -145,15 +144,8 @@ def _state_dict(state: _State, config: FcgfTrainConfig, seed: int) -> dict[str, 
 
 
 def _save_state(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(_state_dict(state, config, seed), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _restore(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> bool:
