@@ -37,13 +37,13 @@ from capture3d.stages.common import (
     write_json,
 )
 from capture3d.stages.evaluate_registration import find_scan_ground_truth
+from capture3d.tasks.device import resolve_device
 from capture3d.tasks.fcgf_checkpoint import save_checkpoint
 from capture3d.tasks.fcgf_data import (
     ScanPair,
     pairs_from_scans,
     synthetic_pairs,
 )
-from capture3d.tasks.fcgf_features import resolve_device
 from capture3d.tasks.fcgf_train import (
     FcgfTrainConfig,
     TrainResult,

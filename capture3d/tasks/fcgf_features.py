@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from capture3d.tasks.device import resolve_device
 from capture3d.tasks.fcgf_checkpoint import load_checkpoint
 from capture3d.tasks.fcgf_model import ResUNetBN2C, extract_features
 from capture3d.tasks.scan_features import FeatureFn, feature_registry, register_feature
@@ -25,17 +25,6 @@ from capture3d.tasks.scan_features import FeatureFn, feature_registry, register_
 logger = logging.getLogger(__name__)
 
 FCGF = "fcgf"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is a ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r} (auto | cpu | cuda)")
-    return torch.device(name)
 
 
 def fcgf_feature(model: ResUNetBN2C) -> FeatureFn:
