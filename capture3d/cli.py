@@ -142,7 +142,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print_metrics(f"demo capture '{status.name}': registration against ground truth", status.metrics,
                           REGISTRATION_TABLE_KEYS)
         elif status.ok:
-            print_metrics(f"demo capture '{status.name}': SfM against ground truth", status.metrics)
+            print_metrics(f"demo capture '{status.name}': SfM against ground truth; 3DGS and NeRF on held-out views",
+                          status.metrics, SFM_TABLE_KEYS + ("gaussians_psnr", "gaussians_ssim", "nerf_psnr", "nerf_ssim"))
     for title, name in (("reconstruct: photo captures", DEMO_CAPTURE),
                         ("register_scans: scan captures", DEMO_SCAN_CAPTURE)):
         print_statuses([s.row() for s in statuses if s.name == name], title)
@@ -256,6 +257,36 @@ def cmd_evaluate_features(args: argparse.Namespace) -> int:
     return 0
 
 
+NVS_TABLE_KEYS = ("psnr", "ssim", "psnr_init", "ssim_init", "num_train_views", "num_test_views", "resolution",
+                  "num_init_points", "num_gaussians", "iterations", "stopped", "fit_s", "wall_s", "peak_memory_mb",
+                  "device", "backend")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from capture3d.stages import fit_gaussians, fit_nerf
+    from capture3d.stages.nvs_common import NvsInputs
+
+    stage = {"gaussians": fit_gaussians, "nerf": fit_nerf}[args.method]
+    section_name = f"fit_{args.method}"
+    overrides = list(args.overrides)
+    for flag, key in (("iterations", "iterations"), ("max_seconds", "max_seconds"), ("device", "device"),
+                      ("seed", "seed"), ("resolution_scale", "data.resolution_scale"), ("backend", "backend")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{section_name}.{key}={value}")
+    config = stage.load_config(load_params(args.params, overrides))
+    out = args.out or (Path("results") / (args.name or args.capture.name) / section_name)
+    metrics = json.loads((stage.run(NvsInputs(args.capture, args.name), out, config) / "metrics.json").read_text())
+    print_metrics(f"fit {args.method}: {metrics['capture']} (held-out views)", metrics, NVS_TABLE_KEYS)
+    per_view = Table(title="held-out views")
+    for col in ("view", "psnr", "ssim"):
+        per_view.add_column(col, justify="right")
+    for row in metrics["per_view"]:
+        per_view.add_row(str(row["view"]), _fmt(row["psnr"]), _fmt(row["ssim"]))
+    _console().print(per_view)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capture3d", description="Captured photos and scans to 3D results.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -348,6 +379,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_params_arguments(t)
     t.set_defaults(func=cmd_train_fcgf)
 
+    p = sub.add_parser("fit", help="novel-view synthesis: fit 3D Gaussians or a NeRF to a posed capture")
+    fit = p.add_subparsers(dest="method", required=True)
+    for method, what in (("gaussians", "3D Gaussian Splatting"), ("nerf", "NeRF")):
+        f = fit.add_parser(method, help=f"{what}, evaluated on every 8th view held out")
+        f.add_argument("--capture", type=Path, required=True,
+                       help="sfm output folder, COLMAP folder, transforms.json or LLFF folder (poses_bounds.npy)")
+        f.add_argument("--out", type=Path, help=f"output folder (default: results/<name>/fit_{method})")
+        f.add_argument("--name", default="", help="capture name for messages (default: folder name)")
+        f.add_argument("--iterations", type=int)
+        f.add_argument("--max-seconds", type=float, help="stop fitting after this long (0: no limit)")
+        f.add_argument("--resolution-scale", type=float, help="scale images (and intrinsics) by this")
+        f.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        if method == "gaussians":
+            f.add_argument("--backend", choices=["auto", "cuda", "cpu"], help="rasterizer")
+        f.add_argument("--seed", type=int)
+        add_params_arguments(f)
+        f.set_defaults(func=cmd_fit)
+
     p = sub.add_parser("register-batch", help="Prefect flow register_scans over a folder of scan captures")
     p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per scan capture")
     p.add_argument("--out", type=Path, required=True, help="results root: <out>/<capture>/register_scans")
@@ -371,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except Capture3dError as exc:
         logger.debug("failed", exc_info=True)
-        folder = getattr(args, "images", None) or getattr(args, "scans", None) or getattr(args, "model", None)
+        folder = (getattr(args, "images", None) or getattr(args, "scans", None) or getattr(args, "model", None)
+                  or getattr(args, "capture", None))
         label = getattr(args, "name", "") or (Path(folder).name if folder else "")
         sys.stderr.write(f"error: {error_line(exc, label)}\n")
         return exc.exit_code

@@ -82,6 +82,9 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
                                         auto_target_points=1500, max_val_pairs=1)
     params["train_fcgf"].update(iterations=2, val_every=2, device="cpu")
     params["evaluate_features"]["global_method"] = "fgr"
+    # NVS: token fits (their quality is tested elsewhere); the stages, outputs and records are under test.
+    params["fit_gaussians"].update(iterations=20, cpu_compile=False, orbit_frames=2, checkpoint_every=10)
+    params["fit_nerf"].update(iterations=20, orbit_frames=2, checkpoint_every=10)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
@@ -100,7 +103,12 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     assert "results/demo/evaluate_sfm/metrics.json" in json.dumps(shown)
     features = json.loads((repo / "results/demo_scans/evaluate_features/metrics.json").read_text())["features"]
     assert set(features) == {"fpfh", "fcgf"} and features["fpfh"]["num_pairs"] >= 7
-    assert "models/fcgf/train_log.csv" in _run([*dvc, "plots", "show", "--json"], repo, env)
+    plots = _run([*dvc, "plots", "show", "--json"], repo, env)
+    assert "models/fcgf/train_log.csv" in plots and "results/demo/fit_gaussians/train_log.csv" in plots
+    for method in ("fit_gaussians", "fit_nerf"):
+        nvs = json.loads((repo / f"results/demo/{method}/metrics.json").read_text())
+        assert nvs["iterations"] == 20 and nvs["num_test_views"] == 2 and nvs["psnr"] > 5, nvs
+    assert (repo / "results/demo/fit_gaussians/gaussians.ply").is_file()
 
     # The Prefect demo flow runs the same stages and records them: DVC has nothing to do.
     out = _run([str(VENV_BIN / "capture3d"), "demo"], repo, env)
@@ -115,7 +123,7 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     params["captures"] = ["demo", "extra"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(_run([*dvc, "status", "--json"], repo, env)))
-    assert changed == {"sfm@extra", "evaluate_sfm@extra"}, changed
+    assert changed == {"sfm@extra", "evaluate_sfm@extra", "fit_gaussians@extra", "fit_nerf@extra"}, changed
 
     # Changing the sfm section invalidates SfM and what depends on it, not the synthesis.
     params["captures"] = ["demo"]
@@ -133,6 +141,7 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     ran = _run([*dvc, "exp", "run", "-S", "sfm.mapper=global"], repo, env)
     # SfM and what depends on it rerun; the synthesis does not.
     assert "Running stage 'sfm@demo'" in ran and "Running stage 'evaluate_sfm@demo'" in ran, ran
+    assert "Running stage 'fit_gaussians@demo'" in ran, ran
     assert "Running stage 'synthesize'" not in ran, ran
     metrics = json.loads((repo / "results/demo/sfm/metrics.json").read_text())
     assert metrics["attempts"][metrics["chosen_attempt"]]["mapper"] == "global"

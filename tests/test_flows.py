@@ -17,6 +17,8 @@ from capture3d.flows.reconstruct import reconstruct  # noqa: E402
 from capture3d.stages import synthesize  # noqa: E402
 
 SMALL = ["synthesize.num_images=12", "synthesize.width=320", "synthesize.height=240"]
+NVS_TOKEN = ["fit_gaussians.iterations=20", "fit_gaussians.cpu_compile=false", "fit_gaussians.orbit_frames=2",
+             "fit_nerf.iterations=20", "fit_nerf.orbit_frames=2"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root:
     (captures / ".hidden").mkdir()
 
     statuses = run_with_workers(reconstruct, captures, tmp_path / "results", None, repo_root / "params.yaml",
-                               ["sfm.max_image_size=640"])
+                               ["sfm.max_image_size=640", *NVS_TOKEN])
     by_name = {s.name: s for s in statuses}
     assert sorted(by_name) == ["empty", "few", "scene"]
 
@@ -47,6 +49,9 @@ def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root:
     assert scene.metrics["registered_fraction"] == 1.0
     assert scene.metrics["rotation_error_deg_median"] < 0.5
     assert scene.metrics["auc_rel_pose_5deg"] > 0.8
+    # the flow continued into both NVS fits on the SfM output
+    assert scene.metrics["gaussians_psnr"] > 5 and scene.metrics["nerf_psnr"] > 5, scene.metrics
+    assert (tmp_path / "results" / "scene" / "fit_gaussians" / "gaussians.ply").is_file()
     assert (tmp_path / "results" / "scene" / "sfm" / "sparse" / "0" / "images.bin").is_file()
 
     assert not by_name["empty"].ok and by_name["empty"].failed_stage == "sfm"

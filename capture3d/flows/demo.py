@@ -2,7 +2,7 @@
 
 Inputs: the project folder (its params.yaml). Outputs: ``data/captures/demo/`` (synthetic photos
 with ground truth) and ``data/scan_captures/demo_scans/`` (synthetic scans with ground-truth
-poses); ``results/demo/{sfm,evaluate_sfm}/`` and ``results/demo_scans/{register_scans,
+poses); ``results/demo/{sfm,evaluate_sfm,fit_gaussians,fit_nerf}/`` and ``results/demo_scans/{register_scans,
 evaluate_registration}/``, recorded in DVC like ``dvc repro`` would; the per-capture status rows.
 """
 

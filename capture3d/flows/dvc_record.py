@@ -31,7 +31,7 @@ class BatchLayout:
     stages: tuple[str, ...]     # per-capture stages of dvc.yaml, in order
 
 
-PHOTOS = BatchLayout(Path("data/captures"), "captures", ("sfm", "evaluate_sfm"))
+PHOTOS = BatchLayout(Path("data/captures"), "captures", ("sfm", "evaluate_sfm", "fit_gaussians", "fit_nerf"))
 SCANS = BatchLayout(Path("data/scan_captures"), "scan_captures", ("register_scans", "evaluate_registration"))
 
 

@@ -1,10 +1,11 @@
-"""Prefect flow ``reconstruct``: SfM and its evaluation for one capture or a batch, concurrently.
+"""Prefect flow ``reconstruct``: SfM, its evaluation, then novel-view synthesis, per capture, concurrently.
 
 Inputs: a folder of captures (each ``<root>/<name>/`` with ``images/`` or photos), the names to
 process (default: every sub-folder), an output root, and the params (file + overrides). Outputs:
-``<out_root>/<name>/sfm/`` and ``<out_root>/<name>/evaluate_sfm/`` per capture, written by the same
-``capture3d.stages.*.run`` functions that ``dvc repro`` runs, and a status row per capture. One
-failing capture does not stop the others. When run inside the DVC project on its own paths, the
+``<out_root>/<name>/{sfm,evaluate_sfm,fit_gaussians,fit_nerf}/`` per capture, written by the same
+``capture3d.stages.*.run`` functions that ``dvc repro`` runs, and a status row per capture. The
+NVS fits start from the SfM output as soon as it exists. One failing capture does not stop the
+others. When run inside the DVC project on its own paths, the
 stages that ran are recorded with ``dvc commit`` so ``dvc status`` is clean afterwards.
 """
 
@@ -22,7 +23,10 @@ from capture3d.flows.batch import Chain, run_batch
 from capture3d.flows.dvc_record import PHOTOS
 from capture3d.flows.status import CaptureStatus
 from capture3d.stages import evaluate_sfm as evaluate_stage
+from capture3d.stages import fit_gaussians as gaussians_stage
+from capture3d.stages import fit_nerf as nerf_stage
 from capture3d.stages import sfm as sfm_stage
+from capture3d.stages.nvs_common import NvsInputs, nvs_summary
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,20 @@ def evaluate_task(name: str, model: Path, capture: Path, out: Path, params: dict
     return evaluate_stage.read_metrics(result)
 
 
+@task(name="fit_gaussians", task_run_name="fit_gaussians-{name}")
+def fit_gaussians_task(name: str, sfm: Path, out: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``fit_gaussians`` stage as a Prefect task; returns its held-out scores."""
+    result = gaussians_stage.run(NvsInputs(sfm, name), out, gaussians_stage.load_config(params))
+    return nvs_summary("gaussians", result)
+
+
+@task(name="fit_nerf", task_run_name="fit_nerf-{name}")
+def fit_nerf_task(name: str, sfm: Path, out: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``fit_nerf`` stage as a Prefect task; returns its held-out scores."""
+    result = nerf_stage.run(NvsInputs(sfm, name), out, nerf_stage.load_config(params))
+    return nvs_summary("nerf", result)
+
+
 @flow(name="reconstruct", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
 def reconstruct(
     captures_root: Path,
@@ -56,4 +74,6 @@ def reconstruct(
 def _chain(name: str, capture: Path, out: Path, params: dict[str, Any]) -> Chain:
     f_sfm = sfm_task.submit(name, capture, out / "sfm", params)
     f_eval = evaluate_task.submit(name, f_sfm, capture, out / "evaluate_sfm", params)
-    return [("sfm", f_sfm), ("evaluate_sfm", f_eval)]
+    f_gs = fit_gaussians_task.submit(name, f_sfm, out / "fit_gaussians", params)
+    f_nerf = fit_nerf_task.submit(name, f_sfm, out / "fit_nerf", params, wait_for=[f_gs])
+    return [("sfm", f_sfm), ("evaluate_sfm", f_eval), ("fit_gaussians", f_gs), ("fit_nerf", f_nerf)]

@@ -1,7 +1,7 @@
 """Per-capture status of a flow run, built from Prefect futures, and its summary table.
 
 Input: the futures of one capture's stage tasks. Output: :class:`CaptureStatus` (ok or failed
-with the failing stage and its one-line reason, plus the evaluation metrics) and a markdown table.
+with the failing stage and its one-line reason, plus the metrics the stages returned) and a markdown table.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 SUMMARY_KEYS = ("registered_fraction", "num_points3d", "mean_reprojection_error_px",
                 "rotation_error_deg_median", "position_error_median", "auc_rel_pose_5deg",
                 "num_placed", "num_within_tolerance", "ape_rotation_deg_max", "ape_translation_max",
-                "registration_recall", "fused_fscore")
+                "registration_recall", "fused_fscore", "gaussians_psnr", "gaussians_ssim", "nerf_psnr", "nerf_ssim")
 
 
 @dataclass
@@ -41,8 +41,12 @@ class CaptureStatus:
                 result = future.result(raise_on_failure=False)
                 reason = str(result) if isinstance(result, BaseException) else (state.message or state.name)
                 return cls(name, False, stage, reason.splitlines()[0] if reason else state.name)
-        last = stages[-1][1].result()
-        return cls(name, True, metrics=dict(last) if isinstance(last, dict) else {})
+        metrics: dict[str, Any] = {}
+        for _, future in stages:  # every stage that returns a dict adds its metrics
+            result = future.result()
+            if isinstance(result, dict):
+                metrics.update(result)
+        return cls(name, True, metrics=metrics)
 
     def row(self) -> dict[str, Any]:
         """Flat summary: name, status, reason and the summary metrics."""

@@ -8,6 +8,7 @@ into one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -106,6 +107,23 @@ def error_line(exc: Capture3dError, capture: str = "") -> str:
     if capture and not isinstance(exc, CaptureError):
         return f"capture '{capture}': {exc}"
     return str(exc)
+
+
+def state_path_for(out: Path, kind: str) -> Path:
+    """Where an interrupted run of a stage writing ``out`` keeps its resume state: beside ``out``
+    (``<parent>/.<out name>.<kind>-state.pt``), so ``out`` itself only appears once, atomically."""
+    return Path(out).parent / f".{Path(out).name}.{kind}-state.pt"
+
+
+def write_curve(path: Path, rows: Sequence[dict[str, float]]) -> None:
+    """CSV of a training curve for ``dvc plots``: one row per dict, ``iteration`` as an integer."""
+    with Path(path).open("w", newline="") as fh:
+        if not rows:
+            return
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (int(v) if k == "iteration" else f"{v:.6g}") for k, v in row.items()})
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ same curve; the state file is deleted when the stage succeeds.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,11 @@ from capture3d.stages.common import (
     params_from_args,
     stage_main,
     stage_parser,
+    write_curve,
     write_json,
+)
+from capture3d.stages.common import (
+    state_path_for as common_state_path,
 )
 from capture3d.stages.evaluate_registration import find_scan_ground_truth
 from capture3d.tasks.device import resolve_device
@@ -108,17 +111,7 @@ def capture_pairs(folder: Path, data: TrainDataConfig) -> list[ScanPair]:
 
 def state_path_for(out: Path) -> Path:
     """Where an interrupted run of ``out`` keeps its training state."""
-    return Path(out).parent / f".{Path(out).name}.train-state.pt"
-
-
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    with path.open("w", newline="") as fh:
-        if not rows:
-            return
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (int(v) if k == "iteration" else f"{v:.6g}") for k, v in row.items()})
+    return common_state_path(out, "train")
 
 
 def run(out: Path, config: TrainFcgfConfig) -> Path:
@@ -145,8 +138,8 @@ def run(out: Path, config: TrainFcgfConfig) -> Path:
                         voxel_rule={"voxel_size": "auto", "auto_target_points": d.auto_target_points},
                         training={"iterations": config.iterations, "seed": config.seed,
                                   "num_train_pairs": len(train), "num_val_pairs": len(val)})
-        _write_csv(tmp / "train_log.csv", result.history)
-        _write_csv(tmp / "validation.csv", result.validation)
+        write_curve(tmp / "train_log.csv", result.history)
+        write_curve(tmp / "validation.csv", result.validation)
         write_json(tmp / "metrics.json", _metrics(result, train, val, config, str(device)))
     state.unlink(missing_ok=True)
     logger.info("FCGF trained for %d iterations on %d pairs -> %s", config.iterations, len(train), out)

@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
-from capture3d.atomic import atomic_file
 from capture3d.tasks.fcgf_checkpoint import FcgfModelConfig, build_model
 from capture3d.tasks.fcgf_data import (
     AugmentConfig,
@@ -43,6 +42,7 @@ from capture3d.tasks.fcgf_data import (
 )
 from capture3d.tasks.fcgf_loss import feature_match_recall, hardest_contrastive_loss
 from capture3d.tasks.fcgf_model import ResUNetBN2C
+from capture3d.tasks.train_state import load_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
 
@@ -133,33 +133,25 @@ def _identity(config: FcgfTrainConfig) -> str:
     return repr({f.name: getattr(config, f.name) for f in dataclasses.fields(FcgfTrainConfig)})
 
 
-def _state_dict(state: _State, config: FcgfTrainConfig, seed: int) -> dict[str, Any]:
-    return {
-        "format": STATE_FORMAT, "config": _identity(config), "seed": seed, "iteration": state.iteration,
+def _state_identity(config: FcgfTrainConfig, seed: int) -> str:
+    return repr((_identity(config), seed))
+
+
+def _save_state(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> None:
+    payload = {
+        "iteration": state.iteration,
         "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "rng": state.rng.bit_generator.state, "gen": state.gen.get_state(),
         "history": state.history, "validation": state.validation,
     }
-
-
-def _save_state(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> None:
-    with atomic_file(path) as tmp:
-        torch.save(_state_dict(state, config, seed), tmp)
+    save_train_state(path, STATE_FORMAT, _state_identity(config, seed), payload)
 
 
 def _restore(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> bool:
     """Load ``path`` into ``state`` when it is a state of this very run (same config and seed)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- a torn or foreign file: start afresh
-        logger.warning("ignoring unreadable training state %s (%s)", path, str(exc).splitlines()[0] if str(exc) else exc)
-        return False
-    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
-        logger.warning("ignoring %s: not a capture3d FCGF training state", path)
-        return False
-    if saved.get("config") != _identity(config) or saved.get("seed") != seed:
-        logger.warning("ignoring training state %s: it was made with other settings or seed", path)
+    saved = load_train_state(path, STATE_FORMAT, _state_identity(config, seed))
+    if saved is None:
         return False
     state.model.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])

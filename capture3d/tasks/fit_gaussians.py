@@ -204,7 +204,8 @@ def fit_gaussians(
             run.densify_log.append({"iteration": run.iteration, **report})
         run.elapsed = elapsed0 + time.perf_counter() - t_call
         if run.iteration % max(1, config.log_every) == 0 or run.iteration == config.iterations:
-            row = {"iteration": float(run.iteration), "loss": float(loss), "psnr": float(psnr(out.image.detach(), targets[idx])),
+            row = {"iteration": float(run.iteration), "loss": float(loss.detach()),
+                   "psnr": float(psnr(out.image.detach(), targets[idx])),
                    "num_gaussians": float(run.splats["means"].shape[0]), "seconds": run.elapsed}
             run.curve.append(row)
             if on_log is not None:

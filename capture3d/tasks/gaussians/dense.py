@@ -27,15 +27,17 @@ def rasterize_dense(
     height: int,
     background: torch.Tensor | None = None,  # (C,)
     dtype: torch.dtype = torch.float64,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image (H, W, C) and alpha (H, W) in ``dtype``."""
+    """Image (H, W, C) and alpha (H, W) in ``dtype``; with ``rows`` = (r0, r1) only those image rows."""
     keep = proj.visible & (proj.depths > 0)
     order = torch.argsort(proj.depths.detach()[keep])
     m = proj.means2d[keep][order].to(dtype)  # (G, 2)
     con = proj.conics[keep][order].to(dtype)  # (G, 3)
     op = opacities[keep][order].to(dtype)  # (G,)
     col = colors[keep][order].to(dtype)  # (G, C)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype) + 0.5, torch.arange(width, dtype=dtype) + 0.5,
+    r0, r1 = rows if rows is not None else (0, height)
+    ys, xs = torch.meshgrid(torch.arange(r0, r1, dtype=dtype) + 0.5, torch.arange(width, dtype=dtype) + 0.5,
                             indexing="ij")
     pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # (HW, 2)
     dx = pix[:, None, 0] - m[None, :, 0]  # (HW, G)
@@ -50,4 +52,4 @@ def rasterize_dense(
     acc = w.sum(1)
     if background is not None:
         image = image + (1 - acc)[:, None] * background.to(dtype)
-    return image.reshape(height, width, -1), acc.reshape(height, width)
+    return image.reshape(r1 - r0, width, -1), acc.reshape(r1 - r0, width)
