@@ -40,6 +40,7 @@ bench: system-deps $(STAMP)
 	$(PY) benchmarks/bench_sfm.py
 	$(PY) benchmarks/bench_registration.py
 	$(PY) benchmarks/bench_fcgf.py
+	$(PY) benchmarks/bench_nvs.py
 
 clean:
 	rm -rf results data/captures/demo .pytest_cache
