@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DensifyConfig:
-    """Hyperparameters of adaptive density control (3DGS defaults in params.yaml's comments)."""
+    """Hyperparameters of adaptive density control (3DGS: threshold 0.0002, 1 % dense, refine 500-15k every 100, reset every 3000)."""
 
     grad_threshold: float
     percent_dense: float
