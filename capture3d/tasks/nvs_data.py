@@ -38,6 +38,7 @@ from capture3d.tasks.cameras import (
     cam_from_world_matrix,
     read_transforms_json,
 )
+from capture3d.tasks.evaluate_nvs import to_uint8
 from capture3d.tasks.nvs_scene import NvsScene, PosedView
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def triangulate_known_poses(
     file_names = _png_names([v.name for v in scene.views])
     view_of = dict(zip(file_names, scene.views, strict=True))
     for file_name, view in view_of.items():
-        Image.fromarray(_to_uint8(view.image)).save(image_dir / file_name)
+        Image.fromarray(to_uint8(view.image)).save(image_dir / file_name)
 
     shared = _all_intrinsics_equal(scene.views)
     reader = pycolmap.ImageReaderOptions()
@@ -466,15 +467,10 @@ def _resize_view_to(view: PosedView, size: tuple[int, int]) -> PosedView:
     """Lanczos-resize a view's image to ``size`` (W, H) and scale its K per axis."""
     if size == (view.width, view.height):
         return view
-    img = Image.fromarray(_to_uint8(view.image)).resize(size, Image.Resampling.LANCZOS)
+    img = Image.fromarray(to_uint8(view.image)).resize(size, Image.Resampling.LANCZOS)
     pixels = np.asarray(img, dtype=np.float32) / 255.0  # (H', W', 3)
     K = _scale_K(view.K, size[0] / view.width, size[1] / view.height)
     return PosedView(view.name, pixels, K, view.cam_from_world)
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] -> uint8."""
-    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
 def _pinhole_params(K: np.ndarray) -> list[float]:

@@ -80,16 +80,16 @@ def accumulate(state: DensifyState, out: RenderOutput, width: int, height: int) 
 
 
 def _edit(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Adam],
-          fn: Callable[[torch.Tensor], torch.Tensor], state_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Replace every parameter p by fn(p) and its Adam moments m by state_fn(m)."""
+          fn: Callable[[str, torch.Tensor, bool], torch.Tensor]) -> None:
+    """Replace every parameter p (named n) by fn(n, p, False) and its Adam moments m by fn(n, m, True)."""
     for name in list(splats.keys()):
         old = splats[name]
-        new = torch.nn.Parameter(fn(old.detach()))
+        new = torch.nn.Parameter(fn(name, old.detach(), False))
         opt = optimizers[name]
         st = opt.state.pop(old, None)
         if st:
             for key in ("exp_avg", "exp_avg_sq"):
-                st[key] = state_fn(st[key])
+                st[key] = fn(name, st[key], True)
             opt.state[new] = st
         opt.param_groups[0]["params"] = [new]
         splats[name] = new
@@ -97,22 +97,12 @@ def _edit(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Adam
 
 def _append(splats, optimizers, new_rows: dict[str, torch.Tensor]) -> None:
     """Append rows (new Gaussians) to every parameter, with zero Adam moments."""
-    for name in list(splats.keys()):
-        old = splats[name]
-        rows = new_rows[name]
-        new = torch.nn.Parameter(torch.cat([old.detach(), rows]))
-        opt = optimizers[name]
-        st = opt.state.pop(old, None)
-        if st:
-            for key in ("exp_avg", "exp_avg_sq"):
-                st[key] = torch.cat([st[key], torch.zeros_like(rows)])
-            opt.state[new] = st
-        opt.param_groups[0]["params"] = [new]
-        splats[name] = new
+    _edit(splats, optimizers, lambda name, x, moment: torch.cat(
+        [x, torch.zeros_like(new_rows[name]) if moment else new_rows[name]]))
 
 
 def _keep(splats, optimizers, mask: torch.Tensor) -> None:
-    _edit(splats, optimizers, lambda p: p[mask], lambda m: m[mask])
+    _edit(splats, optimizers, lambda name, x, moment: x[mask])
 
 
 def refine(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Adam], state: DensifyState,
