@@ -1,0 +1,1 @@
+"""Parametric body models and SMPLify-style fitting to 2D keypoints (see each module)."""

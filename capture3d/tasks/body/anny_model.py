@@ -1,0 +1,230 @@
+"""Anny (PyPI ``anny``, NAVER 2025; Apache-2.0 code, CC0 MakeHuman assets) behind :class:`BodyModel`.
+
+Inputs: a :class:`BodyPose` whose ``body_pose`` rotates the bones in :data:`BODY_JOINTS` (and the
+finger bones with ``hands=True``) in Anny's ``local-ref`` parameterisation (rotation vectors in
+world-aligned axes at rest), ``shape`` the logits of Anny's six phenotype values (gender, age,
+muscle, weight, height, proportions; 0 = the model's middle value 0.5), ``global_orient`` and
+``transl`` applied about the model origin (the pelvis) afterwards. Outputs: the posed mesh
+(13,718 vertices, metres) and keypoints: COCO-17 and the six foot points from the COCO regressor
+shipped in the wheel, hand joints from finger-bone heads.
+
+Anny's rest frame is z up, the body facing -y, its left side at +x.
+
+Fitting evaluates keypoints every iteration, so :meth:`AnnyBody.keypoints` never skins the mesh:
+a regressed keypoint is ``sum_v w_kv sum_j a_vj T_j [rest_v; 1]`` and ``rest_v`` is linear in the
+blend-shape coefficients, so the sums over vertices are precomputed once per keypoint and bone
+(exact, not an approximation) and each evaluation is a contraction over bones.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from capture3d.tasks.body.model import (
+    COCO17,
+    FEET,
+    BendLimit,
+    BodyModel,
+    BodyPose,
+    derived_keypoint,
+)
+from capture3d.tasks.body.rotations import axis_angle_to_matrix
+
+logger = logging.getLogger(__name__)
+
+# Posable bones (the "01" bones carry the rotation; Anny's "02" twist bones and toes stay at rest).
+BODY_JOINTS = (
+    "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R", "foot.L", "foot.R",
+    "spine04", "spine03", "spine02", "spine01",
+    "clavicle.L", "clavicle.R", "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
+    "wrist.L", "wrist.R", "neck01", "head",
+)
+_FINGER_BONES = tuple(f"finger{f}-{i}" for f in range(1, 6) for i in range(1, 4))
+_CANONICAL_FINGER = ("thumb", "index", "middle", "ring", "pinky")
+
+
+def _hand_keypoint_bones() -> dict[str, str]:
+    """Canonical hand keypoint -> Anny bone whose head is that joint (fingertips have no bone head)."""
+    table: dict[str, str] = {}
+    for side, suffix in (("left", "L"), ("right", "R")):
+        table[f"{side}_hand_root"] = f"wrist.{suffix}"
+        for f, finger in enumerate(_CANONICAL_FINGER, start=1):
+            for i in range(1, 4):
+                table[f"{side}_{finger}{i}"] = f"finger{f}-{i}.{suffix}"
+    return table
+
+
+# Measured on Anny 0.6.2 (local-ref): +x on lowerleg01 swings the ankle backwards (+y), the
+# knee's natural flexion; +x on lowerarm01 swings the wrist backwards, so the elbow flexes with -x.
+ANNY_BEND_LIMITS = (
+    BendLimit("lowerleg01.L", 0, 1.0), BendLimit("lowerleg01.R", 0, 1.0),
+    BendLimit("lowerarm01.L", 0, -1.0), BendLimit("lowerarm01.R", 0, -1.0),
+)
+# Joint-limit boxes (radians, per local-ref axis x, y, z): generous anatomical ranges; the
+# fitter penalises only what leaves the box. +x on the spine bends it forwards.
+ANNY_JOINT_LIMITS: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
+    "spine04": ((-0.35, 0.6), (-0.3, 0.3), (-0.35, 0.35)),
+    "spine03": ((-0.35, 0.6), (-0.3, 0.3), (-0.35, 0.35)),
+    "spine02": ((-0.35, 0.6), (-0.3, 0.3), (-0.35, 0.35)),
+    "spine01": ((-0.35, 0.6), (-0.3, 0.3), (-0.35, 0.35)),
+    "neck01": ((-0.6, 0.8), (-0.5, 0.5), (-0.9, 0.9)),
+    "head": ((-0.6, 0.6), (-0.4, 0.4), (-0.6, 0.6)),
+    # +x on upperleg01 swings the knee backwards (hip extension); flexion is -x.
+    "upperleg01.L": ((-2.0, 0.5), (-0.7, 0.7), (-0.7, 0.7)),
+    "upperleg01.R": ((-2.0, 0.5), (-0.7, 0.7), (-0.7, 0.7)),
+    "lowerleg01.L": ((-0.1, 2.6), (-0.3, 0.3), (-0.4, 0.4)),
+    "lowerleg01.R": ((-0.1, 2.6), (-0.3, 0.3), (-0.4, 0.4)),
+    "lowerarm01.L": ((-2.6, 0.1), (-1.6, 1.6), (-1.6, 1.6)),
+    "lowerarm01.R": ((-2.6, 0.1), (-1.6, 1.6), (-1.6, 1.6)),
+    "foot.L": ((-0.8, 0.8), (-0.5, 0.5), (-0.5, 0.5)),
+    "foot.R": ((-0.8, 0.8), (-0.5, 0.5), (-0.5, 0.5)),
+    "clavicle.L": ((-0.4, 0.4), (-0.4, 0.4), (-0.4, 0.4)),
+    "clavicle.R": ((-0.4, 0.4), (-0.4, 0.4), (-0.4, 0.4)),
+}
+# Spread of the quadratic pose prior per joint (radians): sum (angle / sigma)^2. Hips and
+# shoulders swing widely, knees and elbows bend far (their direction is the bending prior's job),
+# the spine, clavicles and neck move little.
+ANNY_POSE_SIGMA: dict[str, float] = {
+    **{f"upperleg01.{s}": 0.5 for s in "LR"}, **{f"upperarm01.{s}": 0.6 for s in "LR"},
+    **{f"lowerleg01.{s}": 0.9 for s in "LR"}, **{f"lowerarm01.{s}": 0.9 for s in "LR"},
+    **{f"foot.{s}": 0.25 for s in "LR"}, **{f"wrist.{s}": 0.35 for s in "LR"},
+    **{f"clavicle.{s}": 0.12 for s in "LR"},
+    "spine04": 0.12, "spine03": 0.12, "spine02": 0.12, "spine01": 0.12, "neck01": 0.25, "head": 0.25,
+}
+PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
+
+
+class AnnyBody(BodyModel):
+    """Anny's full-body model (rig ``anny``, topology ``anny``) with fast keypoint evaluation.
+
+    Loading builds Anny's cache on first use (about 2 minutes on a CPU; later loads under a
+    second). ``hands=True`` makes the 30 finger bones posable too (for OpenPose hand keypoints).
+    """
+
+    def __init__(self, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 hands: bool = False) -> None:
+        import anny  # heavy import (warp, trimesh): only when a model is built
+
+        self.name = "anny"
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._model = anny.Anny().to(dtype=dtype, device=self.device)
+        labels = list(self._model.bone_labels)
+        self._bone_index = {name: i for i, name in enumerate(labels)}
+        fingers = tuple(f"{b}.{s}" for s in ("L", "R") for b in _FINGER_BONES) if hands else ()
+        self.pose_joint_names = BODY_JOINTS + fingers
+        self._posed_bones = torch.tensor([self._bone_index[n] for n in self.pose_joint_names], device=self.device)
+        self.num_shape = len(PHENOTYPES)
+        if tuple(self._model.phenotype_labels) != PHENOTYPES:
+            raise RuntimeError(f"unexpected Anny phenotypes {self._model.phenotype_labels}")
+        self.faces = np.asarray(self._model.faces.cpu().numpy(), dtype=np.int64)
+        self.bend_limits = ANNY_BEND_LIMITS
+        self.joint_limits = ANNY_JOINT_LIMITS
+        self.pose_sigma = tuple(ANNY_POSE_SIGMA.get(n, 0.3) for n in self.pose_joint_names)
+
+        regressor = anny.KeypointsRegressor.coco(self._model)
+        self._regressed = tuple(regressor.labels)
+        self._hand_bones = _hand_keypoint_bones()
+        self.keypoint_names = tuple(n for n in COCO17 + FEET if n in self._regressed) + ("neck", "mid_hip") + (
+            tuple(self._hand_bones) if hands else ())
+        self._m0, self._mb, self._ms = self._precompute(regressor.regression_weights.to(dtype=torch.float64))
+        # A copy of the model that carries a single vertex: its rest model yields the bone poses
+        # without blending the 13,718 vertices every iteration.
+        self._bones_only = copy.copy(self._model)
+        self._bones_only._buffers = dict(self._model._buffers)
+        self._bones_only._buffers["template_vertices"] = self._model.template_vertices[:1]
+        self._bones_only._buffers["blendshapes"] = self._model.blendshapes[:, :1]
+        self._empty = torch.zeros(1, 0, dtype=dtype, device=self.device)
+
+    def _precompute(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per regressed keypoint k and bone j: sum_v w_kv a_vj [t_v, D_v, 1] (float64, then cast)."""
+        m = self._model
+        used = torch.nonzero(weights.sum(0) != 0).squeeze(1)
+        w = weights[:, used]                                                    # (K, U)
+        a = torch.zeros(len(used), m.bone_count, dtype=torch.float64, device=self.device)
+        a.scatter_add_(1, m.vertex_bone_indices[used].long(), m.vertex_bone_weights[used].to(torch.float64))
+        wa = w[:, :, None] * a[None]                                            # (K, U, J)
+        template = m.template_vertices[used].to(torch.float64)                  # (U, 3)
+        blend = m.blendshapes[:, used].to(torch.float64)                        # (A, U, 3)
+        m0 = torch.einsum("kuj,ud->kjd", wa, template)                          # (K, J, 3)
+        mb = torch.einsum("kuj,aud->akjd", wa, blend)                           # (A, K, J, 3)
+        ms = wa.sum(1)                                                          # (K, J)
+        cast = {"dtype": self.dtype, "device": self.device}
+        return m0.to(**cast), mb.reshape(mb.shape[0], -1).to(**cast), ms.to(**cast)
+
+    # -- parameters -> Anny inputs ---------------------------------------------------------------
+    def phenotypes(self, shape: torch.Tensor) -> torch.Tensor:
+        """(B, 6) Anny phenotype values in (0, 1) from shape logits (B, 6)."""
+        return torch.sigmoid(shape)
+
+    def _pose_matrices(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B, bones, 4, 4) Anny delta transforms: the posable bones rotated, the rest identity."""
+        batch = body_pose.shape[0]
+        eye = torch.eye(4, dtype=self.dtype, device=self.device)
+        rot = axis_angle_to_matrix(body_pose)                                   # (B, P, 3, 3)
+        rows = eye.expand(batch, len(self.pose_joint_names), 4, 4)
+        rows = torch.cat([torch.cat([rot, rows[..., :3, 3:]], -1), rows[..., 3:, :]], -2)
+        full = eye.expand(batch, self._model.bone_count, 4, 4).clone()
+        return full.index_copy(1, self._posed_bones, rows)
+
+    def _bones(self, pose: BodyPose) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Blend-shape coefficients (B, A), bone skinning transforms and bone poses (B, J, 4, 4)."""
+        batch = pose.batch_size
+        coeffs = self._model._get_phenotype_blendshape_coefficients(
+            self.phenotypes(pose.shape), self._empty.expand(batch, 0), self._empty.expand(batch, 0))
+        rest = self._bones_only.get_rest_model(coeffs)
+        transforms, bone_poses = self._bones_only.get_bone_transforms(
+            self._pose_matrices(pose.body_pose), rest["rest_bone_poses"])
+        return coeffs, transforms, bone_poses
+
+    def _to_world(self, points: torch.Tensor, pose: BodyPose) -> torch.Tensor:
+        """(B, N, 3) model-frame points rotated by global_orient about the origin, then translated."""
+        rot = axis_angle_to_matrix(pose.global_orient)                          # (B, 3, 3)
+        return points @ rot.transpose(1, 2) + pose.transl[:, None, :]
+
+    # -- BodyModel -------------------------------------------------------------------------------
+    def keypoints(self, pose: BodyPose, names: Sequence[str]) -> torch.Tensor:
+        coeffs, transforms, bone_poses = self._bones(pose)
+        batch = pose.batch_size
+        need = set()
+        for name in names:
+            pair = derived_keypoint(name)
+            need.update(pair if pair else (name,))
+        regressed = [n for n in self._regressed if n in need]
+        columns: dict[str, torch.Tensor] = {}
+        if regressed:
+            rows = torch.tensor([self._regressed.index(n) for n in regressed], device=self.device)
+            k, j = self._m0.shape[:2]
+            local = self._m0[rows] + (coeffs @ self._mb).view(batch, k, j, 3)[:, rows]   # (B, R, J, 3)
+            pts = torch.einsum("bjxy,brjy->brx", transforms[..., :3, :3], local) + torch.einsum(
+                "bjx,rj->brx", transforms[..., :3, 3], self._ms[rows])
+            columns.update({n: pts[:, i] for i, n in enumerate(regressed)})
+        for name in need - set(regressed):
+            if name not in self._hand_bones:
+                raise KeyError(f"Anny has no keypoint '{name}'")
+            columns[name] = bone_poses[:, self._bone_index[self._hand_bones[name]], :3, 3]
+        out = []
+        for name in names:
+            pair = derived_keypoint(name)
+            out.append(0.5 * (columns[pair[0]] + columns[pair[1]]) if pair else columns[name])
+        return self._to_world(torch.stack(out, 1), pose)
+
+    def vertices(self, pose: BodyPose) -> torch.Tensor:
+        output = self._model(pose_parameters=self._pose_matrices(pose.body_pose),
+                             phenotype_kwargs=self.phenotypes(pose.shape))
+        return self._to_world(output["vertices"], pose)
+
+    def regressed_from_mesh(self, vertices: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """(B, K, 3) COCO-regressor keypoints computed from full mesh vertices (B, V, 3): the slow
+        path :meth:`keypoints` must agree with (used by tests)."""
+        import anny
+
+        regressor = anny.KeypointsRegressor.coco(self._model)
+        weights = regressor.regression_weights.to(vertices.dtype)
+        rows = [self._regressed.index(n) for n in names]
+        return torch.einsum("kv,bvd->bkd", weights[rows], vertices)
