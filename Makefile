@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@echo "building the Anny body model cache (about 2 minutes on the first install, then kept in ~/.cache/anny)"
+	$(PY) -c "from capture3d.tasks.body.anny_model import AnnyBody; AnnyBody()"
 	touch $(STAMP)
 
 demo: system-deps $(STAMP)
@@ -41,6 +43,7 @@ bench: system-deps $(STAMP)
 	$(PY) benchmarks/bench_registration.py
 	$(PY) benchmarks/bench_fcgf.py
 	$(PY) benchmarks/bench_nvs.py
+	$(PY) benchmarks/bench_bodies.py
 
 clean:
 	rm -rf results data/captures/demo .pytest_cache

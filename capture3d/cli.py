@@ -133,19 +133,28 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _prefect_environment()
-    from capture3d.flows.demo import DEMO_CAPTURE, DEMO_SCAN_CAPTURE, demo
+    from capture3d.flows.demo import (
+        DEMO_BODY_CAPTURE,
+        DEMO_CAPTURE,
+        DEMO_SCAN_CAPTURE,
+        demo,
+    )
 
     repo = Path(args.repo).resolve()
     statuses = demo(repo)
     for status in statuses:
-        if status.ok and "num_placed" in status.metrics:
+        if status.ok and "bodies_fitted" in status.metrics:
+            print_metrics(f"demo capture '{status.name}': body fits against ground truth", status.metrics,
+                          BODY_STATUS_KEYS)
+        elif status.ok and "num_placed" in status.metrics:
             print_metrics(f"demo capture '{status.name}': registration against ground truth", status.metrics,
                           REGISTRATION_TABLE_KEYS)
         elif status.ok:
             print_metrics(f"demo capture '{status.name}': SfM against ground truth; 3DGS and NeRF on held-out views",
                           status.metrics, SFM_TABLE_KEYS + ("gaussians_psnr", "gaussians_ssim", "nerf_psnr", "nerf_ssim"))
     for title, name in (("reconstruct: photo captures", DEMO_CAPTURE),
-                        ("register_scans: scan captures", DEMO_SCAN_CAPTURE)):
+                        ("register_scans: scan captures", DEMO_SCAN_CAPTURE),
+                        ("fit_bodies: body captures", DEMO_BODY_CAPTURE)):
         print_statuses([s.row() for s in statuses if s.name == name], title)
     return 0 if all(s.ok for s in statuses) else 1
 
@@ -287,6 +296,65 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+BODY_TABLE_KEYS = ("people_fitted", "people_skipped", "bodies", "reference_2d", "median_error_px",
+                   "median_error_norm", "median_pck_0.1", "median_mpjpe_mm", "median_pa_mpjpe_mm",
+                   "mean_mpjpe_mm", "mean_pa_mpjpe_mm", "iterations", "fit_seconds", "seconds_per_iteration")
+BODY_STATUS_KEYS = ("bodies_fitted", "bodies_skipped", "body_error_norm", "body_mpjpe_mm", "body_pa_mpjpe_mm")
+
+
+def print_body_rows(metrics: dict[str, Any]) -> None:
+    table = Table(title="bodies")
+    for col in ("body", "error_px", "error_norm", "pck_0.1", "mpjpe_mm", "pa_mpjpe_mm"):
+        table.add_column(col, justify="right")
+    for row in metrics["per_body"]:
+        table.add_row(*(_fmt(row[c]) if c in row else "" for c in
+                        ("body", "error_px", "error_norm", "pck_0.1", "mpjpe_mm", "pa_mpjpe_mm")))
+    _console().print(table)
+    for skip in metrics.get("skipped", []):
+        _console().print(f"skipped: {skip['person']}: {skip['reason']}")
+
+
+def cmd_fit_bodies(args: argparse.Namespace) -> int:
+    from capture3d.stages import fit_bodies
+
+    overrides = list(args.overrides)
+    for flag, key in (("model", "model"), ("model_file", "model_file"), ("device", "device"), ("seed", "seed"),
+                      ("sequence", "sequence")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"fit_bodies.{key}={value}")
+    config = fit_bodies.load_config(load_params(args.params, overrides))
+    inputs = fit_bodies.inputs_from_args(args)
+    out = args.out or (Path("results") / inputs.label / "fit_bodies")
+    metrics = json.loads((fit_bodies.run(inputs, out, config) / "metrics.json").read_text())
+    print_metrics(f"fit bodies: {metrics['capture']}", metrics, BODY_TABLE_KEYS)
+    print_body_rows(metrics)
+    return 0
+
+
+def cmd_evaluate_bodies(args: argparse.Namespace) -> int:
+    from capture3d.stages import evaluate_bodies
+
+    config = evaluate_bodies.load_config(load_params(args.params, args.overrides))
+    out = args.out or (args.result.parent / "evaluate_bodies")
+    metrics = json.loads((evaluate_bodies.run(args.result, args.capture, out, config, args.name)
+                          / "metrics.json").read_text())
+    print_metrics(f"evaluate bodies: {metrics['capture']}", metrics, BODY_TABLE_KEYS)
+    print_body_rows(metrics)
+    return 0
+
+
+def cmd_bodies_batch(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from capture3d.flows.batch import run_with_workers
+    from capture3d.flows.fit_bodies import fit_bodies
+
+    names = [n for n in args.names.split(",") if n] if args.names else None
+    statuses = run_with_workers(fit_bodies, args.captures, args.out, names, args.params, args.overrides)
+    print_statuses([s.row() for s in statuses], "fit_bodies: body captures")
+    return 0 if all(s.ok for s in statuses) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capture3d", description="Captured photos and scans to 3D results.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -364,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_params_arguments(e)
     e.set_defaults(func=cmd_evaluate_features)
 
+    e = ev.add_parser("bodies", help="body fits against 2D / 3D ground truth: error, PCK, MPJPE, PA-MPJPE")
+    e.add_argument("--result", type=Path, required=True, help="fit_bodies output folder")
+    e.add_argument("--capture", type=Path, required=True, help="body capture with gt/")
+    e.add_argument("--out", type=Path, help="output folder (default: <result>/../evaluate_bodies)")
+    e.add_argument("--name", default="", help="capture name for messages")
+    add_params_arguments(e)
+    e.set_defaults(func=cmd_evaluate_bodies)
+
     p = sub.add_parser("train", help="train a learned model")
     tr = p.add_subparsers(dest="model", required=True)
     t = tr.add_parser("fcgf", help="train FCGF (hardest-contrastive) on synthetic and given scan pairs")
@@ -379,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_params_arguments(t)
     t.set_defaults(func=cmd_train_fcgf)
 
-    p = sub.add_parser("fit", help="novel-view synthesis: fit 3D Gaussians or a NeRF to a posed capture")
+    p = sub.add_parser("fit", help="fit 3D Gaussians or a NeRF to a posed capture, or bodies to keypoints")
     fit = p.add_subparsers(dest="method", required=True)
     for method, what in (("gaussians", "3D Gaussian Splatting"), ("nerf", "NeRF")):
         f = fit.add_parser(method, help=f"{what}, evaluated on every 8th view held out")
@@ -396,6 +472,21 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("--seed", type=int)
         add_params_arguments(f)
         f.set_defaults(func=cmd_fit)
+    f = fit.add_parser("bodies", help="SMPLify-style body fitting to 2D keypoints (single or multi-view, batched)")
+    f.add_argument("--capture", type=Path, help="body capture folder (images/, keypoints/, cameras.json, gt/)")
+    f.add_argument("--images", type=Path, help="photos folder")
+    f.add_argument("--keypoints", type=Path, help="OpenPose / COCO keypoint JSON file or folder")
+    f.add_argument("--cameras", type=Path, help="cameras.json or an sfm stage output: calibrated multi-view fit")
+    f.add_argument("--gt", type=Path, help="ground truth folder (keypoints2d, joints3d.json)")
+    f.add_argument("--out", type=Path, help="output folder (default: results/<name>/fit_bodies)")
+    f.add_argument("--name", default="", help="capture name for messages (default: folder name)")
+    f.add_argument("--model", choices=["anny", "smpl"])
+    f.add_argument("--model-file", help="SMPL / SMPL-H / SMPL-X .npz or .pkl (with --model smpl)")
+    f.add_argument("--sequence", choices=["true", "false"], help="video frames: temporal smoothness")
+    f.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--seed", type=int)
+    add_params_arguments(f)
+    f.set_defaults(func=cmd_fit_bodies)
 
     p = sub.add_parser("register-batch", help="Prefect flow register_scans over a folder of scan captures")
     p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per scan capture")
@@ -403,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", default="", help="comma-separated captures (default: all sub-folders)")
     add_params_arguments(p)
     p.set_defaults(func=cmd_register_batch)
+
+    p = sub.add_parser("bodies-batch", help="Prefect flow fit_bodies over a folder of body captures")
+    p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per body capture")
+    p.add_argument("--out", type=Path, required=True, help="results root: <out>/<capture>/fit_bodies")
+    p.add_argument("--names", default="", help="comma-separated captures (default: all sub-folders)")
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_bodies_batch)
 
     p = sub.add_parser("reconstruct", aliases=["batch"], help="Prefect flow over a folder of captures")
     p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per capture")
@@ -420,8 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except Capture3dError as exc:
         logger.debug("failed", exc_info=True)
-        folder = (getattr(args, "images", None) or getattr(args, "scans", None) or getattr(args, "model", None)
-                  or getattr(args, "capture", None))
+        folder = (getattr(args, "images", None) or getattr(args, "scans", None) or getattr(args, "capture", None)
+                  or getattr(args, "keypoints", None))
         label = getattr(args, "name", "") or (Path(folder).name if folder else "")
         sys.stderr.write(f"error: {error_line(exc, label)}\n")
         return exc.exit_code

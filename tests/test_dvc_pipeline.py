@@ -36,7 +36,7 @@ def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
     for name, stage in stages.items():
         body = stage.get("do", stage)
         if "foreach" in stage:
-            assert stage["foreach"] in ("${captures}", "${scan_captures}"), name
+            assert stage["foreach"] in ("${captures}", "${scan_captures}", "${body_captures}"), name
         cmd = body["cmd"]
         assert f"python -m capture3d.stages.{name} " in cmd, f"stage {name} must run capture3d.stages.{name}"
         module = importlib.import_module(f"capture3d.stages.{name}")
@@ -50,7 +50,7 @@ def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
             if dep.startswith("capture3d/"):
                 assert (repo_root / dep).exists(), dep
         assert f"capture3d/stages/{name}.py" in body["deps"]
-    assert set(params) == used_sections | FLOW_SECTIONS | {"captures", "scan_captures"}
+    assert set(params) == used_sections | FLOW_SECTIONS | {"captures", "scan_captures", "body_captures"}
     assert isinstance(params["captures"], list) and "demo" in params["captures"]
     assert isinstance(params["scan_captures"], list) and "demo_scans" in params["scan_captures"]
 
@@ -85,6 +85,10 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     # NVS: token fits (their quality is tested elsewhere); the stages, outputs and records are under test.
     params["fit_gaussians"].update(iterations=20, cpu_compile=False, orbit_frames=2, checkpoint_every=10)
     params["fit_nerf"].update(iterations=20, orbit_frames=2, checkpoint_every=10)
+    # Bodies: two bodies in two views, a short schedule (fit quality is tested in test_fit_bodies).
+    params["synthesize_bodies"].update(count=2, views=2, width=160, height=120)
+    for stage in params["fit_bodies"]["stages"]:
+        stage["iterations"] = 5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
@@ -109,6 +113,9 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
         nvs = json.loads((repo / f"results/demo/{method}/metrics.json").read_text())
         assert nvs["iterations"] == 20 and nvs["num_test_views"] == 2 and nvs["psnr"] > 5, nvs
     assert (repo / "results/demo/fit_gaussians/gaussians.ply").is_file()
+    bodies = json.loads((repo / "results/demo_bodies/evaluate_bodies/metrics.json").read_text())
+    assert bodies["bodies"] == 2 and "median_mpjpe_mm" in bodies, bodies
+    assert len(list((repo / "results/demo_bodies/fit_bodies/overlays").glob("*.png"))) == 4
 
     # The Prefect demo flow runs the same stages and records them: DVC has nothing to do.
     out = _run([str(VENV_BIN / "capture3d"), "demo"], repo, env)

@@ -33,6 +33,7 @@ class BatchLayout:
 
 PHOTOS = BatchLayout(Path("data/captures"), "captures", ("sfm", "evaluate_sfm", "fit_gaussians", "fit_nerf"))
 SCANS = BatchLayout(Path("data/scan_captures"), "scan_captures", ("register_scans", "evaluate_registration"))
+BODIES = BatchLayout(Path("data/body_captures"), "body_captures", ("fit_bodies", "evaluate_bodies"))
 
 
 def dvc_targets(repo: Path, captures_root: Path, out_root: Path, names: Sequence[str], layout: BatchLayout) -> list[str]:

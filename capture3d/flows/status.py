@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 SUMMARY_KEYS = ("registered_fraction", "num_points3d", "mean_reprojection_error_px",
                 "rotation_error_deg_median", "position_error_median", "auc_rel_pose_5deg",
                 "num_placed", "num_within_tolerance", "ape_rotation_deg_max", "ape_translation_max",
-                "registration_recall", "fused_fscore", "gaussians_psnr", "gaussians_ssim", "nerf_psnr", "nerf_ssim")
+                "registration_recall", "fused_fscore", "gaussians_psnr", "gaussians_ssim", "nerf_psnr", "nerf_ssim",
+                "bodies_fitted", "bodies_skipped", "body_error_norm", "body_mpjpe_mm", "body_pa_mpjpe_mm")
 
 
 @dataclass

@@ -18,9 +18,12 @@ blend-shape coefficients, so the sums over vertices are precomputed once per key
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +102,21 @@ ANNY_POSE_SIGMA: dict[str, float] = {
 PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
 
 
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null for the duration (catches native prints too)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 class AnnyBody(BodyModel):
     """Anny's full-body model (rig ``anny``, topology ``anny``) with fast keypoint evaluation.
 
@@ -108,12 +126,15 @@ class AnnyBody(BodyModel):
 
     def __init__(self, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  hands: bool = False) -> None:
-        import anny  # heavy import (warp, trimesh): only when a model is built
+        with _stdout_silenced():  # Warp, which anny loads, prints a banner from native code
+            import anny  # heavy import (warp, trimesh): only when a model is built
 
+            model = anny.Anny()
         self.name = "anny"
         self.dtype = dtype
         self.device = torch.device(device)
-        self._model = anny.Anny().to(dtype=dtype, device=self.device)
+        self._model = model.to(dtype=dtype, device=self.device)
+        self._model.set_skinning_method("lbs")  # PyTorch skinning: no Warp kernel build, CPU and CUDA alike
         labels = list(self._model.bone_labels)
         self._bone_index = {name: i for i, name in enumerate(labels)}
         fingers = tuple(f"{b}.{s}" for s in ("L", "R") for b in _FINGER_BONES) if hands else ()

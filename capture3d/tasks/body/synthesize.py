@@ -62,7 +62,7 @@ def random_poses(model: BodyModel, count: int, rng: np.random.Generator, *, yaw_
         if name.startswith(("upperleg01", "upperarm01", "left_hip", "right_hip", "left_shoulder", "right_shoulder")):
             j = joints.index(name)
             body[:, j] += rng.normal(0.0, 0.35, size=(count, 3))
-    upright = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]], dtype=torch.float64)
+    upright = torch.tensor([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]], dtype=torch.float64)
     yaw = np.radians(rng.uniform(-yaw_deg, yaw_deg, size=count))
     lean = rng.normal(0.0, 0.08, size=(count, 2))
     spin = torch.from_numpy(np.stack([lean[:, 0], yaw, lean[:, 1]], 1))        # about camera x, y, z

@@ -1,0 +1,328 @@
+"""DVC stage ``fit_bodies``: fit a parametric body (Anny, or SMPL / SMPL-H / SMPL-X from a model
+file) to every person's 2D keypoints in a body capture, in one batched SMPLify optimisation.
+
+Inputs (:class:`BodyInputs`): a body capture folder laid out as
+``images/`` (photos, optional: overlays need them), ``keypoints/`` or ``keypoints.json``
+(OpenPose JSON per image, or COCO keypoint JSON), optional ``cameras.json`` (calibrated views and
+multi-view ``groups``), optional ``gt/keypoints2d.json`` or ``gt/keypoints2d/`` (2D ground truth, any keypoint format) and ``gt/joints3d.json``
+(``{body: {keypoint: [x, y, z]}}``, metres) -- or the same given one by one (``--images``,
+``--keypoints``, ``--cameras`` which may also be an ``sfm`` stage output). The ``fit_bodies``
+section of params.yaml.
+
+Output folder (written atomically): ``people.json`` (per body: views, input and reprojected
+keypoints, fitted 3D keypoints, loss terms), ``params/<body>.npz`` and ``.json`` (the model
+parameters), ``meshes/<body>.ply|obj``, ``overlays/<image>.png`` (mesh and skeletons over the
+photo), ``fit_log.csv`` and ``metrics.json`` (fitted and skipped people with reasons, 2D error,
+PCK, and MPJPE / PA-MPJPE when the capture has 3D ground truth; time per iteration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from capture3d.atomic import atomic_dir
+from capture3d.config import section
+from capture3d.errors import Capture3dError, CaptureError, ParamsError
+from capture3d.stages.common import (
+    params_from_args,
+    stage_main,
+    stage_parser,
+    write_curve,
+    write_json,
+)
+from capture3d.tasks.body.evaluate import evaluate_records
+from capture3d.tasks.body.fit import (
+    BodyFitConfig,
+    BodyFitResult,
+    fit_bodies,
+    world_keypoints,
+)
+from capture3d.tasks.body.keypoint_io import PersonKeypoints, load_keypoints
+from capture3d.tasks.body.model import BodyModel
+from capture3d.tasks.body.observations import BodyBatch, build_batch
+from capture3d.tasks.device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitBodiesConfig(BodyFitConfig):
+    """The ``fit_bodies`` section: the fit settings plus model, inputs, outputs, seed and device."""
+
+    model: Literal["anny", "smpl"]
+    model_file: str                 # SMPL / SMPL-H / SMPL-X .npz or .pkl (model: smpl)
+    pose_prior_file: str            # SMPLify's gmm_08.pkl (model: smpl; optional)
+    num_betas: int
+    min_keypoints: int
+    min_confidence: float
+    fov_deg: float
+    focal_length: float             # pixels; 0: from fov_deg
+    sequence: bool
+    mesh_format: Literal["ply", "obj"]
+    overlays: bool
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class BodyInputs:
+    """Where a body capture's pieces are; ``from_capture`` fills them from the standard layout."""
+
+    keypoints: Path
+    images: Path | None = None
+    cameras: Path | None = None
+    gt: Path | None = None
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.keypoints.name if self.keypoints.is_dir() else self.keypoints.parent.name)
+
+    @classmethod
+    def from_capture(cls, capture: Path, name: str = "") -> "BodyInputs":
+        capture = Path(capture)
+        keypoints = next((p for p in (capture / "keypoints", capture / "keypoints.json") if p.exists()),
+                         capture / "keypoints")
+        images = capture / "images"
+        return cls(keypoints=keypoints, images=images if images.is_dir() else None,
+                   cameras=capture / "cameras.json" if (capture / "cameras.json").is_file() else None,
+                   gt=capture / "gt" if (capture / "gt").is_dir() else None, name=name or capture.name)
+
+
+def load_config(params: Mapping[str, Any]) -> FitBodiesConfig:
+    config = section(params, "fit_bodies", FitBodiesConfig)
+    if not config.stages or any(s.iterations < 0 for s in config.stages):
+        raise ParamsError("fit_bodies: needs at least one stage and non-negative iterations")
+    if config.model == "smpl" and not config.model_file:
+        raise ParamsError("fit_bodies: model 'smpl' needs model_file (an SMPL/SMPL-H/SMPL-X .npz or .pkl)")
+    return config
+
+
+def build_model(config: FitBodiesConfig, device: torch.device) -> BodyModel:
+    """The configured body model (Anny is built from the pip package; SMPL from the user's file)."""
+    if config.model == "smpl":
+        from capture3d.tasks.body.smpl_model import load_smpl_model
+
+        return load_smpl_model(config.model_file, num_betas=config.num_betas, device=device,
+                               pose_prior_path=config.pose_prior_file or None)
+    from capture3d.tasks.body.anny_model import AnnyBody
+
+    return AnnyBody(device=device)
+
+
+def run(inputs: BodyInputs, out: Path, config: FitBodiesConfig, model: BodyModel | None = None) -> Path:
+    """Fit every person of one capture and write ``out``; returns ``out``.
+
+    ``model`` reuses an already built model (batch flows); it must match ``config.model``."""
+    start = time.perf_counter()
+    label = inputs.label
+    try:
+        device = resolve_device(config.device)
+        people = load_keypoints(inputs.keypoints, inputs.images)
+        cameras, groups, metric = _cameras(inputs)
+        gt2d, gt3d = load_ground_truth(inputs)
+    except (Capture3dError, ValueError) as exc:
+        raise CaptureError(label, str(exc).removeprefix("error: ")) from None
+    if not people:
+        raise CaptureError(label, f"no people in '{inputs.keypoints}'")
+    torch.manual_seed(config.seed)
+    model = model or build_model(config, device)
+    try:
+        batch = build_batch(people, model.keypoint_names, cameras=cameras, groups=groups, sequence=config.sequence,
+                            min_keypoints=config.min_keypoints, min_conf=config.min_confidence,
+                            fov_deg=config.fov_deg, focal=config.focal_length, dtype=model.dtype, device=device)
+    except ValueError as exc:
+        raise CaptureError(label, str(exc)) from None
+    if not batch.rows:
+        reasons = "; ".join(f"{s['person']}: {s['reason']}" for s in batch.skipped[:3])
+        raise CaptureError(label, f"no person has enough keypoints to fit ({reasons})")
+    fit_config = BodyFitConfig(**{f: getattr(config, f) for f in BodyFitConfig.__dataclass_fields__})
+    if cameras and not metric:
+        fit_config = BodyFitConfig(**{**fit_config.__dict__, "fit_scale": True})
+    fit_start = time.perf_counter()
+    result = fit_bodies(model, batch.observations, fit_config)
+    fit_seconds = time.perf_counter() - fit_start
+    records = _records(model, batch, result)
+    evaluation = evaluate_records(records, gt2d, gt3d)
+    with atomic_dir(out) as tmp:
+        _write_people(tmp, model, batch, result, records, config)
+        if config.overlays and inputs.images is not None:
+            _write_overlays(tmp / "overlays", inputs.images, model, batch, result)
+        write_curve(tmp / "fit_log.csv", result.curve)
+        write_json(tmp / "metrics.json", {
+            "capture": label, "model": model.name, "people_fitted": len(batch.rows),
+            "people_skipped": len(batch.skipped), "skipped": batch.skipped, "notes": batch.notes,
+            "keypoints_used": list(batch.observations.names), "views_max": batch.observations.num_views,
+            **evaluation["summary"], "per_body": evaluation["per_body"],
+            "iterations": result.iterations, "fit_seconds": round(fit_seconds, 3),
+            "seconds_per_iteration": round(fit_seconds / max(result.iterations, 1), 5),
+            "wall_seconds": round(time.perf_counter() - start, 3), "device": str(device),
+        })
+    logger.info("%s: fitted %d bodies (%d skipped) in %.1f s", label, len(batch.rows), len(batch.skipped), fit_seconds)
+    return out
+
+
+def _cameras(inputs: BodyInputs) -> tuple[dict | None, list[list[str]], bool]:
+    if inputs.cameras is None:
+        return None, [], True
+    from capture3d.tasks.body.cameras_io import load_cameras
+
+    cameras, metric = load_cameras(inputs.cameras)
+    groups: list[list[str]] = []
+    path = inputs.cameras if inputs.cameras.is_file() else inputs.cameras / "cameras.json"
+    if path.is_file():
+        groups = [list(g) for g in json.loads(path.read_text()).get("groups", [])]
+    return cameras, groups, metric
+
+
+def load_ground_truth(inputs: BodyInputs) -> tuple[dict[str, PersonKeypoints] | None, dict | None]:
+    if inputs.gt is None:
+        return None, None
+    gt2d = gt3d = None
+    source = next((p for p in (inputs.gt / "keypoints2d", inputs.gt / "keypoints2d.json") if p.exists()), None)
+    if source is not None:
+        gt2d = {p.person: p for p in load_keypoints(source, inputs.images)}
+    if (inputs.gt / "joints3d.json").is_file():
+        try:
+            gt3d = json.loads((inputs.gt / "joints3d.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"ground truth '{inputs.gt / 'joints3d.json'}': {exc}") from None
+    return gt2d, gt3d
+
+
+def _records(model: BodyModel, batch: BodyBatch, result: BodyFitResult) -> list[dict[str, Any]]:
+    obs = batch.observations
+    names = list(model.keypoint_names)
+    with torch.no_grad():
+        points3d = world_keypoints(model, result.pose, result.scale, names)
+        from capture3d.tasks.body.camera import project
+
+        pix, _ = project(points3d[:, [names.index(n) for n in obs.names]], obs.rot, obs.trans, obs.k)
+    records = []
+    for b, row in enumerate(batch.rows):
+        views = []
+        for v, person in enumerate(row.people):
+            views.append({"image": person.image, "person": person.person, "names": list(obs.names),
+                          "input": obs.xy[b, v].tolist(), "input_conf": obs.conf[b, v].tolist(),
+                          "reprojected": pix[b, v].tolist(), "box": float(obs.box[b, v])})
+        records.append({
+            "body": row.body, "views": views, "facing_away": bool(result.facing_away[b]),
+            "scale": float(result.scale[b]),
+            "keypoints3d": {"names": names, "points": points3d[b].tolist()},
+            "terms": {k: float(t[b]) for k, t in result.terms.items()},
+        })
+    return records
+
+
+def _safe_name(body: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in body)
+
+
+def _write_people(folder: Path, model: BodyModel, batch: BodyBatch, result: BodyFitResult,
+                  records: list[dict[str, Any]], config: FitBodiesConfig) -> None:
+    from capture3d.tasks.body.mesh_io import write_mesh
+
+    write_json(folder / "people.json", {"model": model.name, "bodies": records})
+    (folder / "params").mkdir()
+    (folder / "meshes").mkdir()
+    with torch.no_grad():
+        vertices = _mesh_vertices(model, result)
+    for b, row in enumerate(batch.rows):
+        name = _safe_name(row.body)
+        params = {"global_orient": result.pose.global_orient[b], "body_pose": result.pose.body_pose[b],
+                  "shape": result.pose.shape[b], "transl": result.pose.transl[b], "scale": result.scale[b:b + 1]}
+        arrays = {k: v.detach().cpu().numpy().astype(np.float64) for k, v in params.items()}
+        np.savez(folder / "params" / f"{name}.npz", **arrays)
+        write_json(folder / "params" / f"{name}.json", {
+            "body": row.body, "model": model.name, "pose_joints": list(model.pose_joint_names),
+            **{k: v.tolist() for k, v in arrays.items()}})
+        write_mesh(folder / "meshes" / f"{name}.{config.mesh_format}", vertices[b], model.faces)
+
+
+def _mesh_vertices(model: BodyModel, result: BodyFitResult) -> np.ndarray:
+    """(B, V, 3) posed meshes in the output frame (scaled like the keypoints)."""
+    pose = result.pose
+    centred = type(pose)(pose.global_orient, pose.body_pose, pose.shape, torch.zeros_like(pose.transl))
+    verts = result.scale[:, None, None] * model.vertices(centred) + pose.transl[:, None, :]
+    return verts.cpu().numpy()
+
+
+def _write_overlays(folder: Path, images: Path, model: BodyModel, batch: BodyBatch, result: BodyFitResult) -> None:
+    from PIL import Image
+
+    from capture3d.tasks.body.camera import project
+    from capture3d.tasks.body.overlay import (
+        FIT_COLOR,
+        GT_COLOR,
+        draw_overlay,
+        write_png,
+    )
+
+    folder.mkdir()
+    obs = batch.observations
+    with torch.no_grad():
+        verts = torch.as_tensor(_mesh_vertices(model, result), dtype=obs.rot.dtype)
+        names = list(obs.names)
+        fitted = world_keypoints(model, result.pose, result.scale, names)
+    by_image: dict[str, list[tuple[int, int]]] = {}
+    for b, row in enumerate(batch.rows):
+        for v, person in enumerate(row.people):
+            by_image.setdefault(person.image, []).append((b, v))
+    for image_name, members in sorted(by_image.items()):
+        path = images / image_name
+        if not path.is_file():
+            continue
+        with Image.open(path) as im:
+            canvas = np.asarray(im.convert("RGB"))
+        for b, v in members:
+            with torch.no_grad():
+                mesh_xy, depth = project(verts[b:b + 1], obs.rot[b:b + 1, v:v + 1], obs.trans[b:b + 1, v:v + 1],
+                                         obs.k[b:b + 1, v:v + 1])
+                kp_xy, _ = project(fitted[b:b + 1], obs.rot[b:b + 1, v:v + 1], obs.trans[b:b + 1, v:v + 1],
+                                   obs.k[b:b + 1, v:v + 1])
+            conf = obs.conf[b, v].numpy()
+            canvas = draw_overlay(canvas, mesh_xy=mesh_xy[0, 0].numpy(), mesh_depth=depth[0, 0].numpy(),
+                                  faces=model.faces, focal_px=float(obs.k[b, v, 0, 0]), keypoints=[
+                                      (names, obs.xy[b, v].numpy(), conf, GT_COLOR),
+                                      (names, kp_xy[0, 0].numpy(), np.ones(len(names)), FIT_COLOR)])
+        write_png(folder / f"{Path(image_name).stem}.png", canvas)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = stage_parser("capture3d.stages.fit_bodies", __doc__ or "")
+    parser.add_argument("--capture", type=Path, help="body capture folder (images/, keypoints/, cameras.json, gt/)")
+    parser.add_argument("--images", type=Path, help="photos (instead of --capture)")
+    parser.add_argument("--keypoints", type=Path, help="OpenPose / COCO keypoint JSON file or folder")
+    parser.add_argument("--cameras", type=Path, help="cameras.json or an sfm stage output (multi-view)")
+    parser.add_argument("--gt", type=Path, help="ground-truth folder (keypoints2d.json, joints3d.json)")
+    return parser
+
+
+def inputs_from_args(args: argparse.Namespace) -> BodyInputs:
+    if args.capture is not None:
+        base = BodyInputs.from_capture(args.capture, args.name)
+        return BodyInputs(keypoints=args.keypoints or base.keypoints, images=args.images or base.images,
+                          cameras=args.cameras or base.cameras, gt=args.gt or base.gt, name=base.name)
+    if args.keypoints is None:
+        raise ParamsError("fit_bodies: give --capture or --keypoints")
+    return BodyInputs(keypoints=args.keypoints, images=args.images, cameras=args.cameras, gt=args.gt,
+                      name=args.name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main(build_parser(), argv,
+                      lambda args: run(inputs_from_args(args), args.out, load_config(params_from_args(args))))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Calibrated views for multi-view body fitting: a ``cameras.json`` file or an SfM result.
+
+Inputs: ``cameras.json`` (``{"images": {name: {"K": 3x3, "R": 3x3, "t": [3], "width", "height"}}}``,
+cam_from_world, OpenCV axes, metric units) or the ``sfm`` stage's output folder / a COLMAP sparse
+model (its frame and units are the reconstruction's; lens distortion is ignored). Output:
+``{image name: PinholeCamera}`` and whether the frame is metric.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from capture3d.errors import Capture3dError
+from capture3d.tasks.cameras import PinholeCamera
+from capture3d.tasks.evaluate_sfm import read_colmap_cameras
+
+logger = logging.getLogger(__name__)
+
+
+class CamerasError(Capture3dError):
+    """A cameras file or SfM model that cannot be used (one line)."""
+
+
+def write_cameras_json(path: Path, cameras: dict[str, PinholeCamera]) -> None:
+    """Write ``cameras.json`` (the format :func:`load_cameras` reads)."""
+    data = {"images": {name: {"K": c.K.tolist(), "R": c.R.tolist(), "t": c.t.tolist(),
+                              "width": c.width, "height": c.height} for name, c in cameras.items()}}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load_cameras(source: Path) -> tuple[dict[str, PinholeCamera], bool]:
+    """Cameras by image name, and True when the frame is metric (cameras.json) rather than an
+    SfM reconstruction of unknown scale."""
+    source = Path(source)
+    if source.is_file():
+        return _read_json(source), True
+    if (source / "cameras.json").is_file():
+        return _read_json(source / "cameras.json"), True
+    for model in (source / "sparse" / "0", source / "sparse", source):
+        if (model / "cameras.bin").is_file() or (model / "cameras.txt").is_file():
+            try:
+                return read_colmap_cameras(model), False
+            except Exception as exc:  # pycolmap raises plain RuntimeErrors on bad files
+                raise CamerasError(f"SfM model '{model}': {exc}") from None
+    raise CamerasError(f"cameras '{source}': neither a cameras.json nor a COLMAP/SfM model folder")
+
+
+def _read_json(path: Path) -> dict[str, PinholeCamera]:
+    try:
+        data = json.loads(path.read_text())
+        out = {}
+        for name, cam in data["images"].items():
+            k, rot, trans = (np.asarray(cam[key], dtype=np.float64) for key in ("K", "R", "t"))
+            if k.shape != (3, 3) or rot.shape != (3, 3) or trans.shape != (3,):
+                raise ValueError(f"image '{name}': K and R must be 3x3 and t 3 numbers")
+            if abs(np.linalg.det(rot) - 1) > 1e-3:
+                raise ValueError(f"image '{name}': R is not a rotation")
+            out[name] = PinholeCamera(name, int(cam["width"]), int(cam["height"]), k, rot, trans)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CamerasError(f"cameras file '{path}': {exc}") from None
+    return out

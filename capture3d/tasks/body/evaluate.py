@@ -1,0 +1,69 @@
+"""Body-fit metrics: 2D keypoint error, PCK, and MPJPE / PA-MPJPE against 3D ground truth.
+
+Inputs: the fit records (one dict per body, as written to ``people.json`` by the ``fit_bodies``
+stage: per view the image, the person id, keypoint names, the input keypoints and the fit's
+reprojection, the box size; the fitted 3D keypoints), optional 2D ground truth (people by id) and
+optional 3D ground truth (body id -> keypoint name -> point, metres). Output: a metrics dict with
+per-body rows and medians. Without 2D ground truth the reference is the fitted input itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from capture3d.tasks.body.keypoint_io import PersonKeypoints
+from capture3d.tasks.body.metrics import keypoint_errors_2d, mpjpe, pa_mpjpe
+
+logger = logging.getLogger(__name__)
+
+
+def _reference(view: Mapping, gt2d: Mapping[str, PersonKeypoints] | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(K, 2) reference points, (K,) visibility and box size for one fitted view."""
+    names = view["names"]
+    if gt2d is not None and view["person"] in gt2d:
+        gt = gt2d[view["person"]]
+        where = {n: i for i, n in enumerate(gt.names)}
+        xy = np.array([gt.xy[where[n]] if n in where else (np.nan, np.nan) for n in names])
+        vis = np.array([n in where and gt.conf[where[n]] > 0 for n in names])
+        box = float(max(gt.bbox[2], gt.bbox[3])) if gt.bbox is not None else float(view["box"])
+        return xy, vis, box
+    return np.asarray(view["input"], dtype=np.float64), np.asarray(view["input_conf"]) > 0, float(view["box"])
+
+
+def evaluate_records(records: Sequence[Mapping], gt2d: Mapping[str, PersonKeypoints] | None = None,
+                     gt3d: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+                     pck_threshold: float = 0.1) -> dict:
+    """Per-body and median metrics (2D per fitted view; 3D per body with ground truth)."""
+    rows = []
+    for rec in records:
+        row: dict = {"body": rec["body"]}
+        errs = []
+        for view in rec["views"]:
+            ref, vis, box = _reference(view, gt2d)
+            errs.append(keypoint_errors_2d(np.asarray(view["reprojected"]), ref, vis, box, (pck_threshold,)))
+        counted = [e for e in errs if e["num_visible"] > 0]
+        if counted:
+            row["error_px"] = float(np.mean([e["mean_px"] for e in counted]))
+            row["error_norm"] = float(np.mean([e["mean_norm"] for e in counted]))
+            row[f"pck_{pck_threshold:g}"] = float(np.mean([e[f"pck_{pck_threshold:g}"] for e in counted]))
+        if gt3d is not None and rec["body"] in gt3d:
+            truth = gt3d[rec["body"]]
+            names = [n for n in rec["keypoints3d"]["names"] if n in truth]
+            if len(names) >= 3:
+                where = {n: i for i, n in enumerate(rec["keypoints3d"]["names"])}
+                pred = np.array([rec["keypoints3d"]["points"][where[n]] for n in names])[None]
+                gt = np.array([truth[n] for n in names], dtype=np.float64)[None]
+                row["mpjpe_mm"] = float(mpjpe(pred, gt)[0] * 1000)
+                row["pa_mpjpe_mm"] = float(pa_mpjpe(pred, gt)[0] * 1000)
+                row["joints_3d"] = len(names)
+        rows.append(row)
+    summary: dict = {"bodies": len(rows), "reference_2d": "ground truth" if gt2d is not None else "input keypoints"}
+    for key in ("error_px", "error_norm", f"pck_{pck_threshold:g}", "mpjpe_mm", "pa_mpjpe_mm"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            summary[f"median_{key}"] = float(np.median(values))
+            summary[f"mean_{key}"] = float(np.mean(values))
+    return {"summary": summary, "per_body": rows}
