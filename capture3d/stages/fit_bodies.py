@@ -154,10 +154,12 @@ def run(inputs: BodyInputs, out: Path, config: FitBodiesConfig, model: BodyModel
     fit_seconds = time.perf_counter() - fit_start
     records = _records(model, batch, result)
     evaluation = evaluate_records(records, gt2d, gt3d)
+    with torch.no_grad():
+        vertices = _mesh_vertices(model, result)
     with atomic_dir(out) as tmp:
-        _write_people(tmp, model, batch, result, records, config)
+        _write_people(tmp, model, batch, result, records, vertices, config)
         if config.overlays and inputs.images is not None:
-            _write_overlays(tmp / "overlays", inputs.images, model, batch, result)
+            _write_overlays(tmp / "overlays", inputs.images, model, batch, result, vertices)
         write_curve(tmp / "fit_log.csv", result.curve)
         write_json(tmp / "metrics.json", {
             "capture": label, "model": model.name, "people_fitted": len(batch.rows),
@@ -229,14 +231,12 @@ def _safe_name(body: str) -> str:
 
 
 def _write_people(folder: Path, model: BodyModel, batch: BodyBatch, result: BodyFitResult,
-                  records: list[dict[str, Any]], config: FitBodiesConfig) -> None:
+                  records: list[dict[str, Any]], vertices: np.ndarray, config: FitBodiesConfig) -> None:
     from capture3d.tasks.body.mesh_io import write_mesh
 
     write_json(folder / "people.json", {"model": model.name, "bodies": records})
     (folder / "params").mkdir()
     (folder / "meshes").mkdir()
-    with torch.no_grad():
-        vertices = _mesh_vertices(model, result)
     for b, row in enumerate(batch.rows):
         name = _safe_name(row.body)
         params = {"global_orient": result.pose.global_orient[b], "body_pose": result.pose.body_pose[b],
@@ -257,7 +257,8 @@ def _mesh_vertices(model: BodyModel, result: BodyFitResult) -> np.ndarray:
     return verts.cpu().numpy()
 
 
-def _write_overlays(folder: Path, images: Path, model: BodyModel, batch: BodyBatch, result: BodyFitResult) -> None:
+def _write_overlays(folder: Path, images: Path, model: BodyModel, batch: BodyBatch, result: BodyFitResult,
+                    vertices: np.ndarray) -> None:
     from PIL import Image
 
     from capture3d.tasks.body.camera import project
@@ -271,7 +272,7 @@ def _write_overlays(folder: Path, images: Path, model: BodyModel, batch: BodyBat
     folder.mkdir()
     obs = batch.observations
     with torch.no_grad():
-        verts = torch.as_tensor(_mesh_vertices(model, result), dtype=obs.rot.dtype)
+        verts = torch.as_tensor(vertices, dtype=obs.rot.dtype)
         names = list(obs.names)
         fitted = world_keypoints(model, result.pose, result.scale, names)
     by_image: dict[str, list[tuple[int, int]]] = {}

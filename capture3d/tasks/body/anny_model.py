@@ -221,7 +221,8 @@ class AnnyBody(BodyModel):
         if regressed:
             rows = torch.tensor([self._regressed.index(n) for n in regressed], device=self.device)
             k, j = self._m0.shape[:2]
-            local = self._m0[rows] + (coeffs @ self._mb).view(batch, k, j, 3)[:, rows]   # (B, R, J, 3)
+            blend = self._mb.view(-1, k, j * 3)[:, rows].reshape(self._mb.shape[0], -1)   # (A, R*J*3)
+            local = self._m0[rows] + (coeffs @ blend).view(batch, len(rows), j, 3)        # (B, R, J, 3)
             pts = torch.einsum("bjxy,brjy->brx", transforms[..., :3, :3], local) + torch.einsum(
                 "bjx,rj->brx", transforms[..., :3, 3], self._ms[rows])
             columns.update({n: pts[:, i] for i, n in enumerate(regressed)})

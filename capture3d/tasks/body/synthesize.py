@@ -23,6 +23,7 @@ import torch
 from capture3d.tasks.body.camera import focal_from_fov, intrinsics
 from capture3d.tasks.body.model import BodyModel, BodyPose
 from capture3d.tasks.body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from capture3d.tasks.evaluate_nvs import look_at
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +74,6 @@ def random_poses(model: BodyModel, count: int, rng: np.random.Generator, *, yaw_
                     transl=torch.zeros(count, 3, **cast))
 
 
-def _look_at(centre: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World -> camera (R, t) of a level camera at ``centre`` looking at ``target`` (world y down)."""
-    forward = target - centre
-    forward /= np.linalg.norm(forward)
-    right = np.cross(np.array([0.0, 1.0, 0.0]), forward)
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    rot = np.stack([right, down, forward])
-    return rot, -rot @ centre
-
-
 def synthesize_bodies(model: BodyModel, *, count: int, views: int = 1, width: int = 640, height: int = 480,
                       fov_deg: float = 55.0, noise_px: float = 2.0, names: tuple[str, ...], seed: int = 0,
                       view_spread_deg: float = 120.0) -> SyntheticBodies:
@@ -107,7 +97,8 @@ def synthesize_bodies(model: BodyModel, *, count: int, views: int = 1, width: in
         for v, angle in enumerate(angles):
             a = math.radians(angle)
             rel = np.array([-math.sin(a), 0.0, -math.cos(a)]) * distance[b]
-            rot[b, v], trans[b, v] = _look_at(target + rel, target)
+            pose_m = look_at(target + rel, target, up=np.array([0.0, -1.0, 0.0]))  # level camera, world y down
+            rot[b, v], trans[b, v] = pose_m[:3, :3], pose_m[:3, 3]
     cam = np.einsum("bvij,bkj->bvki", rot, points) + trans[:, :, None, :]
     clean = np.einsum("ij,bvkj->bvki", k[:2, :2], cam[..., :2] / cam[..., 2:3]) + k[:2, 2]
     noisy = clean + rng.normal(0.0, noise_px, size=clean.shape)
