@@ -114,23 +114,3 @@ def test_bad_inputs_fail_in_one_line_without_output(anny, params, shared_data: P
     assert not (tmp_path / "smpl").exists()
     with pytest.raises(ParamsError, match="model_file"):
         fit_bodies.load_config({"fit_bodies": {**params["fit_bodies"], "model": "smpl", "model_file": ""}})
-
-
-def test_single_view_synthetic_pa_mpjpe(anny) -> None:
-    """One view, 2 px noise: median PA-MPJPE under 50 mm over COCO-17 + feet keypoints."""
-    from capture3d.tasks.body.fit import BodyFitConfig, BodyObservations, fit_bodies, world_keypoints
-    from capture3d.tasks.body.metrics import pa_mpjpe
-    from capture3d.tasks.body.model import COCO17, FEET
-    from capture3d.tasks.body.synthesize import synthesize_bodies
-
-    names = COCO17 + FEET
-    syn = synthesize_bodies(anny, count=24, views=1, names=names, seed=0, noise_px=2.0)
-    b, v = syn.xy.shape[:2]
-    t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-    obs = BodyObservations(names, t(syn.xy), torch.ones(b, v, len(names)), t(syn.rot), t(syn.trans),
-                           t(np.broadcast_to(syn.k, (b, v, 3, 3))), torch.full((b, v), 300.0))
-    result = fit_bodies(anny, obs, BodyFitConfig())
-    with torch.no_grad():
-        pred = world_keypoints(anny, result.pose, result.scale, names).double().numpy()
-    errors = pa_mpjpe(pred, syn.points) * 1000
-    assert np.median(errors) < 50.0, np.round(errors)

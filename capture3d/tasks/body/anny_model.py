@@ -10,24 +10,23 @@ shipped in the wheel, hand joints from finger-bone heads.
 
 Anny's rest frame is z up, the body facing -y, its left side at +x.
 
-Fitting evaluates keypoints every iteration, so :meth:`AnnyBody.keypoints` never skins the mesh:
-a regressed keypoint is ``sum_v w_kv sum_j a_vj T_j [rest_v; 1]`` and ``rest_v`` is linear in the
-blend-shape coefficients, so the sums over vertices are precomputed once per keypoint and bone
-(exact, not an approximation) and each evaluation is a contraction over bones.
+Fitting evaluates keypoints every iteration, so :meth:`AnnyBody.keypoints` neither skins the mesh
+nor runs Anny's forward kinematics over its 104 bones: :mod:`anny_skeleton` reduces both, exactly,
+to a product over the posed bones and contractions with per-keypoint sums precomputed once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from capture3d.tasks.body.anny_skeleton import KeypointSkeleton
 from capture3d.tasks.body.model import (
     COCO17,
     FEET,
@@ -153,35 +152,50 @@ class AnnyBody(BodyModel):
         self._hand_bones = _hand_keypoint_bones()
         self.keypoint_names = tuple(n for n in COCO17 + FEET if n in self._regressed) + ("neck", "mid_hip") + (
             tuple(self._hand_bones) if hands else ())
-        self._m0, self._mb, self._ms = self._precompute(regressor.regression_weights.to(dtype=torch.float64))
-        # A copy of the model that carries a single vertex: its rest model yields the bone poses
-        # without blending the 13,718 vertices every iteration.
-        self._bones_only = copy.copy(self._model)
-        self._bones_only._buffers = dict(self._model._buffers)
-        self._bones_only._buffers["template_vertices"] = self._model.template_vertices[:1]
-        self._bones_only._buffers["blendshapes"] = self._model.blendshapes[:, :1]
-        self._empty = torch.zeros(1, 0, dtype=dtype, device=self.device)
+        self._skeleton = KeypointSkeleton(self._model, regressor.regression_weights, self._regressed,
+                                           {n: self._bone_index[b] for n, b in self._hand_bones.items()} if hands else {},
+                                           [self._bone_index[n] for n in self.pose_joint_names], dtype, self.device)
+        self._variation_eye, self._factor_index = self._phenotype_factors()
 
-    def _precompute(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per regressed keypoint k and bone j: sum_v w_kv a_vj [t_v, D_v, 1] (float64, then cast)."""
+    def _phenotype_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """An identity variation mask (26, 26) and, per phenotype blend shape, the indices of the
+        variations it multiplies (624, F), padded with 26 (a column of ones)."""
         m = self._model
-        used = torch.nonzero(weights.sum(0) != 0).squeeze(1)
-        w = weights[:, used]                                                    # (K, U)
-        a = torch.zeros(len(used), m.bone_count, dtype=torch.float64, device=self.device)
-        a.scatter_add_(1, m.vertex_bone_indices[used].long(), m.vertex_bone_weights[used].to(torch.float64))
-        wa = w[:, :, None] * a[None]                                            # (K, U, J)
-        template = m.template_vertices[used].to(torch.float64)                  # (U, 3)
-        blend = m.blendshapes[:, used].to(torch.float64)                        # (A, U, 3)
-        m0 = torch.einsum("kuj,ud->kjd", wa, template)                          # (K, J, 3)
-        mb = torch.einsum("kuj,aud->akjd", wa, blend)                           # (A, K, J, 3)
-        ms = wa.sum(1)                                                          # (K, J)
-        cast = {"dtype": self.dtype, "device": self.device}
-        return m0.to(**cast), mb.reshape(mb.shape[0], -1).to(**cast), ms.to(**cast)
+        if m.local_change_labels or m.facial_action_labels or m.phenotype_blendshape_projection is None:
+            raise RuntimeError("capture3d expects Anny without local changes or facial actions, compact phenotypes")
+        mask = m.stacked_phenotype_blend_shapes_mask.bool()                     # (624, 26)
+        count = mask.shape[1]
+        width = int(mask.sum(1).max())
+        index = torch.full((mask.shape[0], width), count, dtype=torch.long)
+        for row, columns in enumerate(mask.cpu()):
+            picked = torch.nonzero(columns).squeeze(1)
+            index[row, : len(picked)] = picked
+        eye = torch.eye(count, dtype=self.dtype, device=self.device)
+        return eye, index.to(self.device)
 
     # -- parameters -> Anny inputs ---------------------------------------------------------------
     def phenotypes(self, shape: torch.Tensor) -> torch.Tensor:
         """(B, 6) Anny phenotype values in (0, 1) from shape logits (B, 6)."""
         return torch.sigmoid(shape)
+
+    def _coefficients(self, shape: torch.Tensor) -> torch.Tensor:
+        """(B, A) Anny blend-shape coefficients from shape logits (B, 6).
+
+        Anny's ``_get_phenotype_blendshape_coefficients``, rearranged: each of the 624 phenotype
+        blend shapes weighs the product of at most six variation weights, so the product runs over
+        those (gathered) instead of a masked product over all 26 variations."""
+        from anny.models.phenotype import phenotype_blendshape_weights
+
+        m = self._model
+        # An identity mask makes Anny return the 26 variation weights themselves.
+        variations = phenotype_blendshape_weights(self.phenotypes(shape), m.phenotype_labels, m.anchors,
+                                                  self._variation_eye, m.extrapolate_phenotypes)   # (B, 26)
+        padded = torch.cat([variations, torch.ones_like(variations[:, :1])], 1)
+        factors = padded[:, self._factor_index]                                 # (B, 624, F)
+        weights = factors[..., 0]
+        for f in range(1, factors.shape[-1]):
+            weights = weights * factors[..., f]
+        return weights @ m.phenotype_blendshape_projection                      # (B, A)
 
     def _pose_matrices(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B, bones, 4, 4) Anny delta transforms: the posable bones rotated, the rest identity."""
@@ -193,16 +207,6 @@ class AnnyBody(BodyModel):
         full = eye.expand(batch, self._model.bone_count, 4, 4).clone()
         return full.index_copy(1, self._posed_bones, rows)
 
-    def _bones(self, pose: BodyPose) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Blend-shape coefficients (B, A), bone skinning transforms and bone poses (B, J, 4, 4)."""
-        batch = pose.batch_size
-        coeffs = self._model._get_phenotype_blendshape_coefficients(
-            self.phenotypes(pose.shape), self._empty.expand(batch, 0), self._empty.expand(batch, 0))
-        rest = self._bones_only.get_rest_model(coeffs)
-        transforms, bone_poses = self._bones_only.get_bone_transforms(
-            self._pose_matrices(pose.body_pose), rest["rest_bone_poses"])
-        return coeffs, transforms, bone_poses
-
     def _to_world(self, points: torch.Tensor, pose: BodyPose) -> torch.Tensor:
         """(B, N, 3) model-frame points rotated by global_orient about the origin, then translated."""
         rot = axis_angle_to_matrix(pose.global_orient)                          # (B, 3, 3)
@@ -210,31 +214,31 @@ class AnnyBody(BodyModel):
 
     # -- BodyModel -------------------------------------------------------------------------------
     def keypoints(self, pose: BodyPose, names: Sequence[str]) -> torch.Tensor:
-        coeffs, transforms, bone_poses = self._bones(pose)
-        batch = pose.batch_size
-        need = set()
+        return self._to_world(self._model_frame_keypoints(pose.body_pose, pose.shape, names), pose)
+
+    def rigid_keypoints(self, pose: BodyPose, names: Sequence[str]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        with torch.no_grad():
+            local = self._model_frame_keypoints(pose.body_pose, pose.shape, names)  # (B, K, 3)
+        return lambda orient, transl: local @ axis_angle_to_matrix(orient).transpose(1, 2) + transl[:, None, :]
+
+    def _model_frame_keypoints(self, body_pose: torch.Tensor, shape: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """(B, K, 3) the named keypoints before the global orientation and translation."""
+        need: list[str] = []
         for name in names:
             pair = derived_keypoint(name)
-            need.update(pair if pair else (name,))
-        regressed = [n for n in self._regressed if n in need]
-        columns: dict[str, torch.Tensor] = {}
-        if regressed:
-            rows = torch.tensor([self._regressed.index(n) for n in regressed], device=self.device)
-            k, j = self._m0.shape[:2]
-            blend = self._mb.view(-1, k, j * 3)[:, rows].reshape(self._mb.shape[0], -1)   # (A, R*J*3)
-            local = self._m0[rows] + (coeffs @ blend).view(batch, len(rows), j, 3)        # (B, R, J, 3)
-            pts = torch.einsum("bjxy,brjy->brx", transforms[..., :3, :3], local) + torch.einsum(
-                "bjx,rj->brx", transforms[..., :3, 3], self._ms[rows])
-            columns.update({n: pts[:, i] for i, n in enumerate(regressed)})
-        for name in need - set(regressed):
-            if name not in self._hand_bones:
-                raise KeyError(f"Anny has no keypoint '{name}'")
-            columns[name] = bone_poses[:, self._bone_index[self._hand_bones[name]], :3, 3]
+            for source in pair if pair else (name,):
+                if source not in self._skeleton.sources:
+                    raise KeyError(f"Anny has no keypoint '{source}'")
+                if source not in need:
+                    need.append(source)
+        rotations = axis_angle_to_matrix(body_pose)                             # (B, P, 3, 3)
+        points = self._skeleton(self._coefficients(shape), rotations, need)     # (B, len(need), 3)
+        column = {n: points[:, i] for i, n in enumerate(need)}
         out = []
         for name in names:
             pair = derived_keypoint(name)
-            out.append(0.5 * (columns[pair[0]] + columns[pair[1]]) if pair else columns[name])
-        return self._to_world(torch.stack(out, 1), pose)
+            out.append(0.5 * (column[pair[0]] + column[pair[1]]) if pair else column[name])
+        return torch.stack(out, 1)
 
     def vertices(self, pose: BodyPose) -> torch.Tensor:
         output = self._model(pose_parameters=self._pose_matrices(pose.body_pose),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -184,9 +184,11 @@ def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
                   for n in active]
         optimizer = torch.optim.Adam(groups)
         mask = None if stage.body else torso
+        rigid = None if stage.body else model.rigid_keypoints(
+            BodyPose(params["global_orient"], params["body_pose"], params["shape"], params["transl"]), names)
         for step in range(stage.iterations):
             optimizer.zero_grad(set_to_none=True)
-            terms = _objective(model, work, params, names, stage, config, mask)
+            terms = _objective(model, work, params, names, stage, config, mask, rigid)
             loss = terms["total"]
             loss.sum().backward()
             optimizer.step()
@@ -219,11 +221,17 @@ def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
 
 
 def _objective(model: BodyModel, obs: BodyObservations, params: dict[str, torch.Tensor], names: Sequence[str],
-               stage: FitStage, config: BodyFitConfig, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Every loss term, each (B,), and their weighted sum ``total``."""
+               stage: FitStage, config: BodyFitConfig, mask: torch.Tensor | None,
+               rigid: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Every loss term, each (B,), and their weighted sum ``total``. ``rigid``: the keypoints as a
+    function of the global transform (:meth:`BodyModel.rigid_keypoints`), when the body is held."""
     pose = BodyPose(params["global_orient"], params["body_pose"], params["shape"], params["transl"])
     scale = torch.exp(params["log_scale"]).squeeze(-1)
-    points = world_keypoints(model, pose, scale, names)                        # (B, N, 3)
+    if rigid is None:
+        points = world_keypoints(model, pose, scale, names)                    # (B, N, 3)
+    else:
+        transl = params["transl"]
+        points = scale[:, None, None] * rigid(params["global_orient"], torch.zeros_like(transl)) + transl[:, None, :]
     num = len(obs.names)
     pix, depth = project(points[:, :num], obs.rot, obs.trans, obs.k)
     sq = (pix - obs.xy).square().sum(-1) / obs.box[..., None].square()          # (B, V, K)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +113,14 @@ class BodyModel(ABC):
     @abstractmethod
     def vertices(self, pose: BodyPose) -> torch.Tensor:
         """(B, V, 3) posed mesh vertices."""
+
+    def rigid_keypoints(self, pose: BodyPose, names: Sequence[str]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The named keypoints as a function of ``(global_orient (B, 3), transl (B, 3))`` alone, with
+        ``pose``'s body pose and shape held fixed (detached): fitting's first stage moves only the
+        global transform. This default evaluates :meth:`keypoints` on every call; models whose
+        global transform is a plain rigid motion of fixed points override it to evaluate them once."""
+        body_pose, shape = pose.body_pose.detach(), pose.shape.detach()
+        return lambda orient, transl: self.keypoints(BodyPose(orient, body_pose, shape, transl), names)
 
     def zero_pose(self, batch_size: int) -> BodyPose:
         """The rest pose with the mean shape at the origin, ``batch_size`` copies."""
