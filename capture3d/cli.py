@@ -131,6 +131,27 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0 if all(s.ok for s in statuses) else 1
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from capture3d.ops.batch_plan import load_batch_config, plan
+    from capture3d.ops.inbox import open_inbox
+
+    names = [n for n in args.names.split(",") if n] if args.names else None
+    params = load_params(args.params, args.overrides)
+    config = load_batch_config(params, args.endpoint_url, args.remote)
+    todo = plan(open_inbox(args.source, config.s3()), args.work, params, names)
+    if not todo.pending:  # nothing to do: answer without starting Prefect
+        print(f"batch: nothing to do ({len(todo.current)} current, {len(todo.refused)} refused)")
+        rows = todo.rows()
+    else:
+        _prefect_environment()
+        from capture3d.flows.inbox import run_batch_flow
+
+        rows = run_batch_flow(args.source, args.work, args.params, args.overrides, args.endpoint_url, args.remote,
+                              names, config.max_workers)
+    print_statuses(rows, "batch: captures")
+    return 0 if all(r.get("status") in ("ok", "current") for r in rows) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     _prefect_environment()
     from capture3d.flows.demo import (
@@ -502,7 +523,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_params_arguments(p)
     p.set_defaults(func=cmd_bodies_batch)
 
-    p = sub.add_parser("reconstruct", aliases=["batch"], help="Prefect flow over a folder of captures")
+    p = sub.add_parser("batch", help="process an inbox of captures (folder or s3://bucket/prefix): fetch new or "
+                       "changed ones, run their flows, push artifacts to the DVC remote, write manifests")
+    p.add_argument("source", help="inbox: a folder or s3://BUCKET/PREFIX with one sub-folder per capture")
+    p.add_argument("--work", type=Path, required=True,
+                   help="work area: inbox/ mirror, results/, manifests/, runs/ (a DVC store when pushing)")
+    p.add_argument("--endpoint-url", default=None, help="S3 API endpoint (default: params batch.endpoint_url)")
+    p.add_argument("--remote", default=None, help="DVC remote URL for the artifacts (default: params batch.remote)")
+    p.add_argument("--names", default="", help="comma-separated captures (default: all)")
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("reconstruct", help="Prefect flow over a folder of photo captures")
     p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per capture")
     p.add_argument("--out", type=Path, required=True, help="results root: <out>/<capture>/{sfm,evaluate_sfm}")
     p.add_argument("--names", default="", help="comma-separated captures (default: all sub-folders)")

@@ -1,0 +1,134 @@
+"""Planning a batch run over an inbox, without Prefect and without heavy imports: the ``batch``
+params section, the work area's layout, and which captures are pending.
+
+Inputs: an :class:`~capture3d.ops.inbox.Inbox`, the work folder and the params. Output: a
+:class:`Plan`: captures whose manifest does not record the current work key (inputs' ETags and
+sizes, the params sections their kind's stages read, the code version), those that are current,
+and the names refused as unsafe. A no-op rerun is this listing and one small JSON read per capture.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capture3d.config import section
+from capture3d.ops.inbox import CaptureListing, Inbox
+from capture3d.ops.manifest import (
+    code_version,
+    is_current,
+    params_hash,
+    read_json,
+    work_key,
+)
+from capture3d.ops.s3 import S3Settings
+
+logger = logging.getLogger(__name__)
+
+# The params sections each capture kind's stages read (capture3d.flows.pipelines runs them; a
+# test checks the two agree).
+KIND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "photos": ("sfm", "evaluate_sfm", "fit_gaussians", "fit_nerf"),
+    "scans": ("register_scans", "evaluate_registration"),
+    "bodies": ("fit_bodies", "evaluate_bodies"),
+}
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """The ``batch`` section of params.yaml."""
+
+    remote: str               # DVC remote for the artifacts (s3://bucket/path or a folder); "" = none
+    endpoint_url: str         # S3 API endpoint (MinIO, moto ...); "" = AWS or AWS_ENDPOINT_URL
+    max_attempts: int         # tries per S3 operation
+    retry_base_s: float       # first backoff, doubling, full jitter
+    max_workers: int          # captures processed at once
+    lock_timeout_s: float     # how long to wait for a capture another run holds
+
+    def s3(self) -> S3Settings:
+        return S3Settings(self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", ""), self.max_attempts,
+                          self.retry_base_s)
+
+
+@dataclass(frozen=True)
+class WorkLayout:
+    """The folders of a batch work area."""
+
+    root: Path
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    def state(self, name: str) -> Path:
+        return self.root / "state" / name
+
+    def lock(self, name: str) -> Path:
+        return self.root / "locks" / f"{name}.lock"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+
+@dataclass(frozen=True)
+class PlannedCapture:
+    """A capture with the key its finished work is stored under."""
+
+    listing: CaptureListing
+    key: str
+    params_digest: str
+
+
+@dataclass
+class Plan:
+    """What an inbox holds against the work area: pending captures, current ones, refused names."""
+
+    pending: list[PlannedCapture]
+    current: list[str]
+    refused: dict[str, str]
+    code: str
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Status rows of the captures that need no work: current and refused ones."""
+        rows = [{"capture": n, "status": "current"} for n in self.current]
+        rows += [{"capture": n, "status": "refused", "reason": r} for n, r in self.refused.items()]
+        return sorted(rows, key=lambda r: r["capture"])
+
+
+def load_batch_config(params: dict[str, Any], endpoint_url: str | None = None, remote: str | None = None) -> BatchConfig:
+    """The ``batch`` section, with the command line's endpoint and remote taking precedence."""
+    config = section(params, "batch", BatchConfig)
+    updates = {k: v for k, v in (("endpoint_url", endpoint_url), ("remote", remote)) if v is not None}
+    return BatchConfig(**{**config.__dict__, **updates}) if updates else config
+
+
+def plan(inbox: Inbox, work: Path, params: dict[str, Any], names: Sequence[str] | None = None) -> Plan:
+    """List the inbox and compare each capture's work key with its manifest (no Prefect, no download)."""
+    layout = WorkLayout(Path(work))
+    listing = inbox.list()
+    code = code_version()
+    pending, current = [], []
+    wanted = set(names) if names else None
+    for capture in listing.captures:
+        if wanted is not None and capture.name not in wanted:
+            continue
+        digest = params_hash(params, KIND_SECTIONS.get(capture.kind, ()))
+        key = work_key(capture.input_hash, digest, code)
+        if is_current(read_json(layout.manifests / f"{capture.name}.json"), key):
+            current.append(capture.name)
+        else:
+            pending.append(PlannedCapture(capture, key, digest))
+    return Plan(pending, current, dict(listing.refused), code)

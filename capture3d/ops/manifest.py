@@ -1,0 +1,79 @@
+"""Provenance of a processed capture: the manifest, and the keys that decide whether work is current.
+
+Inputs: a capture's input hash, the params sections its stages read, the code version, what the
+stages returned and where the artifacts went. Outputs: ``manifest.json`` (written atomically) with
+code version, params hash, input hashes, DVC output hash and remote, times; :func:`work_key`, the
+one string that must match for finished work to be reused (inputs, params and code alike).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from capture3d.atomic import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+
+
+def code_version() -> str:
+    """``<package version>+g<commit>[.dirty]`` from the checkout the code runs from, or the
+    package version alone when it is not a git checkout."""
+    try:
+        version = metadata.version("capture3d")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "capture3d"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def params_hash(params: Mapping[str, Any], sections: Iterable[str]) -> str:
+    """SHA-256 of the named params sections (canonical JSON): what the capture's stages read."""
+    chosen = {name: params.get(name) for name in sorted(sections)}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def work_key(input_hash: str, params_digest: str, code: str) -> str:
+    """The key finished work is stored under: it changes when inputs, params or code do."""
+    return hashlib.sha256(f"{input_hash}\n{params_digest}\n{code}".encode()).hexdigest()[:32]
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object at ``path``, or None when it is missing or unreadable (a torn write)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def is_current(manifest: Mapping[str, Any] | None, key: str) -> bool:
+    """Whether ``manifest`` records finished work under ``key``."""
+    return bool(manifest) and manifest.get("status") == "ok" and manifest.get("work_key") == key \
+        and manifest.get("manifest_version") == MANIFEST_VERSION
