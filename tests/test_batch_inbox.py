@@ -288,3 +288,18 @@ def test_two_batches_at_once(body_captures, tmp_path):
                             capture_output=True, text=True)
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout + status.stderr
     assert not _leftovers(work)
+
+
+def test_kind_sections_match_the_pipelines():
+    """The planner's params sections per kind (no heavy imports) are the ones the stages read."""
+    from capture3d.flows.pipelines import PIPELINES, sections
+    from capture3d.ops.batch_plan import KIND_SECTIONS
+    from capture3d.ops.inbox import detect_kind
+
+    assert set(PIPELINES) == set(KIND_SECTIONS)
+    for kind in PIPELINES:
+        assert sections(kind) == KIND_SECTIONS[kind], kind
+    assert detect_kind(["keypoints/a.json", "images/a.png"]) == "bodies"
+    assert detect_kind(["scans/a.ply", "gt/poses.json"]) == "scans"
+    assert detect_kind(["IMG_0001.JPG"]) == "photos"
+    assert detect_kind(["notes.txt"]) == ""

@@ -22,7 +22,7 @@ import yaml
 from capture3d.config import load_params
 
 VENV_BIN = Path(sys.executable).parent
-FLOW_SECTIONS = {"flows"}  # sections read by flows, not by a DVC stage
+FLOW_SECTIONS = {"flows", "batch"}  # sections read by flows (batch: the inbox flow), not by a DVC stage
 
 
 def _dvc_yaml(repo_root: Path) -> dict:

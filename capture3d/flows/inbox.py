@@ -100,7 +100,7 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
                                     "metrics": result, "seconds": seconds, "finished": now()})
             stages.append({"name": step.name, "reused": False, "seconds": round(seconds, 3)})
         outputs = [out / s.name for s in PIPELINES[capture.kind] if (out / s.name).is_dir()]
-        stored = push_outputs(layout.root, outputs) if config.remote else []
+        stored = push_outputs(layout.root, outputs, config.remote) if config.remote else []
         manifest = {
             "manifest_version": MANIFEST_VERSION, "capture": name, "kind": capture.kind, "status": "ok",
             "work_key": planned.key, "run_id": run_id, "started": started, "finished": now(),

@@ -51,25 +51,18 @@ class StoredOutput:
 
 def ensure_store(root: Path, remote_url: str, endpoint_url: str = "") -> None:
     """Make ``root`` a DVC project (no git) whose default remote is ``remote_url``."""
-    from dvc.repo import Repo
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(root / LOCK_NAME):
         if not (root / ".dvc").is_dir():
-            Repo.init(str(root), no_scm=True)
+            _dvc(root, ["init", "--no-scm", "--quiet"])
             logger.info("initialised a DVC store in %s", root)
-        with Repo(str(root)) as repo:
-            with repo.config.edit() as conf:
-                remote: dict[str, Any] = {"url": remote_url}
-                if endpoint_url and remote_url.startswith("s3://"):
-                    remote["endpointurl"] = endpoint_url
-                if conf["remote"].get(REMOTE_NAME) != remote:
-                    conf["remote"][REMOTE_NAME] = remote
-                conf["core"]["remote"] = REMOTE_NAME
+        _dvc(root, ["remote", "add", "--force", "--default", REMOTE_NAME, remote_url])
+        if endpoint_url and remote_url.startswith("s3://"):
+            _dvc(root, ["remote", "modify", REMOTE_NAME, "endpointurl", endpoint_url])
 
 
-def push_outputs(root: Path, outputs: Sequence[Path]) -> list[StoredOutput]:
+def push_outputs(root: Path, outputs: Sequence[Path], remote_url: str) -> list[StoredOutput]:
     """``dvc add`` each output folder (below ``root``) and ``dvc push`` it to the store's remote.
     DVC runs as a subprocess in ``root`` (its API resolves paths against the process's working
     folder, which threads share)."""
@@ -78,12 +71,11 @@ def push_outputs(root: Path, outputs: Sequence[Path]) -> list[StoredOutput]:
     with file_lock(root / LOCK_NAME):
         _dvc(root, ["add", "--quiet", *rel])
         _dvc(root, ["push", "--quiet", "--remote", REMOTE_NAME, *[f"{r}.dvc" for r in rel]])
-    url = _remote_url(root)
     stored = []
     for r in rel:
         out = (yaml.safe_load((root / f"{r}.dvc").read_text()) or {}).get("outs", [{}])[0]
         stored.append(StoredOutput(r, f"{r}.dvc", str(out.get("md5", "")), int(out.get("nfiles", 0) or 0),
-                                   int(out.get("size", 0) or 0), url))
+                                   int(out.get("size", 0) or 0), remote_url))
     logger.info("pushed %s to %s", ", ".join(rel), REMOTE_NAME)
     return stored
 
@@ -97,9 +89,3 @@ def _dvc(root: Path, args: Sequence[str]) -> None:
         lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
         raise StoreError(f"dvc {args[0]} failed: {lines[-1] if lines else proc.returncode}")
 
-
-def _remote_url(root: Path) -> str:
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        return str(repo.config["remote"][REMOTE_NAME]["url"])
