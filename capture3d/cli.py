@@ -147,7 +147,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         from capture3d.flows.inbox import run_batch_flow
 
         rows = run_batch_flow(args.source, args.work, args.params, args.overrides, args.endpoint_url, args.remote,
-                              names, config.max_workers)
+                              names)
     print_statuses(rows, "batch: captures")
     return 0 if all(r.get("status") in ("ok", "current") for r in rows) else 1
 

@@ -30,11 +30,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from capture3d.config import load_params
 from capture3d.errors import CaptureError
-from capture3d.flows.pipelines import PIPELINES, sections
+from capture3d.flows.pipelines import PIPELINES, run_step, sections
 from capture3d.ops.batch_plan import (
     BatchConfig,
     Plan,
@@ -53,6 +53,7 @@ from capture3d.ops.manifest import (
     read_json,
     write_json,
 )
+from capture3d.ops.s3 import S3Settings
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,11 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
                 continue
             s0 = time.perf_counter()
             try:
-                result = step.run(name, layout.inbox / name, out, params, dict(metrics)) or {}
+                result = run_step(capture.kind, step, name, layout.inbox / name, out, params, dict(metrics),
+                                  config.isolate_stages) or {}
             except Exception as exc:  # noqa: BLE001 - reported as this capture's failure
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                text = text.removeprefix(f"capture '{name}': ")
                 raise CaptureError(name, f"stage {step.name}: {text}") from exc
             seconds = time.perf_counter() - s0
             metrics.update(result)
@@ -118,46 +121,67 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
 
 
 @task(name="capture", task_run_name="capture-{name}", cache_policy=NO_CACHE)
-def capture_task(name: str, inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, params: dict[str, Any],
-                 config: BatchConfig, code: str, run_id: str, wait: bool) -> dict[str, Any]:
-    """:func:`process_capture` as a Prefect task."""
-    return process_capture(inbox, planned, layout, params, config, code, run_id, wait)
+def capture_task(name: str, source: str, settings: S3Settings, planned: PlannedCapture, layout: WorkLayout,
+                 params: dict[str, Any], config: BatchConfig, code: str, run_id: str, wait: bool) -> dict[str, Any]:
+    """:func:`process_capture` as a Prefect task. It opens the inbox itself, so its inputs pickle
+    (a Dask worker in another process or machine can run it)."""
+    return process_capture(open_inbox(source, settings), planned, layout, params, config, code, run_id, wait)
 
 
-@flow(name="batch", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
-def batch(source: str, work: Path, params_file: Path | None = None, overrides: Sequence[str] = (),
-          endpoint_url: str | None = None, remote: str | None = None,
-          names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Process every pending capture of the inbox ``source`` into ``work``; one row per capture."""
-    params = load_params(params_file, overrides)
+def task_runner(config: BatchConfig) -> TaskRunner:
+    """Threads in this process, or Dask: a LocalCluster of ``max_workers`` single-thread worker
+    processes, or the scheduler at ``dask_address`` (several machines sharing the DVC remote)."""
+    if config.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=max(1, config.max_workers))
+    from prefect_dask import DaskTaskRunner
+
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": max(1, config.max_workers), "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+@flow(name="batch", validate_parameters=False)
+def batch(source: str, work: str, params_file: str | None = None, overrides: list[str] | None = None,
+          endpoint_url: str | None = None, remote: str | None = None, names: list[str] | None = None,
+          kinds: list[str] | None = None) -> list[dict[str, Any]]:
+    """Process every pending capture of the inbox ``source`` (of ``kinds``, default all) into
+    ``work``; one row per capture. Captures run on :func:`task_runner`."""
+    params = load_params(Path(params_file) if params_file else None, overrides or ())
     config = load_batch_config(params, endpoint_url, remote)
     inbox = open_inbox(source, config.s3())
-    return run_plan(inbox, plan(inbox, work, params, names), Path(work), params, config)
+    todo = plan(inbox, Path(work), params, names, kinds)
+    return run_plan(source, todo, Path(work), params, config)
 
 
-def run_plan(inbox: Inbox, todo: Plan, work: Path, params: dict[str, Any], config: BatchConfig) -> list[dict[str, Any]]:
-    """Submit the pending captures on the flow's task runner (those another run holds again at the
-    end, waiting for them); write the run summary."""
+def run_plan(source: str, todo: Plan, work: Path, params: dict[str, Any], config: BatchConfig) -> list[dict[str, Any]]:
+    """Submit the pending captures (those another run holds again at the end, waiting for them)
+    and write the run summary: ``runs/<run id>.json`` and ``.md``, and a Prefect markdown artifact."""
     run_logger = get_run_logger()
     layout = WorkLayout(work)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
     if config.remote and todo.pending:
         ensure_store(layout.root, config.remote, config.s3().endpoint_url)
     rows: dict[str, dict[str, Any]] = {row["capture"]: row for row in todo.rows()}
-    for wait in (False, True):  # a capture another run holds is retried at the end, waiting for it
-        batch_todo = [p for p in todo.pending if rows.get(p.listing.name, {}).get("status") in (None, "busy")]
-        futures = {p.listing.name: capture_task.submit(p.listing.name, inbox, p, layout, params, config, todo.code,
-                                                       run_id, wait) for p in batch_todo}
-        for name, future in futures.items():
-            future.wait()
-            state = future.state
-            if state.is_completed():
-                rows[name] = future.result()
-            else:
-                error = future.result(raise_on_failure=False)
-                reason = str(error) if isinstance(error, BaseException) else (state.message or state.name)
-                kind = next(p.listing.kind for p in batch_todo if p.listing.name == name)
-                rows[name] = {"capture": name, "kind": kind, "status": "failed", "reason": reason.splitlines()[0]}
+    settings = config.s3()
+    with task_runner(config) as runner:
+        for wait in (False, True):  # a capture another run holds is retried at the end, waiting for it
+            batch_todo = [p for p in todo.pending if rows.get(p.listing.name, {}).get("status") in (None, "busy")]
+            futures = {p.listing.name: runner.submit(capture_task, parameters={
+                "name": p.listing.name, "source": source, "settings": settings, "planned": p, "layout": layout,
+                "params": params, "config": config, "code": todo.code, "run_id": run_id, "wait": wait})
+                for p in batch_todo}
+            for name, future in futures.items():
+                future.wait()
+                state = future.state
+                if state.is_completed():
+                    rows[name] = future.result()
+                else:
+                    error = future.result(raise_on_failure=False)
+                    reason = str(error) if isinstance(error, BaseException) else (state.message or state.name)
+                    kind = next(p.listing.kind for p in batch_todo if p.listing.name == name)
+                    rows[name] = {"capture": name, "kind": kind, "status": "failed", "reason": reason.splitlines()[0]}
     table = [rows[n] for n in sorted(rows)]
     summary = {"run_id": run_id, "code_version": todo.code, "finished": now(), "captures": table}
     write_json(layout.runs / f"{run_id}.json", summary)
@@ -184,8 +208,7 @@ def _cell(value: Any) -> str:
 
 
 def run_batch_flow(source: str, work: Path, params_file: Path | None, overrides: Sequence[str],
-                   endpoint_url: str | None, remote: str | None, names: Sequence[str] | None,
-                   max_workers: int) -> list[dict[str, Any]]:
-    """Run the ``batch`` flow with ``max_workers`` captures at a time; one row per capture."""
-    runner = ThreadPoolTaskRunner(max_workers=max(1, max_workers))
-    return batch.with_options(task_runner=runner)(source, work, params_file, overrides, endpoint_url, remote, names)
+                   endpoint_url: str | None, remote: str | None, names: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Run the ``batch`` flow (from the command line); one row per capture."""
+    return batch(source, str(work), str(params_file) if params_file else None, list(overrides), endpoint_url,
+                 remote, list(names) if names else None)

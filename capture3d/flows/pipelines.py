@@ -3,13 +3,20 @@ submit, called in order for one capture (``Task.fn``: no nested task runs).
 
 Inputs: a capture name, its folder, its output folder, the params and the metrics of the steps
 before. Output: each step's summary metrics. ``sections`` names the params sections a kind's
-stages read (their hash is part of the work key).
+stages read (their hash is part of the work key). Each step declares its device (``gpu``: uses
+CUDA when the machine has it) and whether it is heavy; :func:`run_step` runs a heavy step in a
+child process (``python -m capture3d.flows.pipelines``) so its memory is returned to the system
+before the next capture.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,8 @@ class Step:
     name: str
     run: StepFn
     section: str
+    device: str = "cpu"      # "gpu": runs on CUDA when present (its work pool is the GPU one)
+    heavy: bool = False      # large memory: run in a child process when isolating
 
 
 def _sfm(name: str, capture: Path, out: Path, params: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
@@ -67,14 +76,58 @@ def _evaluate_bodies(name: str, capture: Path, out: Path, params: dict[str, Any]
 
 
 PIPELINES: dict[str, tuple[Step, ...]] = {
-    "photos": (Step("sfm", _sfm, "sfm"), Step("evaluate_sfm", _evaluate_sfm, "evaluate_sfm"),
-               Step("fit_gaussians", _fit_gaussians, "fit_gaussians"), Step("fit_nerf", _fit_nerf, "fit_nerf")),
-    "scans": (Step("register_scans", _register, "register_scans"),
+    "photos": (Step("sfm", _sfm, "sfm", heavy=True), Step("evaluate_sfm", _evaluate_sfm, "evaluate_sfm"),
+               Step("fit_gaussians", _fit_gaussians, "fit_gaussians", "gpu", True),
+               Step("fit_nerf", _fit_nerf, "fit_nerf", "gpu", True)),
+    "scans": (Step("register_scans", _register, "register_scans", heavy=True),
               Step("evaluate_registration", _evaluate_registration, "evaluate_registration")),
-    "bodies": (Step("fit_bodies", _fit_bodies, "fit_bodies"), Step("evaluate_bodies", _evaluate_bodies, "evaluate_bodies")),
+    "bodies": (Step("fit_bodies", _fit_bodies, "fit_bodies", "gpu", True),
+               Step("evaluate_bodies", _evaluate_bodies, "evaluate_bodies")),
 }
 
 
 def sections(kind: str) -> tuple[str, ...]:
     """The params sections a capture kind's stages read."""
     return tuple(step.section for step in PIPELINES.get(kind, ()))
+
+
+def device_of(kind: str) -> str:
+    """``gpu`` when any stage of the kind uses the GPU, else ``cpu``: the work pool it belongs to."""
+    return "gpu" if any(step.device == "gpu" for step in PIPELINES.get(kind, ())) else "cpu"
+
+
+def run_step(kind: str, step: Step, name: str, capture: Path, out: Path, params: dict[str, Any],
+             previous: dict[str, Any], isolate: bool) -> dict[str, Any]:
+    """Run ``step``; a heavy one in a child Python process when ``isolate`` (its exit frees all
+    the memory it took). The child's one-line error becomes this process's ``RuntimeError``."""
+    if not (isolate and step.heavy):
+        return step.run(name, capture, out, params, previous)
+    with tempfile.TemporaryDirectory(prefix="capture3d-step-") as tmp:
+        request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request.write_text(json.dumps({"kind": kind, "step": step.name, "name": name, "capture": str(capture),
+                                       "out": str(out), "params": params, "previous": previous}, default=str))
+        proc = subprocess.run([sys.executable, "-m", "capture3d.flows.pipelines", str(request), str(result)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            raise RuntimeError(lines[-1].removeprefix("error: ") if lines else f"exit status {proc.returncode}")
+        return json.loads(result.read_text())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Child-process entry of :func:`run_step`: ``python -m capture3d.flows.pipelines REQUEST RESULT``."""
+    request_path, result_path = (argv if argv is not None else sys.argv[1:])[:2]
+    request = json.loads(Path(request_path).read_text())
+    step = next(s for s in PIPELINES[request["kind"]] if s.name == request["step"])
+    try:
+        metrics = step.run(request["name"], Path(request["capture"]), Path(request["out"]), request["params"],
+                           request["previous"])
+    except Exception as exc:  # noqa: BLE001 - one line to the parent
+        sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+        return 1
+    Path(result_path).write_text(json.dumps(metrics, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -46,8 +46,11 @@ class BatchConfig:
     endpoint_url: str         # S3 API endpoint (MinIO, moto ...); "" = AWS or AWS_ENDPOINT_URL
     max_attempts: int         # tries per S3 operation
     retry_base_s: float       # first backoff, doubling, full jitter
-    max_workers: int          # captures processed at once
+    max_workers: int          # captures processed at once (threads, or Dask worker processes)
     lock_timeout_s: float     # how long to wait for a capture another run holds
+    runner: str               # "threads" | "dask"
+    dask_address: str         # a Dask scheduler (tcp://host:8786); "" = a LocalCluster
+    isolate_stages: bool      # heavy stages in a child process (memory freed between captures)
 
     def s3(self) -> S3Settings:
         return S3Settings(self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", ""), self.max_attempts,
@@ -115,15 +118,17 @@ def load_batch_config(params: dict[str, Any], endpoint_url: str | None = None, r
     return BatchConfig(**{**config.__dict__, **updates}) if updates else config
 
 
-def plan(inbox: Inbox, work: Path, params: dict[str, Any], names: Sequence[str] | None = None) -> Plan:
-    """List the inbox and compare each capture's work key with its manifest (no Prefect, no download)."""
+def plan(inbox: Inbox, work: Path, params: dict[str, Any], names: Sequence[str] | None = None,
+         kinds: Sequence[str] | None = None) -> Plan:
+    """List the inbox and compare each capture's work key with its manifest (no Prefect, no
+    download); only ``names`` / ``kinds`` when given."""
     layout = WorkLayout(Path(work))
     listing = inbox.list()
     code = code_version()
     pending, current = [], []
     wanted = set(names) if names else None
     for capture in listing.captures:
-        if wanted is not None and capture.name not in wanted:
+        if (wanted is not None and capture.name not in wanted) or (kinds and capture.kind not in kinds):
             continue
         digest = params_hash(params, KIND_SECTIONS.get(capture.kind, ()))
         key = work_key(capture.input_hash, digest, code)

@@ -1,0 +1,289 @@
+"""Benchmark: ``capture3d batch`` (the Prefect inbox flow) on a local inbox of small body captures.
+
+One synthetic body capture (``synthesize_bodies``: 1 body, 2 calibrated views, 160x120, 2 px
+noise) is copied N times into a local inbox folder (each copy is a capture of its own name), and
+the inbox is processed with no DVC remote, each measurement into a fresh work folder. The stages
+are those of ``PIPELINES["bodies"]`` (fit_bodies, evaluate_bodies) with the short fit schedule of
+``tests/test_batch_inbox.py`` (10 + 20 iterations, no overlays). Tables, measured in one run:
+
+1. **Throughput against N** (``--sizes``): wall seconds and captures/s of ``run_batch_flow`` with
+   the flow's thread pool at ``batch.max_workers`` = 1 and 2 (``--set batch.max_workers=K``, as
+   ``capture3d batch`` passes it), and the speed-up of 2 workers over 1.
+2. **Direct vs orchestrated**: the same N captures run by calling the stage steps in a plain Python
+   loop (``for step in PIPELINES["bodies"]: step.run(...)``, reading the inbox folder in place,
+   into a fresh folder) against the flow with max_workers=1 (the flow's number is the one of
+   table 1; the three runs of a size are measured back to back). Orchestration overhead per
+   capture = (flow - direct) / N: Prefect task runs, locks, the inbox mirror (a file copy), stage
+   stamps, manifests and the run summary.
+3. **No-op rerun** (``--noop-captures``, default 100): that many copies are processed once through
+   the flow with the cheapest schedule (one 1-iteration stage, no overlays; its time and
+   captures/s are printed), then the same command is timed again, with nothing to do, as a
+   subprocess (``python -m capture3d.cli batch INBOX --work WORK --set ...``: interpreter start,
+   imports, listing, one manifest read per capture; Prefect is not started) and in-process via
+   :func:`capture3d.ops.batch_plan.plan` (params load + listing + manifests). Target: < 5 s
+   (``--repeats`` times each; median and worst are printed, the target is checked on the worst).
+
+The first flow run in a process pays Prefect's embedded (ephemeral) server start (seconds), so a
+one-capture warm-up run is made first and is not counted. Prefect runs with ``PREFECT_HOME`` in the
+benchmark's temporary folder (a fresh database, not shared with other Prefect users of the
+machine), analytics off, logging at WARNING. Torch keeps its default thread count, so with 2
+workers two fits share the cores. Timings are wall-clock on a shared machine: other work running at
+the same time perturbs them (compare rows of one run, not across runs).
+
+The work key includes the code version (``git`` commit, plus ``.dirty`` when ``capture3d/`` has
+uncommitted changes): if that changes between the first pass and the rerun of table 3 (someone
+commits or edits the checkout meanwhile), the rerun is not a no-op; the script checks this and
+says so instead of timing a full reprocessing.
+
+Usage: python benchmarks/bench_batch.py [--sizes 1,4,8] [--noop-captures 100] [--repeats 3]
+                                        [--quick] [--keep] [--tmp DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PARAMS = REPO / "params.yaml"
+
+# The short fit schedule of tests/test_batch_inbox.py.
+FAST = [
+    "fit_bodies.stages=[{iterations: 10, learning_rate: 0.05, body: false, pose_weight: 1.0, shape_weight: 1.0, "
+    "bend_weight: 1.0, limit_weight: 100.0}, {iterations: 20, learning_rate: 0.05, body: true, pose_weight: 4.0, "
+    "shape_weight: 4.0, bend_weight: 1.0, limit_weight: 100.0}]",
+    "fit_bodies.overlays=false",
+]
+# The cheapest schedule: one stage of one iteration.
+CHEAP = [
+    "fit_bodies.stages=[{iterations: 1, learning_rate: 0.05, body: true, pose_weight: 4.0, shape_weight: 4.0, "
+    "bend_weight: 1.0, limit_weight: 100.0}]",
+    "fit_bodies.overlays=false",
+]
+NOOP_TARGET_S = 5.0
+
+
+def make_inbox(template: Path, folder: Path, count: int) -> Path:
+    """``count`` copies of the capture ``template`` as ``folder/capNNN``."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        shutil.copytree(template, folder / f"cap{i:03d}")
+    return folder
+
+
+def fresh(root: Path, label: str) -> Path:
+    """A new, not yet existing folder under ``root``."""
+    return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root)) / "work"
+
+
+def flow_run(inbox: Path, work: Path, overrides: list[str]) -> tuple[float, list[dict]]:
+    """``capture3d batch INBOX --work WORK --set ...`` in-process, as cmd_batch runs the flow."""
+    from capture3d.config import load_params
+    from capture3d.flows.inbox import run_batch_flow
+    from capture3d.ops.batch_plan import load_batch_config
+
+    start = time.perf_counter()
+    config = load_batch_config(load_params(PARAMS, overrides))
+    extra = [config.max_workers] if "max_workers" in inspect.signature(run_batch_flow).parameters else []
+    rows = run_batch_flow(str(inbox), work, PARAMS, overrides, None, None, None, *extra)
+    seconds = time.perf_counter() - start
+    bad = [r for r in rows if r.get("status") != "ok"]
+    if bad:
+        raise SystemExit(f"batch flow: {len(bad)} capture(s) not ok, e.g. {bad[0]}")
+    return seconds, rows
+
+
+def direct_run(inbox: Path, out_root: Path, overrides: list[str]) -> float:
+    """Every capture of ``inbox`` through ``PIPELINES["bodies"]`` in a plain loop, no Prefect."""
+    from capture3d.config import load_params
+    from capture3d.flows.pipelines import PIPELINES
+
+    start = time.perf_counter()
+    params = load_params(PARAMS, overrides)
+    for capture in sorted(p for p in inbox.iterdir() if p.is_dir()):
+        out = out_root / capture.name
+        metrics: dict = {}
+        for step in PIPELINES["bodies"]:
+            metrics.update(step.run(capture.name, capture, out, params, dict(metrics)) or {})
+    return time.perf_counter() - start
+
+
+def plan_run(inbox: Path, work: Path, overrides: list[str]) -> tuple[float, int, int]:
+    """What ``capture3d batch`` does before deciding there is nothing to do; (s, pending, current)."""
+    from capture3d.config import load_params
+    from capture3d.ops.batch_plan import load_batch_config, plan
+    from capture3d.ops.inbox import open_inbox
+
+    start = time.perf_counter()
+    params = load_params(PARAMS, overrides)
+    todo = plan(open_inbox(str(inbox), load_batch_config(params).s3()), work, params)
+    return time.perf_counter() - start, len(todo.pending), len(todo.current)
+
+
+def cli_run(inbox: Path, work: Path, overrides: list[str], timeout: float) -> tuple[float, int, str]:
+    """``python -m capture3d.cli batch`` as a subprocess; (s, exit code, first stdout line)."""
+    cmd = [sys.executable, "-m", "capture3d.cli", "batch", str(inbox), "--work", str(work), "--params", str(PARAMS)]
+    cmd += [a for s in overrides for a in ("--set", s)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    return seconds, proc.returncode, lines[0] if lines else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,4,8", help="comma-separated capture counts for tables 1 and 2")
+    parser.add_argument("--workers", default="1,2", help="batch.max_workers values for table 1")
+    parser.add_argument("--noop-captures", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3, help="timed no-op reruns of each kind")
+    parser.add_argument("--tmp", type=Path, default=None, help="parent of the temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (inboxes, work areas)")
+    parser.add_argument("--quick", action="store_true", help="sizes 1,2 and 20 no-op captures")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.noop_captures = "1,2", 20
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    workers = [int(k) for k in args.workers.split(",") if k]
+    if 1 not in workers:
+        workers = [1, *workers]
+
+    root = Path(tempfile.mkdtemp(prefix="bench_batch-", dir=args.tmp))
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    t_total = time.perf_counter()
+    try:
+        run(args, root, sizes, workers)
+    finally:
+        if args.keep:
+            print(f"\nkept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\ntotal benchmark time {time.perf_counter() - t_total:.0f} s")
+
+
+def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[int]) -> None:
+    from capture3d.ops.manifest import code_version
+    from capture3d.stages import synthesize_bodies
+    from capture3d.tasks.body.anny_model import AnnyBody
+
+    template = root / "template" / "people"
+    config = synthesize_bodies.SynthesizeBodiesConfig(count=1, views=2, width=160, height=120, fov_deg=55.0,
+                                                      noise_px=2.0, seed=0)
+    synthesize_bodies.run(template, config, AnnyBody())
+    nfiles = sum(1 for p in template.rglob("*") if p.is_file())
+    nbytes = sum(p.stat().st_size for p in template.rglob("*") if p.is_file())
+    code = code_version()
+    print(f"capture: 1 body, 2 views, 160x120, {nfiles} files, {nbytes / 1024:.0f} KiB; code version {code}")
+    print(f"Prefect home {os.environ['PREFECT_HOME']}; {os.cpu_count()} CPUs; timings are wall-clock on a "
+          "shared machine (other work may perturb them)")
+
+    # Warm-up: Prefect's embedded server start, imports, first model build.
+    start = time.perf_counter()
+    flow_run(make_inbox(template, root / "inbox-warmup", 1), fresh(root, "warmup"), FAST + ["batch.max_workers=1"])
+    print(f"warm-up flow run (1 capture, embedded server start): {time.perf_counter() - start:.1f} s, not counted")
+
+    # Tables 1 and 2, measured back to back per size.
+    isolation = has_isolation()
+    flow_s: dict[tuple[int, int], float] = {}
+    direct_s: dict[int, float] = {}
+    inproc_s: dict[int, float] = {}
+    for n in sizes:
+        inbox = make_inbox(template, root / f"inbox-{n}", n)
+        direct_s[n] = direct_run(inbox, fresh(root, f"direct-{n}"), FAST)
+        for k in workers:
+            flow_s[n, k], _ = flow_run(inbox, fresh(root, f"flow-{n}-{k}"), FAST + [f"batch.max_workers={k}"])
+        if isolation:
+            inproc_s[n], _ = flow_run(inbox, fresh(root, f"flow-{n}-inproc"),
+                                      FAST + ["batch.max_workers=1", "batch.isolate_stages=false"])
+        print(f"  N={n}: direct {direct_s[n]:.1f} s, " + ", ".join(f"flow K={k} {flow_s[n, k]:.1f} s" for k in workers)
+              + (f", flow K=1 in-process stages {inproc_s[n]:.1f} s" if isolation else ""), flush=True)
+
+    setting = f", batch.isolate_stages={_batch_config(FAST).isolate_stages}" if isolation else ""
+    print(f"\nThroughput against N (batch flow, local inbox, no DVC remote, fresh work folder each{setting})")
+    header = f"{'N':>4}{'workers':>9}{'wall s':>9}{'captures/s':>12}{'s/capture':>11}{'vs 1 worker':>13}"
+    print(header)
+    print("-" * len(header))
+    for n in sizes:
+        for k in workers:
+            t = flow_s[n, k]
+            print(f"{n:>4}{k:>9}{t:>9.2f}{n / t:>12.3f}{t / n:>11.2f}{flow_s[n, 1] / t:>12.2f}x")
+
+    print("\nDirect vs orchestrated (stage steps in a Python loop vs the batch flow, max_workers=1)")
+    header = f"{'N':>4}  {'mode':<34}{'wall s':>9}{'captures/s':>12}{'overhead s/capture':>20}{'overhead %':>12}"
+    print(header)
+    print("-" * len(header))
+    for n in sizes:
+        d = direct_s[n]
+        modes = [("direct loop (in-process steps)", d), (f"batch flow{setting.replace(', batch.', ' ')}", flow_s[n, 1])]
+        if isolation:
+            modes.append(("batch flow isolate_stages=False", inproc_s[n]))
+        for label, t in modes:
+            over = "" if t is d else f"{(t - d) / n:>20.3f}{100 * (t - d) / d:>11.1f}%"
+            print(f"{n:>4}  {label:<34}{t:>9.2f}{n / t:>12.3f}{over}")
+
+    # Table 3: the no-op rerun.
+    m = args.noop_captures
+    inbox = make_inbox(template, root / f"inbox-noop-{m}", m)
+    work = fresh(root, "noop")
+    code_before = code_version()
+    t_first, _ = flow_run(inbox, work, CHEAP)
+    code_after = code_version()
+    plans = [plan_run(inbox, work, CHEAP) for _ in range(args.repeats)]
+    print(f"\nNo-op rerun over {m} captures (cheapest schedule: one 1-iteration stage, no overlays; "
+          f"{_describe(_batch_config(CHEAP))})")
+    print(f"first pass through the flow: {t_first:.1f} s, {m / t_first:.2f} captures/s, "
+          f"{t_first / m:.2f} s per capture")
+    if code_after != code_before or any(p[1] for p in plans):
+        print(f"SKIPPED: the rerun is not a no-op ({plans[0][1]} pending; code version {code_before} -> "
+              f"{code_after}): the checkout changed during the benchmark")
+        return
+    clis = [cli_run(inbox, work, CHEAP, timeout=120) for _ in range(args.repeats)]
+    header = f"{'how':<44}{'median s':>10}{'worst s':>9}{'per capture ms':>16}{'< 5 s':>7}"
+    print(header)
+    print("-" * len(header))
+    for label, times in ((f"subprocess: python -m capture3d.cli batch (x{args.repeats})", [c[0] for c in clis]),
+                         (f"in-process: load_params + plan() (x{args.repeats})", [p[0] for p in plans])):
+        med, worst = statistics.median(times), max(times)
+        print(f"{label:<44}{med:>10.3f}{worst:>9.3f}{1000 * med / m:>16.2f}"
+              f"{'yes' if worst < NOOP_TARGET_S else 'NO':>7}")
+    for seconds, rc, line in clis:
+        if rc != 0 or "nothing to do" not in line:
+            print(f"WARNING: the subprocess rerun did not report a no-op (exit {rc}): {line}")
+    print(f"subprocess said: {clis[0][2]}")
+
+
+def _batch_config(overrides: list[str]):
+    from capture3d.config import load_params
+    from capture3d.ops.batch_plan import load_batch_config
+
+    return load_batch_config(load_params(PARAMS, overrides))
+
+
+def _describe(config) -> str:
+    text = f"batch.max_workers={config.max_workers}"
+    return text + (f", isolate_stages={config.isolate_stages}" if hasattr(config, "isolate_stages") else "")
+
+
+def has_isolation() -> bool:
+    """Whether this checkout's batch section has ``isolate_stages`` (heavy stages in a child process)."""
+    from capture3d.ops.batch_plan import BatchConfig
+
+    return "isolate_stages" in {f.name for f in dataclasses.fields(BatchConfig)}
+
+
+if __name__ == "__main__":
+    main()
