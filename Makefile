@@ -20,6 +20,10 @@ system-deps:
 		echo "installing libusb-1.0 (needed by open3d)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libusb-1.0-0; \
 	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing chromium (headless screenshots of the HTML report in the tests)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; \
+	fi
 
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)

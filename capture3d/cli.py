@@ -43,6 +43,9 @@ def _prefect_environment() -> None:
     """Prefect settings for an offline machine: embedded server, no analytics."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    # A fresh database (first run, new PREFECT_HOME) migrates before answering: more than the
+    # default 20 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
@@ -146,10 +149,49 @@ def cmd_batch(args: argparse.Namespace) -> int:
         _prefect_environment()
         from capture3d.flows.inbox import run_batch_flow
 
-        rows = run_batch_flow(args.source, args.work, args.params, args.overrides, args.endpoint_url, args.remote,
-                              names)
+        rows, regressions = run_batch_flow(args.source, args.work, args.params, args.overrides, args.endpoint_url,
+                                           args.remote, names)
     print_statuses(rows, "batch: captures")
+    if todo.pending:
+        report = sorted(Path(args.work, "runs").glob("*.html"))
+        print(f"report: {report[-1]}" if report else "report: none")
+        if regressions:
+            print(f"batch: {regressions}")
+            return 1
     return 0 if all(r.get("status") in ("ok", "current") for r in rows) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from capture3d.ops.report import build_report, last_good_run, load_run
+
+    runs = sorted(Path(args.work, "runs").glob("*.json"), key=lambda p: str((load_run(p) or {}).get("finished", "")))
+    latest = (load_run(runs[-1]) or {}).get("run_id") if runs else None
+    previous = args.previous or last_good_run(Path(args.work, "runs"), exclude=latest)
+    result = build_report(args.work, args.out or Path(args.work, "report.html"), previous=previous)
+    print(f"report: {result.path} ({result.num_captures} captures, {result.num_figures} figures, "
+          f"{len(result.regressions)} regression(s) against {result.previous_run_id or 'no baseline'})")
+    for r in result.regressions:
+        print(f"  regression {r.capture}: {r.metric} {r.old:.4g} -> {r.new:.4g}")
+    return 1 if result.regressions or result.newly_failed else 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from capture3d.flows.deploy import deploy_batch
+
+    names = deploy_batch(args.source, args.work, args.params, args.overrides, cron=args.cron,
+                         interval_s=args.interval, endpoint_url=args.endpoint_url, remote=args.remote,
+                         run_now=args.run_now)
+    for name in names:
+        print(f"deployment {name}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from capture3d.flows.deploy import start_worker
+
+    return start_worker(args.pool, run_once=args.run_once, limit=args.limit)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -533,6 +575,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", default="", help="comma-separated captures (default: all)")
     add_params_arguments(p)
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("deploy", help="Prefect deployments of the batch flow on the GPU and CPU work pools")
+    p.add_argument("source", help="inbox: a folder or s3://BUCKET/PREFIX")
+    p.add_argument("--work", type=Path, required=True, help="work area of the scheduled runs")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=None, help="cron schedule (default: params batch.schedule_cron)")
+    when.add_argument("--interval", type=float, default=None, help="interval in seconds (default: params)")
+    p.add_argument("--endpoint-url", default=None, help="S3 API endpoint")
+    p.add_argument("--remote", default=None, help="DVC remote URL for the artifacts")
+    p.add_argument("--run-now", action="store_true", help="also schedule one run of each deployment now")
+    add_params_arguments(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("worker", help="start a Prefect worker on a work pool (runs the deployed batches)")
+    p.add_argument("--pool", required=True, help="work pool: params batch.gpu_pool or batch.cpu_pool")
+    p.add_argument("--run-once", action="store_true", help="take the runs that are due, then exit")
+    p.add_argument("--limit", type=int, default=None, help="most flow runs at once")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("report", help="HTML quality report of a batch work area (runs, captures, regressions)")
+    p.add_argument("--work", type=Path, required=True, help="the work area of `capture3d batch`")
+    p.add_argument("--out", type=Path, default=None, help="HTML file (default: <work>/report.html)")
+    p.add_argument("--previous", type=Path, default=None,
+                   help="baseline run JSON (default: the last good run before the latest)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reconstruct", help="Prefect flow over a folder of photo captures")
     p.add_argument("--captures", type=Path, required=True, help="folder holding one sub-folder per capture")

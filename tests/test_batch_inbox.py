@@ -228,11 +228,22 @@ def _local_inbox(body_captures: Path, root: Path, corrupt: bool = False) -> Path
 @pytest.mark.slow
 def test_corrupt_capture_fails_alone(body_captures, tmp_path, capsys):
     """With the heavy stages in child processes (the default): the corrupt capture's one-line error
-    comes back from its child; the others finish."""
+    comes back from its child; the others finish. A seeded earlier good run with far better body
+    errors makes this run flag regressions in its summary, report and state."""
     inbox = _local_inbox(body_captures, tmp_path, corrupt=True)
     work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    baseline = {"run_id": "20000101T000000-1", "code_version": "0", "finished": "2000-01-01T00:00:00+00:00",
+                "captures": [{"capture": f"people{i}", "status": "ok", "body_mpjpe_mm": 1.0} for i in (0, 2)]}
+    (work / "runs" / "20000101T000000-1.json").write_text(json.dumps(baseline))
     assert _batch(str(inbox), "--work", str(work), "--set", "batch.isolate_stages=true") == 1
-    rows = {r["capture"]: r for r in _runs(work)[-1]["captures"]}
+    summary = _runs(work)[-1]
+    assert summary["baseline"] == "20000101T000000-1"
+    assert sorted(r.split(":")[0] for r in summary["regressions"]) == ["people0", "people2"], summary["regressions"]
+    html = Path(summary["report"]).read_text()
+    assert "Regressions against 20000101T000000-1" in html and "not valid JSON" in html
+    assert "2 regression(s) against the last good run" in capsys.readouterr().out
+    rows = {r["capture"]: r for r in summary["captures"]}
     assert rows["people0"]["status"] == "ok" and rows["people2"]["status"] == "ok"
     assert rows["people1"]["status"] == "failed"
     reason = rows["people1"]["reason"]
@@ -307,3 +318,37 @@ def test_kind_sections_match_the_pipelines():
     assert detect_kind(["scans/a.ply", "gt/poses.json"]) == "scans"
     assert detect_kind(["IMG_0001.JPG"]) == "photos"
     assert detect_kind(["notes.txt"]) == ""
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_runs_the_captures(body_captures, tmp_path):
+    """The same batch on a Dask LocalCluster (2 worker processes) through prefect-dask."""
+    pytest.importorskip("prefect_dask")
+    inbox = _local_inbox(body_captures, tmp_path)
+    work = tmp_path / "work"
+    assert _batch(str(inbox), "--work", str(work), "--names", "people0,people1", "--set", "batch.runner=dask") == 0
+    assert [_manifest(work, f"people{i}")["status"] for i in range(2)] == ["ok", "ok"]
+    assert not (work / "manifests" / "people2.json").exists()
+
+
+@pytest.mark.slow
+def test_deployment_runs_once_on_a_gpu_pool_worker(body_captures, tmp_path):
+    """`capture3d deploy` registers the batch on the GPU and CPU work pools (Prefect's local
+    database in a fresh PREFECT_HOME); a worker on the GPU pool runs the due run end to end."""
+    inbox = _local_inbox(body_captures, tmp_path)
+    work = tmp_path / "work"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    overrides = [a for s in FAST for a in ("--set", s)]
+    cli = [sys.executable, "-m", "capture3d.cli"]
+    deploy = subprocess.run([*cli, "deploy", str(inbox), "--work", str(work), "--interval", "86400", "--run-now",
+                             *overrides], env=env, capture_output=True, text=True, timeout=300)
+    assert deploy.returncode == 0, deploy.stderr[-2000:]
+    assert "deployment batch/batch-gpu" in deploy.stdout and "deployment batch/batch-cpu" in deploy.stdout
+    worker = subprocess.run([*cli, "worker", "--pool", "capture3d-gpu", "--run-once"], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    runs = _runs(work)
+    assert len(runs) == 1, "the worker ran the deployment's flow once"
+    assert sorted(r["status"] for r in runs[0]["captures"]) == ["ok", "ok", "ok"]
+    assert all(_manifest(work, f"people{i}")["kind"] == "bodies" for i in range(3))

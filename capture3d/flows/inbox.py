@@ -30,6 +30,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from capture3d.config import load_params
@@ -53,6 +55,7 @@ from capture3d.ops.manifest import (
     read_json,
     write_json,
 )
+from capture3d.ops.report import build_report, last_good_run
 from capture3d.ops.s3 import S3Settings
 
 logger = logging.getLogger(__name__)
@@ -137,27 +140,39 @@ def task_runner(config: BatchConfig) -> TaskRunner:
 
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
+    # The worker processes must report to this run's API (an embedded server has no fixed address,
+    # and each process would otherwise start one of its own).
+    from prefect.client.orchestration import get_client
+
+    api_url = str(get_client(sync_client=True).api_url)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": max(1, config.max_workers), "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": True, "dashboard_address": None,
+                                          "env": {"PREFECT_API_URL": api_url}})
 
 
 @flow(name="batch", validate_parameters=False)
 def batch(source: str, work: str, params_file: str | None = None, overrides: list[str] | None = None,
           endpoint_url: str | None = None, remote: str | None = None, names: list[str] | None = None,
-          kinds: list[str] | None = None) -> list[dict[str, Any]]:
+          kinds: list[str] | None = None) -> list[dict[str, Any]] | State:
     """Process every pending capture of the inbox ``source`` (of ``kinds``, default all) into
     ``work``; one row per capture. Captures run on :func:`task_runner`."""
     params = load_params(Path(params_file) if params_file else None, overrides or ())
     config = load_batch_config(params, endpoint_url, remote)
     inbox = open_inbox(source, config.s3())
     todo = plan(inbox, Path(work), params, names, kinds)
-    return run_plan(source, todo, Path(work), params, config)
+    table, flagged = run_plan(source, todo, Path(work), params, config)
+    if flagged:  # the run's state says so: a scheduled run with regressions shows as failed
+        return Failed(message=f"{len(flagged)} regression(s) against the last good run: {flagged[0]}", data=table)
+    return table
 
 
-def run_plan(source: str, todo: Plan, work: Path, params: dict[str, Any], config: BatchConfig) -> list[dict[str, Any]]:
+def run_plan(source: str, todo: Plan, work: Path, params: dict[str, Any],
+             config: BatchConfig) -> tuple[list[dict[str, Any]], list[str]]:
     """Submit the pending captures (those another run holds again at the end, waiting for them)
-    and write the run summary: ``runs/<run id>.json`` and ``.md``, and a Prefect markdown artifact."""
+    and write the run summary (``runs/<run id>.json`` and ``.md``, a Prefect markdown artifact)
+    and the HTML report (``runs/<run id>.html``), compared with the last good run. Returns the
+    rows and the regressions found (one line each)."""
     run_logger = get_run_logger()
     layout = WorkLayout(work)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
@@ -185,11 +200,19 @@ def run_plan(source: str, todo: Plan, work: Path, params: dict[str, Any], config
     table = [rows[n] for n in sorted(rows)]
     summary = {"run_id": run_id, "code_version": todo.code, "finished": now(), "captures": table}
     write_json(layout.runs / f"{run_id}.json", summary)
+    previous = last_good_run(layout.runs, exclude=run_id)
+    report = build_report(layout.root, layout.runs / f"{run_id}.html", previous=previous)
+    flagged = [f"{r.capture}: {r.metric} {r.old:.4g} -> {r.new:.4g}" for r in report.regressions]
+    flagged += [f"{name}: newly failed" for name in report.newly_failed]
+    summary.update(report=str(report.path), baseline=report.previous_run_id, regressions=flagged)
+    write_json(layout.runs / f"{run_id}.json", summary)
     markdown = summary_markdown(table)
+    if flagged:
+        markdown += f"\n\n**Regressions against run {report.previous_run_id}:**\n" + "\n".join(f"- {f}" for f in flagged)
     (layout.runs / f"{run_id}.md").write_text(markdown + "\n")
     create_markdown_artifact(markdown=markdown, key="batch-summary", description=f"capture3d batch {run_id}")
-    run_logger.info("batch %s finished:\n%s", run_id, markdown)
-    return table
+    run_logger.info("batch %s finished (report %s):\n%s", run_id, report.path, markdown)
+    return table, flagged
 
 
 def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -208,7 +231,13 @@ def _cell(value: Any) -> str:
 
 
 def run_batch_flow(source: str, work: Path, params_file: Path | None, overrides: Sequence[str],
-                   endpoint_url: str | None, remote: str | None, names: Sequence[str] | None) -> list[dict[str, Any]]:
-    """Run the ``batch`` flow (from the command line); one row per capture."""
-    return batch(source, str(work), str(params_file) if params_file else None, list(overrides), endpoint_url,
-                 remote, list(names) if names else None)
+                   endpoint_url: str | None, remote: str | None,
+                   names: Sequence[str] | None) -> tuple[list[dict[str, Any]], str]:
+    """Run the ``batch`` flow (from the command line): the rows, and the failure message of a run
+    that found regressions ("" otherwise)."""
+    state = batch(source, str(work), str(params_file) if params_file else None, list(overrides), endpoint_url,
+                  remote, list(names) if names else None, return_state=True)
+    rows = state.result(raise_on_failure=False)
+    if isinstance(rows, BaseException):
+        raise rows
+    return rows, "" if state.is_completed() else (state.message or state.name)

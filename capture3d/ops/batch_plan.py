@@ -51,6 +51,10 @@ class BatchConfig:
     runner: str               # "threads" | "dask"
     dask_address: str         # a Dask scheduler (tcp://host:8786); "" = a LocalCluster
     isolate_stages: bool      # heavy stages in a child process (memory freed between captures)
+    gpu_pool: str             # `capture3d deploy`: work pool of the GPU stages' kinds
+    cpu_pool: str             # ... and of the CPU-only kinds
+    schedule_cron: str        # deployments' schedule: a cron line, or
+    schedule_interval_s: float  # an interval in seconds (0 with an empty cron: on demand)
 
     def s3(self) -> S3Settings:
         return S3Settings(self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", ""), self.max_attempts,
