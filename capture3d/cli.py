@@ -614,6 +614,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     try:
+        if sys.stderr.isatty():  # progress bars for a person at a terminal; plain logs otherwise
+            from capture3d.progress import rich_progress
+
+            with rich_progress():
+                return int(args.func(args))
         return int(args.func(args))
     except Capture3dError as exc:
         logger.debug("failed", exc_info=True)

@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from capture3d.progress import report as report_progress
 from capture3d.tasks.fcgf_checkpoint import FcgfModelConfig, build_model
 from capture3d.tasks.fcgf_data import (
     AugmentConfig,
@@ -254,6 +255,7 @@ def train_fcgf(
         lr = float(state.optimizer.param_groups[0]["lr"])
         state.scheduler.step()
         state.iteration += 1
+        report_progress(logger, "train fcgf (iterations)", state.iteration, config.iterations)
         row = {"iteration": float(state.iteration), "loss": loss.item(), "pos_loss": pos.item(),
                "neg_loss": neg.item(), "lr": lr, "num_positives": float(vp.positives.shape[0]),
                "seconds": time.perf_counter() - t}

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from capture3d.progress import report as report_progress
 from capture3d.tasks.gaussians import strategy
 from capture3d.tasks.gaussians.model import (
     PARAM_NAMES,
@@ -192,6 +193,8 @@ def fit_gaussians(
             raise ValueError(f"Gaussian fit loss became {float(loss)} at iteration {run.iteration + 1}{where}")
         loss.backward()
         run.iteration += 1
+        if run.iteration % 10 == 0 or run.iteration == config.iterations:
+            report_progress(logger, "fit gaussians (iterations)", run.iteration, config.iterations)
         if run.iteration < config.densify.refine_stop:
             strategy.accumulate(run.densify, out, cam.width, cam.height)
         for group in run.optimizers["means"].param_groups:

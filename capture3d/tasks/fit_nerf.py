@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from capture3d.atomic import atomic_file
+from capture3d.progress import report as report_progress
 from capture3d.tasks.image_metrics import mse_to_psnr
 from capture3d.tasks.nerf_model import NerfModel, NerfModelConfig, build_nerf
 from capture3d.tasks.nerf_render import (
@@ -197,6 +198,8 @@ def fit_nerf(train_views: list[PosedView] | tuple[PosedView, ...], scene: NvsSce
         opt.step()
         s["scheduler"].step()
         s["iteration"] += 1
+        if s["iteration"] % 10 == 0 or s["iteration"] == config.iterations:
+            report_progress(logger, "fit nerf (iterations)", s["iteration"], config.iterations)
         it = s["iteration"]
         s["elapsed"] = elapsed0 + time.perf_counter() - loop_start
         last = it == config.iterations

@@ -42,6 +42,7 @@ from typing import Literal
 import numpy as np
 import open3d as o3d
 
+from capture3d.progress import report as report_progress
 from capture3d.tasks.register_pair import PairConfig, PairResult, register_pair
 
 logger = logging.getLogger(__name__)
@@ -101,9 +102,10 @@ def register_multiway(
     n = len(names)
     pairs: list[PairResult] = []
     index_pairs = candidate_pairs(n, config)
-    for i, j in index_pairs:
+    for count, (i, j) in enumerate(index_pairs, start=1):
         pairs.append(register_pair(names[i], clouds[i], features[i], names[j], clouds[j], features[j],
                                    voxel, pair_config))
+        report_progress(logger, "register scans (pairs)", count, len(index_pairs))
     t_pairs = time.perf_counter()
 
     edges = [(i, j, p) for (i, j), p in zip(index_pairs, pairs) if p.confident]

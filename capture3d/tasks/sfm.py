@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import pycolmap
 
+from capture3d.progress import report as report_progress
+
 logger = logging.getLogger(__name__)
 
 # Settings a fallback rung may change (feature extraction is shared by all attempts).
@@ -226,7 +228,13 @@ def map_images(
         options.mapper.abs_pose_refine_extra_params = refine
         options.mapper.random_seed = config.seed
         options.triangulation.random_seed = config.seed
-        found = pycolmap.incremental_mapping(database, image_dir, out_dir, options)
+        registered, num_images = [0], len(imported_images(database))
+
+        def next_image() -> None:  # COLMAP calls this once per image it adds to a model
+            registered[0] += 1
+            report_progress(logger, "sfm (images registered)", registered[0], num_images)
+
+        found = pycolmap.incremental_mapping(database, image_dir, out_dir, options, next_image_callback=next_image)
     else:
         options = pycolmap.GlobalPipelineOptions()
         options.min_num_matches = config.min_num_matches

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from capture3d.progress import report as report_progress
 from capture3d.tasks.body import priors
 from capture3d.tasks.body.camera import depth_from_lengths, project
 from capture3d.tasks.body.model import TORSO, BodyModel, BodyPose
@@ -176,6 +177,7 @@ def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
     facing_away = torch.zeros(work.batch_size, dtype=torch.bool, device=model.device)
     iteration = 0
     terms: dict[str, torch.Tensor] = {}
+    total_iterations = sum(s.iterations for s in config.stages)
     for index, stage in enumerate(config.stages):
         active = ["global_orient", "transl"] + (["body_pose", "shape"] if stage.body else [])
         if config.fit_scale:
@@ -193,6 +195,8 @@ def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
             loss.sum().backward()
             optimizer.step()
             iteration += 1
+            if step % config.log_every == 0 or step == stage.iterations - 1:
+                report_progress(logger, "fit bodies (iterations)", iteration, total_iterations)
             if step % config.log_every == 0 or step == stage.iterations - 1:
                 curve.append({"iteration": iteration, "stage": index, "loss": float(loss.detach().mean()),
                               "data": float(terms["data"].detach().mean())})
