@@ -48,6 +48,7 @@ bench: system-deps $(STAMP)
 	$(PY) benchmarks/bench_fcgf.py
 	$(PY) benchmarks/bench_nvs.py
 	$(PY) benchmarks/bench_bodies.py
+	$(PY) benchmarks/bench_batch.py
 
 clean:
 	rm -rf results data/captures/demo .pytest_cache

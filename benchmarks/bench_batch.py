@@ -107,8 +107,9 @@ def flow_run(inbox: Path, work: Path, overrides: list[str]) -> tuple[float, list
     start = time.perf_counter()
     config = load_batch_config(load_params(PARAMS, overrides))
     extra = [config.max_workers] if "max_workers" in inspect.signature(run_batch_flow).parameters else []
-    rows = run_batch_flow(str(inbox), work, PARAMS, overrides, None, None, None, *extra)
+    result = run_batch_flow(str(inbox), work, PARAMS, overrides, None, None, None, *extra)
     seconds = time.perf_counter() - start
+    rows = result[0] if isinstance(result, tuple) else result  # (rows, regression message) in newer checkouts
     bad = [r for r in rows if r.get("status") != "ok"]
     if bad:
         raise SystemExit(f"batch flow: {len(bad)} capture(s) not ok, e.g. {bad[0]}")
