@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from capture3d.ops.inbox import Inbox, clean_stale, open_inbox, sync
 from capture3d.ops.locks import file_lock
 from capture3d.ops.manifest import (
     MANIFEST_VERSION,
+    git_commit,
     is_current,
     now,
     read_json,
@@ -110,7 +112,7 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
         manifest = {
             "manifest_version": MANIFEST_VERSION, "capture": name, "kind": capture.kind, "status": "ok",
             "work_key": planned.key, "run_id": run_id, "started": started, "finished": now(),
-            "seconds": round(time.perf_counter() - t0, 3), "code_version": code,
+            "seconds": round(time.perf_counter() - t0, 3), "code_version": code, "git_commit": git_commit(),
             "params": {"hash": planned.params_digest, "sections": list(sections(capture.kind))},
             "source": {"url": capture.source, "input_hash": capture.input_hash, "files": len(capture.files),
                        "bytes": capture.total_bytes, "fetched": fetched.fetched, "reused": fetched.reused},
@@ -175,7 +177,7 @@ def run_plan(source: str, todo: Plan, work: Path, params: dict[str, Any],
     rows and the regressions found (one line each)."""
     run_logger = get_run_logger()
     layout = WorkLayout(work)
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+    run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}"
     if config.remote and todo.pending:
         ensure_store(layout.root, config.remote, config.s3().endpoint_url)
     rows: dict[str, dict[str, Any]] = {row["capture"]: row for row in todo.rows()}

@@ -6,7 +6,8 @@ before. Output: each step's summary metrics. ``sections`` names the params secti
 stages read (their hash is part of the work key). Each step declares its device (``gpu``: uses
 CUDA when the machine has it) and whether it is heavy; :func:`run_step` runs a heavy step in a
 child process (``python -m capture3d.flows.pipelines``) so its memory is returned to the system
-before the next capture.
+before the next capture. Each step imports its flow module on use, so such a child loads only the
+stages of its own kind.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from capture3d.flows import fit_bodies as bodies
-from capture3d.flows import reconstruct as photos
-from capture3d.flows import register_scans as scans
 
 logger = logging.getLogger(__name__)
 
@@ -42,36 +39,52 @@ class Step:
 
 
 def _sfm(name: str, capture: Path, out: Path, params: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    from capture3d.flows import reconstruct as photos
+
     photos.sfm_task.fn(name, capture, out / "sfm", params)
     return {}
 
 
 def _evaluate_sfm(name: str, capture: Path, out: Path, params: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    from capture3d.flows import reconstruct as photos
+
     return photos.evaluate_task.fn(name, out / "sfm", capture, out / "evaluate_sfm", params)
 
 
 def _fit_gaussians(name: str, capture: Path, out: Path, params: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    from capture3d.flows import reconstruct as photos
+
     return photos.fit_gaussians_task.fn(name, out / "sfm", out / "fit_gaussians", params)
 
 
 def _fit_nerf(name: str, capture: Path, out: Path, params: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    from capture3d.flows import reconstruct as photos
+
     return photos.fit_nerf_task.fn(name, out / "sfm", out / "fit_nerf", params)
 
 
 def _register(name: str, capture: Path, out: Path, params: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    from capture3d.flows import register_scans as scans
+
     return scans.register_task.fn(name, capture, out / "register_scans", params)
 
 
 def _evaluate_registration(name: str, capture: Path, out: Path, params: dict[str, Any],
                            previous: dict[str, Any]) -> dict[str, Any]:
+    from capture3d.flows import register_scans as scans
+
     return scans.evaluate_task.fn(name, previous, out / "register_scans", capture, out / "evaluate_registration", params)
 
 
 def _fit_bodies(name: str, capture: Path, out: Path, params: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    from capture3d.flows import fit_bodies as bodies
+
     return bodies.fit_task.fn(name, capture, out / "fit_bodies", params)
 
 
 def _evaluate_bodies(name: str, capture: Path, out: Path, params: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    from capture3d.flows import fit_bodies as bodies
+
     return bodies.evaluate_task.fn(name, previous, out / "fit_bodies", capture, out / "evaluate_bodies", params)
 
 

@@ -26,21 +26,32 @@ MANIFEST_VERSION = 1
 
 
 def code_version() -> str:
-    """``<package version>+g<commit>[.dirty]`` from the checkout the code runs from, or the
-    package version alone when it is not a git checkout."""
+    """``<package version>+src<hash>``: SHA-256 of every ``capture3d/**/*.py`` file (path and
+    content). Any code change makes finished work stale; a commit that touches only docs, tests
+    or benchmarks does not. :func:`git_commit` is recorded beside it for provenance."""
     try:
         version = metadata.version("capture3d")
     except metadata.PackageNotFoundError:
         version = "0+unknown"
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{version}+src{digest.hexdigest()[:12]}"
+
+
+def git_commit() -> str:
+    """The commit of the checkout the code runs from (``.dirty`` with uncommitted changes to the
+    package), or "" when it is not a git checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                "capture3d"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "capture3d"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return version
-    return f"{version}+g{commit}{'.dirty' if dirty else ''}"
+        return ""
+    return f"{commit}{'.dirty' if dirty else ''}"
 
 
 def params_hash(params: Mapping[str, Any], sections: Iterable[str]) -> str:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -101,19 +102,25 @@ ANNY_POSE_SIGMA: dict[str, float] = {
 PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
 
 
+# File descriptor 1 is one per process: threads that build models at once must take turns, or the
+# second would save /dev/null as "the" stdout and restore it for good.
+_STDOUT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _stdout_silenced() -> Iterator[None]:
     """Send file descriptor 1 to /dev/null for the duration (catches native prints too)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
+    with _STDOUT_LOCK:
         sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        saved = os.dup(1)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+                yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 class AnnyBody(BodyModel):
