@@ -7,7 +7,8 @@ are those of ``PIPELINES["bodies"]`` (fit_bodies, evaluate_bodies) with the shor
 ``tests/test_batch_inbox.py`` (10 + 20 iterations, no overlays). Tables, measured in one run:
 
 1. **Throughput against N** (``--sizes``): wall seconds and captures/s of ``run_batch_flow`` with
-   the flow's thread pool at ``batch.max_workers`` = 1 and 2 (``--set batch.max_workers=K``, as
+   the flow's thread pool at ``batch.max_workers`` = 1 and 2, and with ``batch.runner=dask`` (a
+   Dask LocalCluster of as many single-thread worker processes, through prefect-dask) (``--set batch.max_workers=K``, as
    ``capture3d batch`` passes it), everything else as in params.yaml (where the checkout has
    ``batch.isolate_stages``, its value is in the title: true runs each heavy stage, here
    fit_bodies, in a child Python process), and the speed-up of 2 workers over 1.
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (inboxes, work areas)")
     parser.add_argument("--quick", action="store_true", help="sizes 1,2 and 20 no-op captures")
+    parser.add_argument("--no-dask", dest="dask", action="store_false",
+                        help="skip the Dask rows of table 1 (batch.runner=dask, a LocalCluster)")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.noop_captures = "1,2", 20
@@ -271,6 +274,7 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
     direct_s: dict[int, float] = {}
     inproc_s: dict[int, float] = {}
     thread_s: dict[int, float] = {}
+    dask_s: dict[int, float] = {}
     for n in sizes:
         inbox = make_inbox(template, root / f"inbox-{n}", n)
         directs, threaded, inprocs = [], [], []
@@ -287,6 +291,9 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
             inproc_s[n] = min(inprocs)
         for k in workers:
             flow_s[n, k], _ = flow_run(inbox, fresh(root, f"flow-{n}-{k}"), FAST + [f"batch.max_workers={k}"])
+        if args.dask:  # the same with prefect-dask: a LocalCluster of max(workers) single-thread processes
+            dask_s[n], _ = flow_run(inbox, fresh(root, f"flow-{n}-dask"),
+                                    FAST + [f"batch.max_workers={max(workers)}", "batch.runner=dask"])
         print(f"  N={n}: direct {'/'.join(f'{t:.1f}' for t in directs)} s, "
               f"direct in a thread {'/'.join(f'{t:.1f}' for t in threaded)} s, "
               + ", ".join(f"flow K={k} {flow_s[n, k]:.1f} s" for k in workers)
@@ -295,13 +302,13 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
 
     setting = f", batch.isolate_stages={_batch_config(FAST).isolate_stages}" if isolation else ""
     print(f"\nThroughput against N (batch flow, local inbox, no DVC remote, fresh work folder each{setting})")
-    header = f"{'N':>4}{'workers':>9}{'wall s':>9}{'captures/s':>12}{'s/capture':>11}{'vs 1 worker':>13}"
+    header = f"{'N':>4}{'runner':>9}{'workers':>9}{'wall s':>9}{'captures/s':>12}{'s/capture':>11}{'vs 1 worker':>13}"
     print(header)
     print("-" * len(header))
     for n in sizes:
-        for k in workers:
-            t = flow_s[n, k]
-            print(f"{n:>4}{k:>9}{t:>9.2f}{n / t:>12.3f}{t / n:>11.2f}{flow_s[n, 1] / t:>12.2f}x")
+        rows = [("threads", k, flow_s[n, k]) for k in workers] + ([("dask", max(workers), dask_s[n])] if n in dask_s else [])
+        for runner, k, t in rows:
+            print(f"{n:>4}{runner:>9}{k:>9}{t:>9.2f}{n / t:>12.3f}{t / n:>11.2f}{flow_s[n, 1] / t:>12.2f}x")
 
     print("\nDirect vs orchestrated (stage steps in a Python loop vs the batch flow, max_workers=1); "
           "overhead per capture = (run - direct loop) / N, against the loop in the main thread and in a thread")
