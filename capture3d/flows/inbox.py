@@ -38,6 +38,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from capture3d.config import load_params
 from capture3d.errors import CaptureError
 from capture3d.flows.pipelines import PIPELINES, run_step, sections
+from capture3d.flows.status import rows_markdown
 from capture3d.ops.batch_plan import (
     BatchConfig,
     Plan,
@@ -208,28 +209,13 @@ def run_plan(source: str, todo: Plan, work: Path, params: dict[str, Any],
     flagged += [f"{name}: newly failed" for name in report.newly_failed]
     summary.update(report=str(report.path), baseline=report.previous_run_id, regressions=flagged)
     write_json(layout.runs / f"{run_id}.json", summary)
-    markdown = summary_markdown(table)
+    markdown = rows_markdown(table)
     if flagged:
         markdown += f"\n\n**Regressions against run {report.previous_run_id}:**\n" + "\n".join(f"- {f}" for f in flagged)
     (layout.runs / f"{run_id}.md").write_text(markdown + "\n")
     create_markdown_artifact(markdown=markdown, key="batch-summary", description=f"capture3d batch {run_id}")
     run_logger.info("batch %s finished (report %s):\n%s", run_id, report.path, markdown)
     return table, flagged
-
-
-def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table, one row per capture, with the union of the row keys as columns."""
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(k, "")) for k in keys) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "/")
 
 
 def run_batch_flow(source: str, work: Path, params_file: Path | None, overrides: Sequence[str],

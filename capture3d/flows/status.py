@@ -61,7 +61,11 @@ class CaptureStatus:
 
 def status_markdown(statuses: list[CaptureStatus]) -> str:
     """A markdown table with one row per capture."""
-    rows = [s.row() for s in statuses]
+    return rows_markdown([s.row() for s in statuses])
+
+
+def rows_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table, one row per dict, with the union of their keys as columns."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
@@ -72,6 +76,4 @@ def status_markdown(statuses: list[CaptureStatus]) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "/")

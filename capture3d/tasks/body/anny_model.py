@@ -123,6 +123,12 @@ def _stdout_silenced() -> Iterator[None]:
             os.close(saved)
 
 
+def _rigid_motion(points: torch.Tensor, orient: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3) points rotated by the axis-angle ``orient`` (B, 3) about the origin, then moved by
+    ``transl`` (B, 3)."""
+    return points @ axis_angle_to_matrix(orient).transpose(1, 2) + transl[:, None, :]
+
+
 class AnnyBody(BodyModel):
     """Anny's full-body model (rig ``anny``, topology ``anny``) with fast keypoint evaluation.
 
@@ -216,8 +222,7 @@ class AnnyBody(BodyModel):
 
     def _to_world(self, points: torch.Tensor, pose: BodyPose) -> torch.Tensor:
         """(B, N, 3) model-frame points rotated by global_orient about the origin, then translated."""
-        rot = axis_angle_to_matrix(pose.global_orient)                          # (B, 3, 3)
-        return points @ rot.transpose(1, 2) + pose.transl[:, None, :]
+        return _rigid_motion(points, pose.global_orient, pose.transl)
 
     # -- BodyModel -------------------------------------------------------------------------------
     def keypoints(self, pose: BodyPose, names: Sequence[str]) -> torch.Tensor:
@@ -226,7 +231,7 @@ class AnnyBody(BodyModel):
     def rigid_keypoints(self, pose: BodyPose, names: Sequence[str]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         with torch.no_grad():
             local = self._model_frame_keypoints(pose.body_pose, pose.shape, names)  # (B, K, 3)
-        return lambda orient, transl: local @ axis_angle_to_matrix(orient).transpose(1, 2) + transl[:, None, :]
+        return lambda orient, transl: _rigid_motion(local, orient, transl)
 
     def _model_frame_keypoints(self, body_pose: torch.Tensor, shape: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
         """(B, K, 3) the named keypoints before the global orientation and translation."""
