@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a learned model")
     tr = p.add_subparsers(dest="model", required=True)
-    t = tr.add_parser("fcgf", help="train FCGF (hardest-contrastive) on synthetic and given scan pairs")
+    t = tr.add_parser("fcgf", help="train FCGF (PointInfoNCE or hardest-contrastive) on synthetic and given scan pairs")
     t.add_argument("--out", type=Path, default=Path("models/fcgf"), help="model folder (default: models/fcgf)")
     t.add_argument("--iterations", type=int)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])

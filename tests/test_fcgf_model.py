@@ -12,6 +12,7 @@ from capture3d.tasks.fcgf_loss import (
     correspondences,
     feature_match_recall,
     hardest_contrastive_loss,
+    point_info_nce_loss,
 )
 from capture3d.tasks.fcgf_model import ResUNetBN2C, extract_features, voxelize_for_fcgf
 
@@ -154,6 +155,40 @@ def test_loss_gradient_flows() -> None:
     loss.backward()
     for t in (f0, f1):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_point_info_nce_hand_made() -> None:
+    """Two matches far apart: the loss is the softmax cross-entropy of the 2x2 similarity matrix;
+    when the second match is a spatial neighbour of the first it is masked and the loss is 0."""
+    f0 = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    f1 = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
+    pairs = torch.tensor([[0, 0], [1, 1]])
+    far = torch.tensor([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]], dtype=torch.float64)
+    tau = 0.5
+    sim = (f0 @ f1.T / tau).double()  # (2, 2)
+    rows = -torch.log_softmax(sim, 1).diagonal().mean()
+    cols = -torch.log_softmax(sim, 0).diagonal().mean()
+    loss = point_info_nce_loss(f0, f1, pairs, far, far, safe_radius=1.0, temperature=tau)
+    assert float(loss) == pytest.approx(float(0.5 * (rows + cols)), rel=1e-5)
+    near = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]], dtype=torch.float64)
+    masked = point_info_nce_loss(f0, f1, pairs, near, far, safe_radius=1.0, temperature=tau)
+    assert float(masked) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_point_info_nce_prefers_matching_descriptors_and_has_gradients() -> None:
+    g = torch.Generator().manual_seed(0)
+    f0 = torch.randn(64, 16, generator=g, requires_grad=True)
+    pairs = torch.stack([torch.arange(64), torch.arange(64)], 1)
+    pos = torch.randn(64, 3, generator=g, dtype=torch.float64) * 10
+    noise = torch.randn(64, 16, generator=g)
+    with torch.no_grad():
+        values = [float(point_info_nce_loss(_unit(f0), _unit(f0 + s * noise), pairs, pos, pos, 0.1)) for s in (0.0, 0.5, 3.0)]
+    assert values[0] < values[1] < values[2], values
+    loss = point_info_nce_loss(_unit(f0), _unit(f0.detach() + noise), pairs, pos, pos, 0.1, num_pos=32, generator=g)
+    loss.backward()
+    assert f0.grad is not None and torch.isfinite(f0.grad).all() and f0.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="temperature"):
+        point_info_nce_loss(f0, f0, pairs, pos, pos, 0.1, temperature=0.0)
 
 
 def test_correspondences_rigid_copy() -> None:

@@ -38,7 +38,7 @@ def _config(iterations: int, **kw: object) -> FcgfTrainConfig:
     base = dict(
         model=FcgfModelConfig("ResUNetBN2C", 1, 32, 5, 0.05, True),
         optim=OptimConfig("adam", 1e-3, 0.8, 1e-4, 0.5, 1000),
-        loss=LossConfig(512, 256, 0.1, 1.4, 1.5, 0.0, 32),
+        loss=LossConfig("hardest_contrastive", 512, 256, 0.1, 1.4, 1.5, 0.0, 32, 0.07),
         augment=AugmentConfig(20.0, 0.5, 0.7, 0.05),
         iterations=iterations, checkpoint_every=1, val_every=1000,
         fmr_inlier_distance=0.10, fmr_inlier_ratio=0.05,
@@ -110,6 +110,29 @@ def test_short_training_learns_to_match_its_pair(small_pairs: list[ScanPair], tm
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1, losses
     assert after[0] < 0.85 * before[0], (before, after)
     assert after[1]["inlier_ratio"] > before[1]["inlier_ratio"] + 0.01, (before, after)
+
+
+def test_point_info_nce_generalises_to_a_held_out_courtyard(small_pairs: list[ScanPair], tmp_path: Path) -> None:
+    """PointInfoNCE (the default objective) trained briefly on one courtyard raises the feature-match
+    inlier ratio on a courtyard it never saw to over twice the untrained network's.
+
+    These tiny scans have ~12 cm voxels, so matches count within 0.2 m: the 3DMatch protocol's
+    10 cm at the 5.8 cm voxel of full-size scans is the same 1.7 voxels.
+    """
+    held_out = synthetic_pairs([7], num_scans=4, noise_sigma=0.002, width=80, height=60, auto_target_points=1500,
+                               min_overlap=0.3)
+    loss = LossConfig("point_info_nce", 512, 256, 0.1, 1.4, 1.5, 2.0, 32, 0.07)
+    config = _config(60, loss=loss, checkpoint_every=1000, val_every=1000, augment=AugmentConfig(0.0, 0.5, 0.7, 0.05))
+    assert 0.10 < held_out[0].voxel < 0.14
+    val = validation_pairs(held_out, config, seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        initial = build_model(config.model)
+    before = evaluate_fmr(initial, val, 0.20, 0.05)["inlier_ratio"]
+    result = train_fcgf(small_pairs, [], config, seed=0, device="cpu", state_path=tmp_path / "s.pt")
+    after = evaluate_fmr(result.model, val, 0.20, 0.05)["inlier_ratio"]
+    assert all(np.isnan(r["pos_loss"]) for r in result.history)  # one term, no positive / negative split
+    assert after > 2 * before, (before, after, len(val))
 
 
 def _stage_params(base_params: dict, **data: object) -> dict:

@@ -1,4 +1,4 @@
-"""DVC stage ``train_fcgf``: train FCGF (hardest-contrastive loss) on scan pairs with known poses.
+"""DVC stage ``train_fcgf``: train FCGF (PointInfoNCE or hardest-contrastive) on scan pairs with known poses.
 
 Inputs: the ``train_fcgf`` section of params.yaml -- the synthetic training courtyards (seeds;
 seed 0 is the demo scan capture and is never trained on), optional extra scan captures with
@@ -136,7 +136,7 @@ def run(out: Path, config: TrainFcgfConfig) -> Path:
     with atomic_dir(out) as tmp:
         save_checkpoint(tmp / "model.pt", result.model, config.model,
                         voxel_rule={"voxel_size": "auto", "auto_target_points": d.auto_target_points},
-                        training={"iterations": config.iterations, "seed": config.seed,
+                        training={"iterations": config.iterations, "seed": config.seed, "objective": config.loss.objective,
                                   "num_train_pairs": len(train), "num_val_pairs": len(val)})
         write_curve(tmp / "train_log.csv", result.history)
         write_curve(tmp / "validation.csv", result.validation)
@@ -159,6 +159,7 @@ def _metrics(result: TrainResult, train: list[ScanPair], val: list[ScanPair], co
         "num_train_pairs": len(train),
         "num_val_pairs": len(val),
         "train_data": sorted({p.name.split("/")[0] for p in train}),
+        "objective": config.loss.objective,
         "loss_first_50": float(np.mean(losses[:50])) if losses else None,
         "loss_last_50": float(np.mean(tail)) if tail else None,
         "val_fmr_initial": first.get("fmr"),

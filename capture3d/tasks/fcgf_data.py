@@ -69,6 +69,7 @@ class VoxelPair:
     positions1: torch.Tensor  # (M1, 3) float64 voxel positions, frame 1
     positives: torch.Tensor  # (P, 2) int64 [row in cloud 0, row in cloud 1]
     T_1_from_0: np.ndarray  # (4, 4)
+    voxel: float  # voxel edge length (units of the positions)
     excluded: torch.Tensor | None = None  # (E, 2) pairs within the safe radius (never negatives)
 
 
@@ -162,7 +163,7 @@ def voxelize_pair(pair: ScanPair, positive_radius_factor: float, device: torch.d
     coords = torch.cat([x0.coords, x1.coords], 0)  # (M0 + M1, 4)
     feats = torch.ones(coords.shape[0], 1, dtype=torch.float32)
     tensor = SparseTensor(features=feats.to(device), coords=coords.to(device))
-    return VoxelPair(tensor, int(x0.coords.shape[0]), pos0, pos1, positives, pair.T_1_from_0, excluded)
+    return VoxelPair(tensor, int(x0.coords.shape[0]), pos0, pos1, positives, pair.T_1_from_0, pair.voxel, excluded)
 
 
 def _voxel_means(points: np.ndarray, inverse: torch.Tensor, m: int) -> torch.Tensor:

@@ -21,6 +21,14 @@ FCGF code, both following the paper: the positive term is the squared hinge on t
 correspondences are excluded from the candidates *before* taking the minimum (FCGF takes the
 minimum first and then drops anchors whose hardest negative is a positive). Anchors with no
 admissible candidate are dropped; an empty term contributes 0.
+
+PointInfoNCE (:func:`point_info_nce_loss`; Xie et al., "PointContrast", ECCV 2020, Eq. 1), used
+to warm FCGF training up: up to ``num_pos`` sampled positive pairs ``(i_k, j_k)`` form a (P, P)
+similarity matrix ``f0_i . f1_j / temperature`` whose diagonal holds the matches; the loss is the
+cross-entropy of each row (and, symmetrically, each column) towards its diagonal entry. Unlike the
+hardest negative, every other match in the sample pushes back, so the descriptors spread out
+from the first iterations. Off-diagonal entries whose two targets (or two sources) lie within
+``safe_radius`` of each other are masked out: they are spatial neighbours, not negatives.
 """
 
 from __future__ import annotations
@@ -119,6 +127,43 @@ def hardest_contrastive_loss(
     neg_loss = (neg_terms[0] + neg_terms[1]) / 2
     loss = pos_weight * pos_loss + neg_weight * neg_loss
     return loss, pos_loss, neg_loss
+
+
+def point_info_nce_loss(
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    positive_pairs: torch.Tensor,
+    positions0: torch.Tensor,
+    positions1: torch.Tensor,
+    safe_radius: float,
+    num_pos: int = 1024,
+    temperature: float = 0.07,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Symmetric PointInfoNCE over sampled matches (see the module docstring); a scalar tensor.
+
+    f0 (N0, D), f1 (N1, D) descriptors (L2-normalised); positive_pairs (P, 2) int64 ``[i0, i1]``;
+    positions0 (N0, 3), positions1 (N1, 3) the rows' positions in their own frames (for the
+    neighbour mask); ``safe_radius`` in the positions' units. Raises ValueError on bad input.
+    """
+    if f0.ndim != 2 or f1.ndim != 2 or f0.shape[1] != f1.shape[1]:
+        raise ValueError(f"f0, f1 must be (N0, D), (N1, D); got {tuple(f0.shape)}, {tuple(f1.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    pairs = _as_tensor(positive_pairs, torch.int64).cpu()
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
+        raise ValueError(f"positive_pairs must be non-empty (P, 2), got {tuple(pairs.shape)}")
+    sample = pairs[_sample(pairs.shape[0], num_pos, generator)]  # (Ps, 2)
+    src = _as_tensor(positions0, torch.float64).cpu()[sample[:, 0]]  # (Ps, 3)
+    dst = _as_tensor(positions1, torch.float64).cpu()[sample[:, 1]]  # (Ps, 3)
+    near = (torch.cdist(src, src) < safe_radius) | (torch.cdist(dst, dst) < safe_radius)  # (Ps, Ps)
+    near.fill_diagonal_(False)
+    dev = f0.device
+    logits = (f0[sample[:, 0].to(dev)] @ f1[sample[:, 1].to(dev)].T) / temperature  # (Ps, Ps)
+    logits = logits.masked_fill(near.to(dev), float("-inf"))
+    target = torch.arange(sample.shape[0], device=dev)
+    ce = torch.nn.functional.cross_entropy
+    return 0.5 * (ce(logits, target) + ce(logits.T, target))
 
 
 def _transform(points: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
