@@ -22,8 +22,8 @@ correspondences are excluded from the candidates *before* taking the minimum (FC
 minimum first and then drops anchors whose hardest negative is a positive). Anchors with no
 admissible candidate are dropped; an empty term contributes 0.
 
-PointInfoNCE (:func:`point_info_nce_loss`; Xie et al., "PointContrast", ECCV 2020, Eq. 1), used
-to warm FCGF training up: up to ``num_pos`` sampled positive pairs ``(i_k, j_k)`` form a (P, P)
+PointInfoNCE (:func:`point_info_nce_loss`; Xie et al., "PointContrast", ECCV 2020, Eq. 1), the
+default training objective (measured faster to learn on the synthetic scans, README): up to ``num_pos`` sampled positive pairs ``(i_k, j_k)`` form a (P, P)
 similarity matrix ``f0_i . f1_j / temperature`` whose diagonal holds the matches; the loss is the
 cross-entropy of each row (and, symmetrically, each column) towards its diagonal entry. Unlike the
 hardest negative, every other match in the sample pushes back, so the descriptors spread out
@@ -62,6 +62,20 @@ def _sample(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:k]
 
 
+def _checked_pairs(f0: torch.Tensor, f1: torch.Tensor, positive_pairs: torch.Tensor) -> torch.Tensor:
+    """positive_pairs as a (P, 2) CPU int64 tensor; ValueError unless f0 (N0, D), f1 (N1, D) and the
+    pairs are non-empty and index inside them."""
+    if f0.ndim != 2 or f1.ndim != 2 or f0.shape[1] != f1.shape[1]:
+        raise ValueError(f"f0, f1 must be (N0, D), (N1, D); got {tuple(f0.shape)}, {tuple(f1.shape)}")
+    pairs = _as_tensor(positive_pairs, torch.int64).cpu()
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
+        raise ValueError(f"positive_pairs must be non-empty (P, 2), got {tuple(pairs.shape)}")
+    n0, n1 = int(f0.shape[0]), int(f1.shape[0])
+    if bool((pairs[:, 0] < 0).any() or (pairs[:, 0] >= n0).any() or (pairs[:, 1] < 0).any() or (pairs[:, 1] >= n1).any()):
+        raise ValueError("positive_pairs index outside f0 / f1")
+    return pairs
+
+
 def hardest_contrastive_loss(
     f0: torch.Tensor,
     f1: torch.Tensor,
@@ -84,14 +98,8 @@ def hardest_contrastive_loss(
     radius" larger than the positive radius (D3Feat / PREDATOR), so that spatial neighbours of the
     true match are not pushed apart. Raises ValueError on empty / malformed input.
     """
-    if f0.ndim != 2 or f1.ndim != 2 or f0.shape[1] != f1.shape[1]:
-        raise ValueError(f"f0, f1 must be (N0, D), (N1, D); got {tuple(f0.shape)}, {tuple(f1.shape)}")
-    pairs = _as_tensor(positive_pairs, torch.int64).cpu()
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
-        raise ValueError(f"positive_pairs must be non-empty (P, 2), got {tuple(pairs.shape)}")
+    pairs = _checked_pairs(f0, f1, positive_pairs)  # (P, 2) CPU int64
     n0, n1 = int(f0.shape[0]), int(f1.shape[0])
-    if bool((pairs[:, 0] < 0).any() or (pairs[:, 0] >= n0).any() or (pairs[:, 1] < 0).any() or (pairs[:, 1] >= n1).any()):
-        raise ValueError("positive_pairs index outside f0 / f1")
     dev = f0.device
 
     sel_pos = _sample(pairs.shape[0], num_pos, generator)
@@ -146,13 +154,9 @@ def point_info_nce_loss(
     positions0 (N0, 3), positions1 (N1, 3) the rows' positions in their own frames (for the
     neighbour mask); ``safe_radius`` in the positions' units. Raises ValueError on bad input.
     """
-    if f0.ndim != 2 or f1.ndim != 2 or f0.shape[1] != f1.shape[1]:
-        raise ValueError(f"f0, f1 must be (N0, D), (N1, D); got {tuple(f0.shape)}, {tuple(f1.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    pairs = _as_tensor(positive_pairs, torch.int64).cpu()
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
-        raise ValueError(f"positive_pairs must be non-empty (P, 2), got {tuple(pairs.shape)}")
+    pairs = _checked_pairs(f0, f1, positive_pairs)  # (P, 2) CPU int64
     sample = pairs[_sample(pairs.shape[0], num_pos, generator)]  # (Ps, 2)
     src = _as_tensor(positions0, torch.float64).cpu()[sample[:, 0]]  # (Ps, 3)
     dst = _as_tensor(positions1, torch.float64).cpu()[sample[:, 1]]  # (Ps, 3)
