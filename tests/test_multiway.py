@@ -32,7 +32,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BUNNY = DATA / "registration" / "bunny"
 
 PAIR = PairConfig(
-    global_method="fgr", ransac_max_iterations=20000, ransac_confidence=0.999, mutual_filter=True,
+    global_method="fgr", ransac_max_iterations=20000, mutual_filter=True,
     distance_factor=1.5, icp_method="point_to_plane", icp_scales=(3.0, 1.5, 0.75), icp_max_iterations=30,
     min_fitness=0.3, max_rmse_factor=0.75, seed=0,
 )
@@ -211,7 +211,7 @@ def test_contradicted_bridges_leave_scans_unplaced_not_wrong() -> None:
     voxel = auto_voxel_size(scans)
     prepared = [preprocess(s, voxel) for s in scans]
     features = [fpfh(np.asarray(p.pcd.points), np.asarray(p.pcd.normals), voxel) for p in prepared]
-    pair_config = PairConfig("fgr", 100000, 0.999, False, 1.5, "point_to_plane", (3.0, 1.5, 0.75), 50, 0.3, 1.0, 0)
+    pair_config = PairConfig("fgr", 100000, False, 1.5, "point_to_plane", (3.0, 1.5, 0.75), 50, 0.3, 1.0, 0)
     config = MultiwayConfig("all", 3, 30, 0.25, 2.0, 1.5)
     result = register_multiway([s.name for s in scans], [p.pcd for p in prepared], features, voxel,
                                pair_config, config)

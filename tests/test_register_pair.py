@@ -31,7 +31,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MATCH = DATA / "registration" / "3dmatch_pair"
 
 CONFIG = PairConfig(
-    global_method="fgr_then_ransac", ransac_max_iterations=100000, ransac_confidence=0.999, mutual_filter=True,
+    global_method="fgr_then_ransac", ransac_max_iterations=100000, mutual_filter=True,
     distance_factor=1.5, icp_method="point_to_plane", icp_scales=(3.0, 1.5, 0.75), icp_max_iterations=30,
     min_fitness=0.3, max_rmse_factor=0.75, seed=0,
 )

@@ -3,9 +3,17 @@
 Inputs: a scan capture folder (point clouds in ``scans/`` or directly inside: PLY, PCD, XYZ, NPY)
 and the ``register_scans`` section of params.yaml (preprocessing, features, pairwise and multiway
 settings). Output folder (written atomically): ``poses.json`` (world_from_scan 4x4 for every
-placed scan; world = the reference scan's frame), ``pairs.json`` (every pairwise result),
-``fused.ply`` (the fused, voxel-downsampled model) and ``metrics.json`` (placed and unplaced scans
-with reasons, pair statistics, the voxel size used, runtime per step).
+placed scan; world = the reference scan's frame; and each placed scan's confidence),
+``pairs.json`` (every pairwise result with its hypotheses), ``fused.ply`` (the fused,
+voxel-downsampled model) and ``metrics.json`` (placed, low-confidence and unplaced scans with
+reasons, ``status``: ``ok`` when every scan is placed with high confidence, else ``partial``; what
+the verification could use (sensor origins and their sources); pair statistics, the voxel size,
+runtime per step).
+
+Sensor origins (``sensor_origin``: ``auto`` | ``scan_frame`` | ``none``, see
+:mod:`capture3d.tasks.sensor_origin`) give each scan a range image for the free-space test of
+:mod:`capture3d.tasks.multiway`; without them registration falls back to the fitness / RMSE gates
+and cycle consistency, and ``metrics.json`` says so.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ from capture3d.tasks.fcgf_features import FCGF, registry_with_fcgf
 from capture3d.tasks.multiway import MultiwayConfig, fuse_clouds, register_multiway
 from capture3d.tasks.register_pair import PairConfig
 from capture3d.tasks.scan_features import FeatureFn, feature_registry, get_feature
-from capture3d.tasks.scan_io import Scan, read_scans, write_poses_json
+from capture3d.tasks.scan_io import Scan, list_scan_files, read_scans, write_poses_json
+from capture3d.tasks.sensor_origin import OriginMode, sensor_origins
+from capture3d.tasks.visibility import RangeImage, range_image
 from capture3d.tasks.scan_preprocess import Preprocessed, auto_voxel_size, preprocess
 
 logger = logging.getLogger(__name__)
@@ -66,6 +76,7 @@ class RegisterScansConfig:
     """The ``register_scans`` section."""
 
     preprocess: PreprocessConfig
+    sensor_origin: OriginMode  # auto (file headers, sensor_origin.json) | scan_frame (origin of each scan) | none
     features: str
     fcgf: FcgfFeatureConfig
     pair: PairConfig
@@ -129,6 +140,18 @@ def prepare_scans(inputs: RegisterScansInputs, pp: PreprocessConfig
     return scans, voxel, prepared, timings
 
 
+def sensor_views(inputs: RegisterScansInputs, scans: list[Scan], mode: OriginMode, units_scale: float
+                 ) -> tuple[list[RangeImage | None], dict[str, str]]:
+    """Each scan's range image from its sensor origin (None where unknown) and the origins' sources."""
+    try:
+        origins = sensor_origins([s.name for s in scans], list_scan_files(inputs.scan_dir), inputs.capture, mode)
+        views = [None if origin is None else range_image(scan.points, origin * units_scale)
+                 for scan, (origin, _) in zip(scans, origins)]
+    except ValueError as exc:
+        raise CaptureError(inputs.label, str(exc)) from None
+    return views, {scan.name: source for scan, (_, source) in zip(scans, origins)}
+
+
 def feature_registry_for(config: RegisterScansConfig, label: str) -> dict[str, FeatureFn]:
     """The built-in descriptors, plus ``fcgf`` from ``config.fcgf.checkpoint`` when ``features: fcgf``."""
     if config.features != FCGF:
@@ -162,9 +185,13 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
     features = compute_features(inputs.label, prepared, voxel, get_feature(config.features, registry))
     timings["features_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    views, origin_sources = sensor_views(inputs, scans, config.sensor_origin, config.preprocess.units_scale)
+    timings["range_images_s"] = time.perf_counter() - t
+
     names = [s.name for s in scans]
     clouds = [p.pcd for p in prepared]
-    result = register_multiway(names, clouds, features, voxel, config.pair, config.multiway)
+    result = register_multiway(names, clouds, features, voxel, config.pair, config.multiway, views)
     timings.update({f"multiway_{k}": v for k, v in result.seconds.items()})
     if len(result.poses) < 2:
         reasons = "; ".join(f"{n}: {r}" for n, r in list(result.unplaced.items())[:3])
@@ -179,12 +206,13 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
         import open3d as o3d
 
         o3d.io.write_point_cloud(str(tmp / "fused.ply"), fused)
-        write_poses_json(tmp / "poses.json", result.poses)
+        write_poses_json(tmp / "poses.json", result.poses, confidence=result.confidence)
         write_json(tmp / "pairs.json", {"pairs": [_pair_record(p) for p in result.pairs]})
         timings["total_s"] = time.perf_counter() - start
         write_json(tmp / "metrics.json", _metrics(inputs.label, scans, prepared, voxel, result, timings,
-                                                  len(fused.points), config))
-    logger.info("capture '%s': %d/%d scans placed -> %s", inputs.label, len(result.poses), len(scans), out)
+                                                  len(fused.points), config, origin_sources))
+    logger.info("capture '%s': %d/%d scans placed (%d low confidence) -> %s", inputs.label, len(result.poses),
+                len(scans), len(result.low_confidence), out)
     return out
 
 
@@ -193,20 +221,30 @@ def _pair_record(pair: Any) -> dict[str, Any]:
         "source": pair.source, "target": pair.target, "transformation": np.asarray(pair.transformation).tolist(),
         "fitness": float(pair.fitness), "inlier_rmse": float(pair.inlier_rmse), "confident": bool(pair.confident),
         "reason": pair.reason, "method": pair.method, "seconds": pair.seconds,
+        "hypotheses": [{"transformation": np.asarray(h.transformation).tolist(), "fitness": h.fitness,
+                        "inlier_rmse": h.inlier_rmse, "confident": h.confident, "reason": h.reason,
+                        "method": h.method} for h in pair.hypotheses],
     }
 
 
 def _metrics(label: str, scans: list[Scan], prepared: list[Any], voxel: float, result: Any,
-             timings: dict[str, float], num_fused: int, config: RegisterScansConfig) -> dict[str, Any]:
+             timings: dict[str, float], num_fused: int, config: RegisterScansConfig,
+             origin_sources: dict[str, str]) -> dict[str, Any]:
     confident = [p for p in result.pairs if p.confident]
+    partial = bool(result.unplaced or result.low_confidence)
     return {
         "capture": label,
-        "status": "ok",
+        "status": "partial" if partial else "ok",
         "num_scans": len(scans),
         "num_placed": len(result.poses),
+        "num_low_confidence": len(result.low_confidence),
         "placed_fraction": len(result.poses) / len(scans),
         "unplaced": result.unplaced,
+        "low_confidence": result.low_confidence,
+        "confidence": result.confidence,
         "reference_scan": result.reference,
+        "verification": {**result.verification, "sensor_origin_mode": config.sensor_origin,
+                         "sensor_origin_sources": origin_sources},
         "voxel_size": voxel,
         "units_scale": config.preprocess.units_scale,
         "features": config.features,

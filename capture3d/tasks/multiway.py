@@ -1,35 +1,42 @@
-"""Multiway registration of N scans: pairwise registration, a pose graph, global optimisation.
+"""Multiway registration of N scans: pair hypotheses, verified links, a pose graph, checked poses.
 
 Inputs: scan names, their preprocessed clouds (with normals, voxel-downsampled at ``voxel``), their
-per-point features (N_i, D) float32, a :class:`~capture3d.tasks.register_pair.PairConfig` and a
-:class:`MultiwayConfig`. Outputs: a :class:`MultiwayResult` with world_from_scan (4, 4) poses of
-the scans that could be placed (world = the reference scan's frame: scan 0 unless scan 0 has no
-confident pair), the scans that could not and why, every pair attempted, the pose-graph edges
-that survived, and timings. :func:`fuse_clouds` merges placed clouds. Nothing is written.
+per-point features (N_i, D) float32, optionally each scan's range image from its sensor origin
+(:class:`~capture3d.tasks.visibility.RangeImage`, None where the origin is unknown), a
+:class:`~capture3d.tasks.register_pair.PairConfig` and a :class:`MultiwayConfig`. Outputs: a
+:class:`MultiwayResult` with world_from_scan (4, 4) poses of the scans that could be placed (world =
+the reference scan's frame: scan 0 unless scan 0 is not in the placed group), each placed scan's
+confidence (``high``: its pose is confirmed by a free-space test or by a cycle of agreeing links;
+``low``: it hangs on one link nothing else confirms, with the reason), the scans that could not be
+placed and why, every pair attempted, the links used, and timings. :func:`fuse_clouds` merges
+placed clouds. Nothing is written.
 
-Method (Choi, Zhou & Koltun 2015; Open3D's multiway registration tutorial):
+Method (pose graphs after Choi, Zhou & Koltun 2015 and Open3D's multiway tutorial; link choice by
+free-space consistency as in range-image registration, and by cycle consistency):
 
-1. Register every candidate pair (source i -> target j, i < j) with global registration + ICP.
-2. Keep the confident pairs as graph edges. The reference is scan 0, or, when scan 0 has no
-   confident pair, the scan with the most confident pairs (scan 0 is then reported unplaced).
-3. Initial poses come from a maximum spanning tree (weight = fitness) of the confident edges
-   grown from the reference, not from the i -> i+1 chain: scans need not be ordered, and one bad
-   link would corrupt every pose after it. Tree edges are odometry edges (``uncertain=False``),
-   the other confident edges loop closures (``uncertain=True``) that Open3D's line process may
-   prune (``edge_prune_threshold``).
-4. ``global_optimization`` (Levenberg-Marquardt) with the reference node fixed.
-5. Every surviving edge is checked: the optimised relative pose must agree with its pair estimate
-   within ``max_edge_rotation_deg`` / ``max_edge_translation_factor * voxel``; disagreeing edges are
-   dropped. A scan is placed when it is connected to the reference through the remaining edges;
-   the others are reported unplaced with a reason rather than given a doubtful pose.
+1. Register every candidate pair (source i -> target j, i < j): several distinct global hypotheses,
+   each refined by ICP (:func:`~capture3d.tasks.register_pair.register_pair`).
+2. Choose links (:mod:`capture3d.tasks.registration_graph`): hypotheses that put one scan's
+   surfaces into space the other sensor saw as empty are rejected; the rest are merged greedily,
+   free-space verified and cycle-supported ones first, each merge checked across the two groups.
+   The largest group is placed; the others are reported unplaced.
+3. Initial poses from the merge tree; tree links are odometry edges (``uncertain=False``), the
+   agreeing extra links loop closures (``uncertain=True``) that Open3D's line process may prune.
+   ``global_optimization`` (Levenberg-Marquardt) with the reference node fixed.
+4. Checks of the optimised poses: every link must still agree with its pair estimate within
+   ``max_edge_rotation_deg`` / ``max_edge_translation_factor * voxel`` (scans cut off from the
+   reference by dropped links are unplaced), and every two placed scans with known sensor origins
+   must stay free-space consistent (the scan with most violations is unplaced until none remain).
+5. Confidence per placed scan (above); a capture with any low-confidence or unplaced scan is
+   ``partial`` in the stage's metrics.
 
 Open3D pose-graph conventions (verified numerically): a node's pose is world_from_scan; an edge
 (s, t, T) has T = target_from_source = inv(pose_t) @ pose_s, the same direction as a pairwise
 registration of source s onto target t; pruned edges are removed from ``pose_graph.edges``.
 
-``preference_loop_closure`` defaults to 2.0 in this project's settings: all edges here come from
-gated global registration + ICP, so loop closures are as trustworthy as the tree edges (Open3D's
-0.1 is meant for odometry-heavy RGB-D graphs whose loop closures are noisy).
+``preference_loop_closure`` defaults to 2.0 in this project's settings: every link here is a
+verified hypothesis, so loop closures are as trustworthy as the tree edges (Open3D's 0.1 is meant
+for odometry-heavy RGB-D graphs whose loop closures are noisy).
 """
 
 from __future__ import annotations
@@ -43,7 +50,17 @@ import numpy as np
 import open3d as o3d
 
 from capture3d.progress import report as report_progress
-from capture3d.tasks.register_pair import PairConfig, PairResult, register_pair
+from capture3d.tasks.register_pair import PairConfig, PairResult, information_matrix, register_pair
+from capture3d.tasks.registration_graph import (
+    Candidate,
+    VerifyConfig,
+    bridges,
+    build_candidates,
+    component,
+    free_space_verdict,
+    greedy_merge,
+)
+from capture3d.tasks.visibility import RangeImage, pair_visibility
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +69,7 @@ reg = o3d.pipelines.registration
 
 @dataclass(frozen=True)
 class MultiwayConfig:
-    """Settings of multiway registration."""
+    """Settings of multiway registration and of the verification of its links and poses."""
 
     pairs: Literal["all", "sequential"]  # all pairs, or neighbours within `window`
     window: int  # neighbour distance for "sequential"
@@ -62,18 +79,28 @@ class MultiwayConfig:
     max_correspondence_factor: float  # optimisation max_correspondence_distance = factor * voxel
     max_edge_rotation_deg: float = 5.0  # optimised vs pairwise relative pose: rotation tolerance
     max_edge_translation_factor: float = 3.0  # ... and translation tolerance, as a multiple of voxel
+    max_free_fraction: float = 0.03  # free-space test: share of observed points allowed in free space
+    free_space_tolerance_factor: float = 2.0  # free-space test depth tolerance = factor * voxel
+    min_observed_points: int = 100  # points in view of the other sensor the free-space test needs
+
+    def verify(self) -> VerifyConfig:
+        return VerifyConfig(self.max_free_fraction, self.free_space_tolerance_factor, self.min_observed_points,
+                            self.max_edge_rotation_deg, self.max_edge_translation_factor)
 
 
 @dataclass
 class MultiwayResult:
-    """Placed scans' poses, unplaced scans with reasons, pairs, surviving edges, timings."""
+    """Placed scans' poses and confidence, unplaced scans with reasons, pairs, links used, timings."""
 
     poses: dict[str, np.ndarray]  # name -> world_from_scan (4, 4), world = the reference scan's frame
     unplaced: dict[str, str]  # name -> reason
     pairs: list[PairResult]  # every pair attempted
-    kept_edges: list[tuple[str, str]]  # (source, target) edges that survived pruning and checks
-    seconds: dict[str, float] = field(default_factory=dict)  # pairs_s, optimize_s, total_s
+    kept_edges: list[tuple[str, str]]  # (source, target) links of the final pose graph
+    seconds: dict[str, float] = field(default_factory=dict)  # pairs_s, verify_s, optimize_s, total_s
     reference: str = ""  # the scan whose frame is the world
+    confidence: dict[str, str] = field(default_factory=dict)  # placed name -> "high" | "low"
+    low_confidence: dict[str, str] = field(default_factory=dict)  # name -> why its pose is not confirmed
+    verification: dict[str, object] = field(default_factory=dict)  # counts of the checks (metrics.json)
 
 
 def candidate_pairs(n: int, config: MultiwayConfig) -> list[tuple[int, int]]:
@@ -94,41 +121,75 @@ def register_multiway(
     voxel: float,
     pair_config: PairConfig,
     config: MultiwayConfig,
+    views: list[RangeImage | None] | None = None,
 ) -> MultiwayResult:
     """Register ``clouds`` into one frame; see the module docstring for the method."""
     if not (len(names) == len(clouds) == len(features)) or not names:
         raise ValueError("names, clouds and features must be non-empty lists of the same length")
-    t_start = time.perf_counter()
     n = len(names)
-    pairs: list[PairResult] = []
+    views = list(views) if views is not None else [None] * n
+    if len(views) != n:
+        raise ValueError(f"{len(views)} range images for {n} scans")
+    t_start = time.perf_counter()
     index_pairs = candidate_pairs(n, config)
+    pairs: list[PairResult] = []
     for count, (i, j) in enumerate(index_pairs, start=1):
         pairs.append(register_pair(names[i], clouds[i], features[i], names[j], clouds[j], features[j],
                                    voxel, pair_config))
         report_progress(logger, "register scans (pairs)", count, len(index_pairs))
     t_pairs = time.perf_counter()
 
-    edges = [(i, j, p) for (i, j), p in zip(index_pairs, pairs) if p.confident]
-    reference = _reference(n, edges)
-    tree = _max_spanning_tree(reference, edges)
-    initial = _tree_poses(reference, tree)  # index -> world_from_scan (4, 4)
-    kept = _optimise(initial, reference, tree, edges, voxel, config)
-    reference, poses, kept = _check_and_place(reference, initial, kept, voxel, config, names, edges)
+    verify = config.verify()
+    probes = [np.asarray(c.points) for c in clouds]  # (N_i, 3)
+    candidates, rejected = build_candidates([(i, j, p) for (i, j), p in zip(index_pairs, pairs)], views, probes,
+                                            voxel, verify)
+    selection = greedy_merge(n, candidates, views, probes, voxel, verify)
+    t_select = time.perf_counter()
+    links = selection.tree + selection.loops
+    reference = 0 if 0 in selection.poses else _most_linked(selection.poses, links)
+    anchor = np.linalg.inv(selection.poses[reference])
+    poses = {k: anchor @ T for k, T in selection.poses.items()}
+    kept = _optimise(poses, reference, selection.tree, selection.loops, clouds, voxel, config)
+    t_opt = time.perf_counter()
+    placed, kept, dropped = _check_links(reference, poses, kept, voxel, config, names)
+    placed, free_unplaced = _check_free_space(reference, placed, kept, poses, views, probes, voxel, verify, names)
+    kept = [e for e in kept if e[0] in placed and e[1] in placed]
+    confidence, low = _confidence(reference, placed, kept, poses, views, probes, voxel, verify)
     t_end = time.perf_counter()
 
-    unplaced = {names[k]: _unplaced_reason(k, names, index_pairs, pairs, initial)
-                for k in range(n) if k not in poses}
+    unplaced = {names[k]: _unplaced_reason(k, names, index_pairs, pairs, candidates, rejected, selection.poses,
+                                           dropped, free_unplaced)
+                for k in range(n) if k not in placed}
     for name, reason in unplaced.items():
         logger.warning("scan %s unplaced: %s", name, reason)
-    logger.info("multiway: %d/%d scans placed in %s's frame, %d/%d confident edges kept",
-                len(poses), n, names[reference], len(kept), len(edges))
+    for k, reason in sorted(low.items()):
+        logger.warning("scan %s placed with low confidence: %s", names[k], reason)
+    logger.info("multiway: %d/%d scans placed in %s's frame (%d low confidence), %d links kept, "
+                "%d hypotheses rejected by free space", len(placed), n, names[reference], len(low), len(kept),
+                sum("free" in r or "empty" in r for _, r in rejected + selection.rejected))
+    with_view = sum(v is not None for v in views)
     return MultiwayResult(
-        poses={names[k]: pose for k, pose in sorted(poses.items())},
+        poses={names[k]: poses[k] for k in sorted(placed)},
         unplaced=unplaced,
         pairs=pairs,
         kept_edges=[(names[i], names[j]) for i, j in kept],
-        seconds={"pairs_s": t_pairs - t_start, "optimize_s": t_end - t_pairs, "total_s": t_end - t_start},
+        seconds={"pairs_s": t_pairs - t_start, "verify_s": (t_select - t_pairs) + (t_end - t_opt),
+                 "optimize_s": t_opt - t_select, "total_s": t_end - t_start},
         reference=names[reference],
+        confidence={names[k]: confidence[k] for k in sorted(placed)},
+        low_confidence={names[k]: r for k, r in sorted(low.items())},
+        verification={
+            "free_space_test": "used" if with_view >= 2 else "not possible: fewer than two scans have a known "
+                               "sensor origin (fell back to the fitness/RMSE gates and cycle consistency)",
+            "scans_with_sensor_origin": with_view,
+            "num_hypotheses": int(sum(len(p.hypotheses) for p in pairs)),
+            "num_candidate_links": len(candidates),
+            "num_rejected_by_free_space": len(rejected),
+            "num_merges_rejected": len(selection.rejected),
+            "num_conflicting_links": selection.conflicts,
+            "num_tree_links": len(selection.tree),
+            "num_loop_links": len(selection.loops),
+        },
     )
 
 
@@ -148,63 +209,31 @@ def fuse_clouds(
 
 # ----------------------------------------------------------------------------- graph helpers
 
-Edge = tuple[int, int, PairResult]  # (source index, target index, its confident pair result)
 
-
-def _reference(n: int, edges: list[Edge]) -> int:
-    """Scan 0 when it has a confident edge, else the scan with most of them (lowest index on ties)."""
-    degree = np.zeros(n, dtype=int)  # (n,)
-    for i, j, _ in edges:
-        degree[i] += 1
-        degree[j] += 1
-    if degree[0] > 0 or degree.max() == 0:
-        return 0
-    return int(np.argmax(degree))
-
-
-def _max_spanning_tree(reference: int, edges: list[Edge]) -> list[Edge]:
-    """Prim's maximum spanning tree (weight = fitness) of the reference's component."""
-    in_tree = {reference}
-    tree: list[Edge] = []
-    while True:
-        frontier = [e for e in edges if (e[0] in in_tree) != (e[1] in in_tree)]
-        if not frontier:
-            return tree
-        best = max(frontier, key=lambda e: (e[2].fitness, -e[2].inlier_rmse))
-        tree.append(best)
-        in_tree.update(best[:2])
-
-
-def _tree_poses(reference: int, tree: list[Edge]) -> dict[int, np.ndarray]:
-    """world_from_scan (4, 4) of the tree's scans, composed along the tree from the reference."""
-    poses = {reference: np.eye(4)}
-    for i, j, pair in tree:  # Prim's order: one end is always placed already
-        if i in poses:  # T maps i into j: pose_j = pose_i @ inv(T)
-            poses[j] = poses[i] @ np.linalg.inv(pair.transformation)
-        else:
-            poses[i] = poses[j] @ pair.transformation
-    return poses
+def _most_linked(poses: dict[int, np.ndarray], links: list[Candidate]) -> int:
+    """The scan with most links (lowest index on ties)."""
+    return max(sorted(poses), key=lambda k: sum(k in (c.source, c.target) for c in links))
 
 
 def _optimise(
-    poses: dict[int, np.ndarray], reference: int, tree: list[Edge], edges: list[Edge], voxel: float,
-    config: MultiwayConfig,
+    poses: dict[int, np.ndarray], reference: int, tree: list[Candidate], loops: list[Candidate],
+    clouds: list[o3d.geometry.PointCloud], voxel: float, config: MultiwayConfig,
 ) -> list[tuple[int, int, np.ndarray]]:
-    """Optimise ``poses`` in place; returns the surviving edges (source, target, pair T (4, 4))."""
+    """Optimise ``poses`` in place; returns the surviving links (source, target, pair T (4, 4))."""
     if len(poses) < 2:
         return []
     order = sorted(poses)
     node = {k: i for i, k in enumerate(order)}  # scan index -> pose-graph node id
-    tree_keys = {(i, j) for i, j, _ in tree}
     graph = reg.PoseGraph()
     for k in order:
         graph.nodes.append(reg.PoseGraphNode(poses[k]))
-    for i, j, pair in edges:
-        if i in node and j in node:
-            graph.edges.append(reg.PoseGraphEdge(node[i], node[j], pair.transformation, pair.information,
-                                                 uncertain=(i, j) not in tree_keys))
+    distance = config.max_correspondence_factor * voxel
+    for cand, uncertain in [(c, False) for c in tree] + [(c, True) for c in loops]:
+        info = information_matrix(clouds[cand.source], clouds[cand.target], cand.transformation, distance)
+        graph.edges.append(reg.PoseGraphEdge(node[cand.source], node[cand.target], cand.transformation, info,
+                                             uncertain=uncertain))
     option = reg.GlobalOptimizationOption(
-        max_correspondence_distance=config.max_correspondence_factor * voxel,
+        max_correspondence_distance=distance,
         edge_prune_threshold=config.edge_prune_threshold,
         preference_loop_closure=config.preference_loop_closure,
         reference_node=node[reference],
@@ -222,116 +251,120 @@ def _optimise(
     return [(order[e.source_node_id], order[e.target_node_id], np.asarray(e.transformation)) for e in graph.edges]
 
 
-def _check_and_place(
+def _check_links(
     reference: int, poses: dict[int, np.ndarray], kept: list[tuple[int, int, np.ndarray]], voxel: float,
-    config: MultiwayConfig, names: list[str], edges: list[Edge] | None = None,
-) -> tuple[int, dict[int, np.ndarray], list[tuple[int, int]]]:
-    """Keep the edges that agree with the optimised poses and the scans they connect to the reference.
+    config: MultiwayConfig, names: list[str],
+) -> tuple[set[int], list[tuple[int, int]], set[int]]:
+    """(placed scans, agreeing links, scans cut off by disagreeing links): links must fit the optimised poses."""
+    agreeing = []
+    for i, j, T in kept:
+        angle, shift = rigid_difference(np.linalg.inv(poses[j]) @ poses[i], T)
+        if angle <= config.max_edge_rotation_deg and shift <= config.max_edge_translation_factor * voxel:
+            agreeing.append((i, j))
+        else:
+            logger.warning("link %s -> %s dropped: optimised pose differs from the pair by %.2f deg, %.4g",
+                           names[i], names[j], angle, shift)
+    placed = component(reference, agreeing) if len(poses) > 1 else {reference}
+    dropped = set(poses) - placed
+    return placed, [e for e in agreeing if e[0] in placed], dropped
 
-    A confident pair that disagrees with the optimised poses means some link on the cycle it closes
-    is wrong. Links on that cycle that are bridges (the only connection between two groups of
-    scans) cannot be checked by any other pair, so they are cut: the scans behind them are left
-    unplaced instead of being given a pose that nothing confirms and something contradicts.
+
+def _check_free_space(
+    reference: int, placed: set[int], links: list[tuple[int, int]], poses: dict[int, np.ndarray], views: list[RangeImage | None],
+    probes: list[np.ndarray], voxel: float, verify: VerifyConfig, names: list[str],
+) -> tuple[set[int], dict[int, str]]:
+    """Unplace the scans whose optimised poses contradict another scan's free space, worst first."""
+    tolerance = verify.free_space_tolerance_factor * voxel
+    placed = set(placed)
+    removed: dict[int, str] = {}
+    while True:
+        violations: dict[int, list[tuple[int, str]]] = {}
+        known = sorted(k for k in placed if views[k] is not None)
+        for x, a in enumerate(known):
+            for b in known[x + 1:]:
+                relative = np.linalg.inv(poses[b]) @ poses[a]  # b_from_a
+                ok, reason = free_space_verdict(
+                    pair_visibility(views[a], probes[a], views[b], probes[b], relative, tolerance), verify)  # type: ignore[arg-type]
+                if ok is False:
+                    violations.setdefault(a, []).append((b, reason))
+                    violations.setdefault(b, []).append((a, reason))
+        if not violations:
+            return placed, removed
+        worst = max(sorted(k for k in violations if k != reference), key=lambda k: len(violations[k]))
+        other, reason = violations[worst][0]
+        removed[worst] = f"its optimised pose conflicts with scan {names[other]}: {reason}"
+        logger.warning("scan %s unplaced: %s", names[worst], removed[worst])
+        placed.discard(worst)
+        cut_off = placed - component(reference, [e for e in links if e[0] in placed and e[1] in placed])
+        for k in sorted(cut_off):
+            removed[k] = f"its only links to the reference scan went through scan {names[worst]}, which was unplaced"
+        placed -= cut_off
+
+
+def _confidence(
+    reference: int, placed: set[int], links: list[tuple[int, int]], poses: dict[int, np.ndarray],
+    views: list[RangeImage | None], probes: list[np.ndarray], voxel: float, verify: VerifyConfig,
+) -> tuple[dict[int, str], dict[int, str]]:
+    """("high" | "low" per placed scan, the reasons of the low ones).
+
+    High: the reference itself; a scan with a free-space verified overlap with another placed scan
+    (both sensor origins known, enough points in view, surfaces agreeing and none in free space);
+    or a scan that stays connected to the reference when any single link is removed (a cycle of
+    agreeing links confirms it).
     """
-    agreeing = [(i, j) for i, j, T in kept if _agrees(poses, i, j, T, voxel, config, names)]
-    kept_keys = {(i, j) for i, j, _ in kept}
-    contradicting = [(i, j) for i, j, pair in (edges or [])
-                     if i in poses and j in poses and ((i, j) not in kept_keys
-                                                       or (i, j) not in agreeing)
-                     and not _agrees(poses, i, j, pair.transformation, voxel, config, names, log=False)]
-    bridges = {e for e in agreeing if _is_bridge(e, agreeing)}
-    cut: set[tuple[int, int]] = set()
-    for a, b in contradicting:
-        for edge in _path_edges(a, b, agreeing):
-            if edge in bridges and edge not in cut:
-                cut.add(edge)
-                logger.warning("link %s -> %s cut: it is the only link on a cycle that pair %s -> %s contradicts",
-                               names[edge[0]], names[edge[1]], names[a], names[b])
-    trusted = [e for e in agreeing if e not in cut]
-    component = _component(reference, trusted)
-    for k in sorted(poses):  # a cut may leave the reference in the smaller part: keep the largest
-        other = _component(k, trusted)
-        if len(other) > len(component):
-            component = other
-    if reference not in component:
-        new_reference = max(sorted(component), key=lambda k: sum(k in e for e in trusted))
-        logger.warning("reference %s cut off; scans are placed in %s's frame", names[reference], names[new_reference])
-        anchor = np.linalg.inv(poses[new_reference])
-        poses = {k: anchor @ poses[k] for k in component}
-        reference = new_reference
-    return reference, {k: poses[k] for k in component}, [e for e in trusted if e[0] in component]
-
-
-def _agrees(poses: dict[int, np.ndarray], i: int, j: int, transformation: np.ndarray, voxel: float,
-            config: MultiwayConfig, names: list[str], log: bool = True) -> bool:
-    relative = np.linalg.inv(poses[j]) @ poses[i]  # optimised target_from_source
-    angle, shift = rigid_difference(relative, transformation)
-    ok = angle <= config.max_edge_rotation_deg and shift <= config.max_edge_translation_factor * voxel
-    if not ok and log:
-        logger.warning("edge %s -> %s dropped: optimised pose differs from the pair by %.2f deg, %.4g",
-                       names[i], names[j], angle, shift)
-    return ok
-
-
-def _is_bridge(edge: tuple[int, int], edges: list[tuple[int, int]]) -> bool:
-    """True when removing ``edge`` disconnects its two ends."""
-    rest = [e for e in edges if e != edge]
-    return edge[1] not in _component(edge[0], rest)
-
-
-def _path_edges(a: int, b: int, edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The edges of one shortest path from ``a`` to ``b`` (breadth first); [] when not connected."""
-    parent: dict[int, tuple[int, tuple[int, int]] | None] = {a: None}
-    frontier = [a]
-    while frontier and b not in parent:
-        nxt = []
-        for node in frontier:
-            for e in edges:
-                if node in e:
-                    other = e[1] if e[0] == node else e[0]
-                    if other not in parent:
-                        parent[other] = (node, e)
-                        nxt.append(other)
-        frontier = nxt
-    if b not in parent:
-        return []
-    path, node = [], b
-    while parent[node] is not None:
-        node, e = parent[node]  # type: ignore[misc]
-        path.append(e)
-    return path
-
-
-def _component(start: int, edges: list[tuple[int, int]]) -> set[int]:
-    """Nodes connected to ``start`` through ``edges``."""
-    seen = {start}
-    grew = True
-    while grew:
-        grew = False
-        for i, j in edges:
-            if (i in seen) != (j in seen):
-                seen.update((i, j))
-                grew = True
-    return seen
+    tolerance = verify.free_space_tolerance_factor * voxel
+    inner = [e for e in links if e[0] in placed and e[1] in placed]
+    cut_edges = bridges(inner)
+    confidence: dict[int, str] = {}
+    low: dict[int, str] = {}
+    for k in sorted(placed):
+        if k == reference:
+            confidence[k] = "high"
+            continue
+        verified = False
+        if views[k] is not None:
+            for other in sorted(placed - {k}):
+                if views[other] is None:
+                    continue
+                relative = np.linalg.inv(poses[other]) @ poses[k]
+                ok, _ = free_space_verdict(
+                    pair_visibility(views[k], probes[k], views[other], probes[other], relative, tolerance), verify)  # type: ignore[arg-type]
+                if ok is True:
+                    verified = True
+                    break
+        on_cycle = all(reference in component(k, [e for e in inner if e != b]) for b in cut_edges)
+        if verified or on_cycle:
+            confidence[k] = "high"
+        else:
+            confidence[k] = "low"
+            low[k] = ("placed through a single link that neither a cycle of other links nor a free-space test "
+                      "confirms" + ("" if views[k] is not None else " (no sensor origin known for it)"))
+    return confidence, low
 
 
 def _unplaced_reason(
     k: int, names: list[str], index_pairs: list[tuple[int, int]], pairs: list[PairResult],
-    tree_poses: dict[int, np.ndarray],
+    candidates: list[Candidate], rejected: list[tuple[Candidate, str]], grouped: dict[int, np.ndarray],
+    dropped: set[int], free_unplaced: dict[int, str],
 ) -> str:
     """Why scan ``k`` has no pose."""
+    if k in free_unplaced:
+        return free_unplaced[k]
     own = [(j if i == k else i, p) for (i, j), p in zip(index_pairs, pairs) if k in (i, j)]
     if not own:
         return "no pair was attempted with it"
-    confident = [p for _, p in own if p.confident]
-    if not confident:
+    if not any(h.confident for _, p in own for h in p.hypotheses):
         other, best = max(own, key=lambda item: item[1].fitness)
         return (f"no confident pair with any scan (best fitness {best.fitness:.3f} with {names[other]}: "
                 f"{best.reason})")
-    if k not in tree_poses:
-        return "its confident pairs do not connect it to the reference scan"
-    return ("its links to the reference scan were pruned, disagreed with the optimised poses, or were "
-            "contradicted by another confident pair")
+    mine = [r for c, r in rejected if k in (c.source, c.target)]
+    if not any(k in (c.source, c.target) for c in candidates) and mine:
+        return f"every confident hypothesis of its pairs failed the free-space test ({mine[0]})"
+    if k in dropped:
+        return "its links to the reference scan disagreed with the optimised poses"
+    if k not in grouped:
+        return "its verified links do not connect it to the largest group of scans"
+    return "its links to the reference scan were pruned"
 
 
 def rigid_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

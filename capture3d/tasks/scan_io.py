@@ -409,22 +409,30 @@ def read_gt_poses(
 # --------------------------------------------------------------------------- writers
 
 
-def write_poses_json(path: Path, poses: dict[str, np.ndarray]) -> None:
-    """Write ``{"convention": ..., "poses": {name: 4x4 nested list}}``; read back by :func:`read_gt_poses`."""
+def write_poses_json(path: Path, poses: dict[str, np.ndarray], confidence: dict[str, str] | None = None) -> None:
+    """Write ``{"convention": ..., "poses": {name: 4x4 nested list}}`` (plus ``confidence``: name ->
+    high | low, when given); read back by :func:`read_gt_poses`."""
     path = Path(path)
     checked = {name: check_rigid(T, f"{path}: pose of {name!r}") for name, T in poses.items()}
-    data = {
+    data: dict[str, object] = {
         "convention": "world_from_scan: p_world = T @ [p_scan; 1]",
         "poses": {name: T.tolist() for name, T in checked.items()},
     }
+    if confidence is not None:
+        data["confidence"] = {name: confidence[name] for name in checked}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
 
 
 def write_point_cloud(
-    path: Path, points: np.ndarray, colors: np.ndarray | None = None, normals: np.ndarray | None = None
+    path: Path, points: np.ndarray, colors: np.ndarray | None = None, normals: np.ndarray | None = None,
+    viewpoint: np.ndarray | None = None,
 ) -> None:
-    """Write points (N, 3), optional colours (N, 3) in [0, 1] and normals (N, 3) as a binary PLY."""
+    """Write points (N, 3), optional colours (N, 3) in [0, 1] and normals (N, 3) as a binary PLY.
+
+    ``viewpoint`` (3,), the sensor origin in the points' frame, goes into the header as
+    ``comment viewpoint x y z`` (read back by :mod:`capture3d.tasks.sensor_origin`).
+    """
     path = Path(path)
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3:
@@ -440,3 +448,9 @@ def write_point_cloud(
     path.parent.mkdir(parents=True, exist_ok=True)
     if not o3d.io.write_point_cloud(str(path), pcd, write_ascii=False):
         raise OSError(f"could not write {path}")
+    if viewpoint is not None:
+        x, y, z = (float(v) for v in np.asarray(viewpoint, dtype=np.float64).reshape(3))
+        data = path.read_bytes()
+        first, rest = data.split(b"\n", 2)[:2], data.split(b"\n", 2)[2]  # "ply", "format ...", the rest
+        comment = f"comment viewpoint {x!r} {y!r} {z!r}".encode("ascii")
+        path.write_bytes(b"\n".join([*first, comment, rest]))

@@ -10,7 +10,8 @@ Outputs: ``(scans, poses)`` from :func:`render_scans`:
   the origin), coloured by the mesh's vertex colours interpolated at each hit (barycentric);
 * ``poses``: ground-truth ``world_from_scan`` 4x4 per scan (``p_world = T @ [p; 1]``).
 
-:func:`write_scan_capture` stores them as ``scans/<name>.ply`` and ``gt/poses.json``.
+:func:`write_scan_capture` stores them as ``scans/<name>.ply`` (with ``comment viewpoint 0 0 0`` in the
+header: the sensor origin registration's free-space test uses) and ``gt/poses.json``.
 
 Sensors: a pinhole depth sensor (default 160 x 120 pixels, 70 degrees horizontal field of view)
 at each of ``num_scans`` viewpoints evenly spread (with jitter) on a ring of radius ~4 m,
@@ -156,7 +157,7 @@ def write_scan_capture(scans: list[Scan], poses: dict[str, np.ndarray], out: Pat
     missing = [s.name for s in scans if s.name not in poses]
     if missing:
         raise ValueError(f"{out}: no pose for scan(s) {', '.join(missing)}")
-    for scan in scans:
-        write_point_cloud(out / "scans" / f"{scan.name}.ply", scan.points, scan.colors)
+    for scan in scans:  # points are in the sensor frame: the sensor sits at the origin
+        write_point_cloud(out / "scans" / f"{scan.name}.ply", scan.points, scan.colors, viewpoint=np.zeros(3))
     write_poses_json(out / "gt" / "poses.json", {s.name: poses[s.name] for s in scans})
     logger.info("wrote %d synthetic scans to %s", len(scans), out)
