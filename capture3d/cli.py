@@ -158,7 +158,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if regressions:
             print(f"batch: {regressions}")
             return 1
-    return 0 if all(r.get("status") in ("ok", "current") for r in rows) else 1
+    return 0 if all(r.get("status") in ("ok", "partial", "current") for r in rows) else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

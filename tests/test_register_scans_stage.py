@@ -170,8 +170,8 @@ def test_no_overlap_is_flagged_not_posed(tmp_path: Path, base_params: dict) -> N
 
 def test_ground_truth_that_does_not_match(tmp_path: Path, base_params: dict) -> None:
     small = _params(base_params)
-    small["synthesize_scans"]["num_scans"] = 3
-    capture = synthesize_scans.run(tmp_path / "scans3", synthesize_scans.load_config(small))
+    small["synthesize_scans"]["num_scans"] = 4
+    capture = synthesize_scans.run(tmp_path / "scans4", synthesize_scans.load_config(small))
     result = register_stage.run(register_stage.RegisterScansInputs(capture), tmp_path / "reg",
                                 register_stage.load_config(base_params))
     poses = json.loads((capture / "gt" / "poses.json").read_text())

@@ -52,6 +52,7 @@ from capture3d.ops.inbox import Inbox, clean_stale, open_inbox, sync
 from capture3d.ops.locks import file_lock
 from capture3d.ops.manifest import (
     MANIFEST_VERSION,
+    finished_status,
     git_commit,
     is_current,
     now,
@@ -111,7 +112,7 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
         outputs = [out / s.name for s in PIPELINES[capture.kind] if (out / s.name).is_dir()]
         stored = push_outputs(layout.root, outputs, config.remote) if config.remote else []
         manifest = {
-            "manifest_version": MANIFEST_VERSION, "capture": name, "kind": capture.kind, "status": "ok",
+            "manifest_version": MANIFEST_VERSION, "capture": name, "kind": capture.kind, "status": finished_status(metrics),
             "work_key": planned.key, "run_id": run_id, "started": started, "finished": now(),
             "seconds": round(time.perf_counter() - t0, 3), "code_version": code, "git_commit": git_commit(),
             "params": {"hash": planned.params_digest, "sections": list(sections(capture.kind))},
@@ -122,7 +123,7 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
             "stages": stages, "metrics": metrics,
         }
         write_json(layout.manifests / f"{name}.json", manifest)
-        return {"capture": name, "kind": capture.kind, "status": "ok", "seconds": manifest["seconds"],
+        return {"capture": name, "kind": capture.kind, "status": manifest["status"], "seconds": manifest["seconds"],
                 "fetched": fetched.fetched, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
 
 

@@ -49,9 +49,17 @@ class CaptureStatus:
                 metrics.update(result)
         return cls(name, True, metrics=metrics)
 
+    @property
+    def status(self) -> str:
+        """ok; partial (a stage finished but could not verify all of its result: unplaced or
+        low-confidence scans); or failed (stage)."""
+        if not self.ok:
+            return f"failed ({self.failed_stage})"
+        return "partial" if self.metrics.get("partial") else "ok"
+
     def row(self) -> dict[str, Any]:
         """Flat summary: name, status, reason and the summary metrics."""
-        row: dict[str, Any] = {"capture": self.name, "status": "ok" if self.ok else f"failed ({self.failed_stage})"}
+        row: dict[str, Any] = {"capture": self.name, "status": self.status}
         for key in SUMMARY_KEYS:
             if key in self.metrics:
                 row[key] = self.metrics[key]

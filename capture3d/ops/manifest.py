@@ -84,7 +84,15 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+FINISHED = ("ok", "partial")  # statuses of finished work; partial: some result could not be verified
+
+
+def finished_status(metrics: Mapping[str, Any]) -> str:
+    """"partial" when a stage flagged part of its result as unverified (``metrics["partial"]``), else "ok"."""
+    return "partial" if metrics.get("partial") else "ok"
+
+
 def is_current(manifest: Mapping[str, Any] | None, key: str) -> bool:
-    """Whether ``manifest`` records finished work under ``key``."""
-    return bool(manifest) and manifest.get("status") == "ok" and manifest.get("work_key") == key \
+    """Whether ``manifest`` records finished work (ok or partial) under ``key``."""
+    return bool(manifest) and manifest.get("status") in FINISHED and manifest.get("work_key") == key \
         and manifest.get("manifest_version") == MANIFEST_VERSION

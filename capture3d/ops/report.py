@@ -66,6 +66,7 @@ from typing import Any, Literal
 from capture3d.atomic import atomic_write_text
 from capture3d.ops import report_figures as figs
 from capture3d.ops import report_html as page_html
+from capture3d.ops.manifest import FINISHED
 
 logger = logging.getLogger(__name__)
 
@@ -200,11 +201,11 @@ def build_report(work: Path, out: Path, *, previous: Path | None = None,
     newly_failed: list[str] = []
     diffs: list[MetricDiff] = []
     if base is not None and latest is not None:
-        current = {n: figs.numeric_metrics(r if r.get("status") == "ok" else (manifests.get(n) or {}).get("metrics"))
-                   for n, r in rows.items() if r.get("status") in ("ok", "current")}
-        old = {str(r["capture"]): figs.numeric_metrics(r) for r in base["captures"] if r.get("status") == "ok"}
+        current = {n: figs.numeric_metrics(r if r.get("status") in FINISHED else (manifests.get(n) or {}).get("metrics"))
+                   for n, r in rows.items() if r.get("status") in (*FINISHED, "current")}
+        old = {str(r["capture"]): figs.numeric_metrics(r) for r in base["captures"] if r.get("status") in FINISHED}
         regressions, diffs = compare_metrics(current, old, thresholds), diff_metrics(current, old)
-        good_before = {str(r["capture"]) for r in base["captures"] if r.get("status") in ("ok", "current")}
+        good_before = {str(r["capture"]) for r in base["captures"] if r.get("status") in (*FINISHED, "current")}
         newly_failed = sorted(n for n, r in rows.items()
                               if n in good_before and r.get("status") in ("failed", "refused"))
     counts: dict[str, int] = {}

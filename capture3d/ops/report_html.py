@@ -36,7 +36,7 @@ MAX_OVERLAYS = 24
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
 th{background:#f0f0f0}.num{text-align:right;font-variant-numeric:tabular-nums}
-.ok,.current{color:#1a7f37}.failed,.refused,.busy{color:#c62828;font-weight:bold}
+.ok,.current{color:#1a7f37}.partial{color:#b26a00;font-weight:bold}.failed,.refused,.busy{color:#c62828;font-weight:bold}
 #regressions.bad{border:3px solid #c62828;background:#fdecea;padding:8px 16px}
 #regressions.good{border:2px solid #1a7f37;background:#eaf7ee;padding:8px 16px}
 section.capture{border-top:2px solid #888;margin-top:28px}figure{display:inline-block;margin:4px}
@@ -130,7 +130,7 @@ def run_table(run: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]]
         kind = r.get("kind") or (manifests.get(str(r["capture"])) or {}).get("kind", "")
         cells.append([r["capture"], str(r.get("status", "?")), kind, r.get("reason", ""), *[r.get(k) for k in keys]])
     text = table(["capture", "status", "kind", "reason", *keys], cells, numeric_from=4)
-    text = re.sub(r'<td class="">(ok|current|failed|refused|busy)</td>', r'<td class="\1">\1</td>', text)
+    text = re.sub(r'<td class="">(ok|partial|current|failed|refused|busy)</td>', r'<td class="\1">\1</td>', text)
     summary = f"{label} {esc(run['run_id'])} · finished {esc(run.get('finished', '?'))} · {len(rows)} captures"
     return (f'<details class="run"{" open" if open_ else ""}><summary>{summary}</summary>'
             f'<div class="wide">{text}</div></details>')

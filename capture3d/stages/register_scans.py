@@ -235,6 +235,7 @@ def _metrics(label: str, scans: list[Scan], prepared: list[Any], voxel: float, r
     return {
         "capture": label,
         "status": "partial" if partial else "ok",
+        "partial": partial,  # flows, manifests and the report mark the capture partial
         "num_scans": len(scans),
         "num_placed": len(result.poses),
         "num_low_confidence": len(result.low_confidence),

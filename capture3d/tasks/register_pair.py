@@ -208,10 +208,38 @@ def global_hypotheses(
         modes = ransac_modes(src_points, tgt_points, matches, config.distance_factor * voxel,
                              config.ransac_max_iterations, n, config.seed)
         return [(m.transformation, f"ransac#{k}") for k, m in enumerate(modes)]
-    out = []
-    for k in range(n):
-        T, _ = global_registration(source, target, source_features, target_features, voxel,
-                                   dataclasses.replace(config, seed=config.seed + k), method="fgr")
+    return _fgr_modes(source, target, source_features, target_features, voxel, config, n)
+
+
+def _fgr_modes(
+    source: o3d.geometry.PointCloud, target: o3d.geometry.PointCloud, source_features: np.ndarray,
+    target_features: np.ndarray, voxel: float, config: PairConfig, n: int,
+) -> list[tuple[np.ndarray, str]]:
+    """FGR's answer, then FGR again on the correspondences the earlier answers do not explain.
+
+    FGR converges to the dominant mode of its correspondences; peeling that mode's inliers off
+    (within ``distance_factor * voxel``) lets the next run find the next mode, as sequential RANSAC
+    does. Stops when fewer than 3 correspondences are left. The first run is FGR on features,
+    exactly as :func:`global_registration` with ``fgr``.
+    """
+    T, _ = global_registration(source, target, source_features, target_features, voxel, config, method="fgr")
+    out = [(T, "fgr#0")]
+    if n < 2:
+        return out
+    matches = feature_matches(source_features, target_features, config.mutual_filter)  # (K, 2)
+    src = np.asarray(source.points)[matches[:, 0]]
+    tgt = np.asarray(target.points)[matches[:, 1]]
+    distance = config.distance_factor * voxel
+    left = np.ones(len(matches), dtype=bool)
+    option = reg.FastGlobalRegistrationOption(maximum_correspondence_distance=distance)
+    for k in range(1, n):
+        moved = src @ T[:3, :3].T + T[:3, 3]
+        left &= np.sum((moved - tgt) ** 2, axis=1) >= distance * distance
+        if left.sum() < 3:
+            break
+        o3d.utility.random.seed(config.seed + k)
+        corres = o3d.utility.Vector2iVector(np.ascontiguousarray(matches[left], dtype=np.int32))
+        T = np.array(reg.registration_fgr_based_on_correspondence(source, target, corres, option).transformation)
         out.append((T, f"fgr#{k}"))
     return out
 
