@@ -83,8 +83,23 @@ def test_register_scans_batch_isolates_failures(harness, tmp_path: Path, repo_ro
     assert ring.ok, ring.reason
     assert ring.metrics["num_placed"] == 8 and ring.metrics["placed_beyond_tolerance"] == []
     assert ring.metrics["ape_translation_max"] < 0.02
+    assert ring.row()["status"] == "ok"  # every scan placed with high confidence
     assert (tmp_path / "results" / "ring" / "register_scans" / "fused.ply").is_file()
     single_status = by_name["single"]
     assert not single_status.ok and single_status.failed_stage == "register_scans"
     assert "only 1 scan" in single_status.reason
     assert not (tmp_path / "results" / "single" / "register_scans").exists()
+
+
+def test_partial_status_in_rows_and_manifests() -> None:
+    """A stage that flags part of its result (unplaced or low-confidence scans) makes the capture partial:
+    in the flow's row and in the batch manifest, and partial work still counts as finished."""
+    from capture3d.flows.status import CaptureStatus
+    from capture3d.ops.manifest import MANIFEST_VERSION, finished_status, is_current
+
+    assert CaptureStatus("scans", True, metrics={"partial": True, "num_placed": 7}).row()["status"] == "partial"
+    assert CaptureStatus("scans", True, metrics={"partial": False}).row()["status"] == "ok"
+    assert CaptureStatus("scans", False, "register_scans", "bad").row()["status"] == "failed (register_scans)"
+    assert finished_status({"partial": True}) == "partial" and finished_status({}) == "ok"
+    manifest = {"status": "partial", "work_key": "k", "manifest_version": MANIFEST_VERSION}
+    assert is_current(manifest, "k") and not is_current({**manifest, "status": "failed"}, "k")

@@ -232,7 +232,30 @@ def test_repeated_structure_fgr_only_never_wrong_and_confident(with_origins: boo
     assert set(result.low_confidence) == {n for n, c in result.confidence.items() if c == "low"}
     if with_origins:
         assert result.verification["free_space_test"] == "used"
-        assert len(result.poses) >= 3 and not wrong and not result.low_confidence, (errors, result.unplaced)
+        assert len(result.poses) == 5 and not wrong and not result.low_confidence, (errors, result.unplaced)
     else:
         assert result.verification["scans_with_sensor_origin"] == 0
         assert "not possible" in str(result.verification["free_space_test"])
+
+
+def test_ambiguous_pair_hypotheses_are_rejected() -> None:
+    """Two distinct poses of one pair that both pass the free-space test: the clearly better one stays;
+    with agreement too close to tell, both go."""
+    from capture3d.tasks.registration_graph import Candidate, Check, _resolve_ambiguous_pairs
+    from capture3d.tasks.visibility import VisibilityScore
+
+    turn = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+    def cand(T: np.ndarray, agree: int) -> Candidate:
+        c = Candidate(0, 1, 0, T, 0.5, 0.01, "test")
+        c.check = Check(True, "", (VisibilityScore(0, agree, 500, 0), VisibilityScore(0, agree, 500, 0)), None)
+        return c
+
+    right, wrong = cand(np.eye(4), 2000), cand(turn, 800)
+    rejected: list = []
+    assert _resolve_ambiguous_pairs([right, wrong], rejected) == [right]
+    assert rejected[0][0] is wrong and "more agreement" in rejected[0][1]
+    close = cand(turn, 1900)
+    rejected = []
+    assert _resolve_ambiguous_pairs([right, close], rejected) == []
+    assert len(rejected) == 2

@@ -53,14 +53,15 @@ from capture3d.progress import report as report_progress
 from capture3d.tasks.register_pair import PairConfig, PairResult, information_matrix, register_pair
 from capture3d.tasks.registration_graph import (
     Candidate,
+    Evidence,
     VerifyConfig,
     bridges,
     build_candidates,
     component,
-    free_space_verdict,
     greedy_merge,
+    grow_with_model,
 )
-from capture3d.tasks.visibility import RangeImage, pair_visibility
+from capture3d.tasks.visibility import RangeImage
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +83,12 @@ class MultiwayConfig:
     max_free_fraction: float = 0.03  # free-space test: share of observed points allowed in free space
     free_space_tolerance_factor: float = 2.0  # free-space test depth tolerance = factor * voxel
     min_observed_points: int = 100  # points in view of the other sensor the free-space test needs
+    min_colour_correlation: float = 0.3  # coloured scans: intensity correlation of matched points needed
 
     def verify(self) -> VerifyConfig:
         return VerifyConfig(self.max_free_fraction, self.free_space_tolerance_factor, self.min_observed_points,
-                            self.max_edge_rotation_deg, self.max_edge_translation_factor)
+                            self.max_edge_rotation_deg, self.max_edge_translation_factor,
+                            self.min_colour_correlation)
 
 
 @dataclass
@@ -139,22 +142,22 @@ def register_multiway(
         report_progress(logger, "register scans (pairs)", count, len(index_pairs))
     t_pairs = time.perf_counter()
 
-    verify = config.verify()
-    probes = [np.asarray(c.points) for c in clouds]  # (N_i, 3)
-    candidates, rejected = build_candidates([(i, j, p) for (i, j), p in zip(index_pairs, pairs)], views, probes,
-                                            voxel, verify)
-    selection = greedy_merge(n, candidates, views, probes, voxel, verify)
+    evidence = Evidence(clouds, views, voxel, config.verify())
+    indexed = [(i, j, p) for (i, j), p in zip(index_pairs, pairs)]
+    candidates, rejected = build_candidates(indexed, evidence)
+    selection = greedy_merge(n, candidates, evidence)
+    grow_with_model(selection, indexed, evidence, pair_config)
     t_select = time.perf_counter()
-    links = selection.tree + selection.loops
-    reference = 0 if 0 in selection.poses else _most_linked(selection.poses, links)
+    tree, loops = selection.placed_links()
+    reference = 0 if 0 in selection.poses else _most_linked(selection.poses, tree + loops)
     anchor = np.linalg.inv(selection.poses[reference])
     poses = {k: anchor @ T for k, T in selection.poses.items()}
-    kept = _optimise(poses, reference, selection.tree, selection.loops, clouds, voxel, config)
+    kept = _optimise(poses, reference, tree, loops, clouds, voxel, config)
     t_opt = time.perf_counter()
     placed, kept, dropped = _check_links(reference, poses, kept, voxel, config, names)
-    placed, free_unplaced = _check_free_space(reference, placed, kept, poses, views, probes, voxel, verify, names)
+    placed, free_unplaced = _check_final_poses(reference, placed, kept, poses, evidence, names)
     kept = [e for e in kept if e[0] in placed and e[1] in placed]
-    confidence, low = _confidence(reference, placed, kept, poses, views, probes, voxel, verify)
+    confidence, low = _confidence(reference, placed, kept, poses, evidence)
     t_end = time.perf_counter()
 
     unplaced = {names[k]: _unplaced_reason(k, names, index_pairs, pairs, candidates, rejected, selection.poses,
@@ -165,8 +168,8 @@ def register_multiway(
     for k, reason in sorted(low.items()):
         logger.warning("scan %s placed with low confidence: %s", names[k], reason)
     logger.info("multiway: %d/%d scans placed in %s's frame (%d low confidence), %d links kept, "
-                "%d hypotheses rejected by free space", len(placed), n, names[reference], len(low), len(kept),
-                sum("free" in r or "empty" in r for _, r in rejected + selection.rejected))
+                "%d hypotheses rejected by free space or colour", len(placed), n, names[reference], len(low), len(kept),
+                len(rejected) + len(selection.rejected))
     with_view = sum(v is not None for v in views)
     return MultiwayResult(
         poses={names[k]: poses[k] for k in sorted(placed)},
@@ -182,13 +185,15 @@ def register_multiway(
             "free_space_test": "used" if with_view >= 2 else "not possible: fewer than two scans have a known "
                                "sensor origin (fell back to the fitness/RMSE gates and cycle consistency)",
             "scans_with_sensor_origin": with_view,
+            "colour_test": "used" if sum(c.has_colors() for c in clouds) >= 2 else "not possible: scans without colours",
             "num_hypotheses": int(sum(len(p.hypotheses) for p in pairs)),
             "num_candidate_links": len(candidates),
-            "num_rejected_by_free_space": len(rejected),
+            "num_rejected_by_free_space_or_colour": len(rejected),
             "num_merges_rejected": len(selection.rejected),
             "num_conflicting_links": selection.conflicts,
-            "num_tree_links": len(selection.tree),
-            "num_loop_links": len(selection.loops),
+            "num_tree_links": len(tree),
+            "num_loop_links": len(loops),
+            "num_groups_joined_by_model": selection.joined_by_model,
         },
     )
 
@@ -269,28 +274,26 @@ def _check_links(
     return placed, [e for e in agreeing if e[0] in placed], dropped
 
 
-def _check_free_space(
-    reference: int, placed: set[int], links: list[tuple[int, int]], poses: dict[int, np.ndarray], views: list[RangeImage | None],
-    probes: list[np.ndarray], voxel: float, verify: VerifyConfig, names: list[str],
+def _check_final_poses(
+    reference: int, placed: set[int], links: list[tuple[int, int]], poses: dict[int, np.ndarray],
+    evidence: Evidence, names: list[str],
 ) -> tuple[set[int], dict[int, str]]:
-    """Unplace the scans whose optimised poses contradict another scan's free space, worst first."""
-    tolerance = verify.free_space_tolerance_factor * voxel
+    """Unplace the scans whose optimised poses another scan's evidence contradicts, worst first."""
     placed = set(placed)
     removed: dict[int, str] = {}
     while True:
         violations: dict[int, list[tuple[int, str]]] = {}
-        known = sorted(k for k in placed if views[k] is not None)
-        for x, a in enumerate(known):
-            for b in known[x + 1:]:
-                relative = np.linalg.inv(poses[b]) @ poses[a]  # b_from_a
-                ok, reason = free_space_verdict(
-                    pair_visibility(views[a], probes[a], views[b], probes[b], relative, tolerance), verify)  # type: ignore[arg-type]
-                if ok is False:
-                    violations.setdefault(a, []).append((b, reason))
-                    violations.setdefault(b, []).append((a, reason))
-        if not violations:
+        ordered = sorted(placed)
+        for x, a in enumerate(ordered):
+            for b in ordered[x + 1:]:
+                check = evidence.check(a, b, np.linalg.inv(poses[b]) @ poses[a])
+                if check.verdict is False:
+                    violations.setdefault(a, []).append((b, check.reason))
+                    violations.setdefault(b, []).append((a, check.reason))
+        blamed = sorted(k for k in violations if k != reference)
+        if not blamed:
             return placed, removed
-        worst = max(sorted(k for k in violations if k != reference), key=lambda k: len(violations[k]))
+        worst = max(blamed, key=lambda k: len(violations[k]))
         other, reason = violations[worst][0]
         removed[worst] = f"its optimised pose conflicts with scan {names[other]}: {reason}"
         logger.warning("scan %s unplaced: %s", names[worst], removed[worst])
@@ -302,8 +305,7 @@ def _check_free_space(
 
 
 def _confidence(
-    reference: int, placed: set[int], links: list[tuple[int, int]], poses: dict[int, np.ndarray],
-    views: list[RangeImage | None], probes: list[np.ndarray], voxel: float, verify: VerifyConfig,
+    reference: int, placed: set[int], links: list[tuple[int, int]], poses: dict[int, np.ndarray], evidence: Evidence,
 ) -> tuple[dict[int, str], dict[int, str]]:
     """("high" | "low" per placed scan, the reasons of the low ones).
 
@@ -312,7 +314,6 @@ def _confidence(
     or a scan that stays connected to the reference when any single link is removed (a cycle of
     agreeing links confirms it).
     """
-    tolerance = verify.free_space_tolerance_factor * voxel
     inner = [e for e in links if e[0] in placed and e[1] in placed]
     cut_edges = bridges(inner)
     confidence: dict[int, str] = {}
@@ -321,24 +322,16 @@ def _confidence(
         if k == reference:
             confidence[k] = "high"
             continue
-        verified = False
-        if views[k] is not None:
-            for other in sorted(placed - {k}):
-                if views[other] is None:
-                    continue
-                relative = np.linalg.inv(poses[other]) @ poses[k]
-                ok, _ = free_space_verdict(
-                    pair_visibility(views[k], probes[k], views[other], probes[other], relative, tolerance), verify)  # type: ignore[arg-type]
-                if ok is True:
-                    verified = True
-                    break
+        verified = evidence.views[k] is not None and any(
+            evidence.check(k, other, np.linalg.inv(poses[other]) @ poses[k]).verdict is True
+            for other in sorted(placed - {k}) if evidence.views[other] is not None)
         on_cycle = all(reference in component(k, [e for e in inner if e != b]) for b in cut_edges)
         if verified or on_cycle:
             confidence[k] = "high"
         else:
             confidence[k] = "low"
             low[k] = ("placed through a single link that neither a cycle of other links nor a free-space test "
-                      "confirms" + ("" if views[k] is not None else " (no sensor origin known for it)"))
+                      "confirms" + ("" if evidence.views[k] is not None else " (no sensor origin known for it)"))
     return confidence, low
 
 
