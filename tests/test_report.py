@@ -130,7 +130,7 @@ def work_area(tmp_path_factory, repo_root: Path) -> dict[str, Any]:
     timings["photos"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scans = synthesize_scans.run(inbox / "shelf", synthesize_scans.SynthesizeScansConfig(4, 0.002, 80, 60, 0))
+    scans = synthesize_scans.run(inbox / "shelf", synthesize_scans.SynthesizeScansConfig(5, 0.002, 160, 120, 0))
     reg = register_scans.run(register_scans.RegisterScansInputs(scans, "shelf"), results / "shelf" / "register_scans",
                              register_scans.load_config(params))
     ev = evaluate_registration.run(evaluate_registration.EvaluateRegistrationInputs(reg, scans, None, "shelf"),

@@ -104,7 +104,7 @@ def test_seed_that_main_refused_is_fully_placed(base_params: dict, tmp_path: Pat
     capture = _scan_capture(base_params, tmp_path, 8, 1)
     registered, evaluated = _register(capture, tmp_path, base_params)
     assert registered["verification"]["free_space_test"] == "used"
-    assert registered["verification"]["num_rejected_by_free_space"] > 0  # wrong modes were there
+    assert registered["verification"]["num_rejected_by_free_space_or_colour"] > 0  # wrong modes were there
     assert evaluated["placed_beyond_tolerance"] == []
     assert evaluated["num_within_tolerance"] == 8 and registered["status"] == "ok"
 

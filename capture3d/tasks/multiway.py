@@ -83,7 +83,7 @@ class MultiwayConfig:
     max_free_fraction: float = 0.03  # free-space test: share of observed points allowed in free space
     free_space_tolerance_factor: float = 2.0  # free-space test depth tolerance = factor * voxel
     min_observed_points: int = 100  # points in view of the other sensor the free-space test needs
-    min_colour_correlation: float = 0.3  # coloured scans: intensity correlation of matched points needed
+    min_colour_correlation: float = 0.5  # coloured scans: intensity correlation of matched points needed
 
     def verify(self) -> VerifyConfig:
         return VerifyConfig(self.max_free_fraction, self.free_space_tolerance_factor, self.min_observed_points,

@@ -61,7 +61,7 @@ class VerifyConfig:
     min_observed_points: int  # fewer points in view of the other sensor: the test is not evidence
     max_edge_rotation_deg: float  # a link agrees with poses (or closes a cycle) within this rotation ...
     max_edge_translation_factor: float  # ... and this translation, as a multiple of voxel
-    min_colour_correlation: float = 0.3  # coloured scans: matched points' intensities must correlate this much
+    min_colour_correlation: float = 0.5  # coloured scans: matched points' intensities must correlate this much
 
 
 @dataclass(frozen=True)
