@@ -14,8 +14,10 @@ single answer per pair is a coin toss. Each pair keeps up to ``num_hypotheses`` 
 global method; :mod:`capture3d.tasks.multiway` picks among them with free-space checks and cycle
 consistency.
 
-Global registration: ``fgr`` (Fast Global Registration, Zhou et al. 2016) run with seeds
-``seed .. seed + num_hypotheses - 1``; ``ransac``: the distinct modes of the repeatable numpy RANSAC
+Global registration: ``fgr`` (Fast Global Registration, Zhou et al. 2016) on the features, then
+again on the feature matches the earlier modes do not explain, up to ``num_hypotheses`` modes
+(FGR converges to the dominant mode of its correspondences; peeling it off exposes the next);
+``ransac``: the distinct modes of the repeatable numpy RANSAC
 of :mod:`capture3d.tasks.ransac` (edge-length 0.9 and distance checks, as Open3D's, but several
 modes and the same result for any thread count); ``fgr_then_ransac``: both sets pooled. FGR alone is
 fast but fragile: on the 3DMatch pair with FPFH at 2.5 cm voxels it fails (131 deg off) on clouds
@@ -35,7 +37,7 @@ correspondence distance to pull in a rough initial guess. Open3D's ICP and FGR g
 poses to 1e-15 with 1 and 2 OpenMP threads (measured on the synthetic courtyard scans).
 
 Seeding: FGR's tuple test draws from Open3D's global generator, seeded with ``config.seed + k``
-(``o3d.utility.random.seed``) right before each call; RANSAC uses ``np.random.default_rng(seed)``.
+(``o3d.utility.random.seed``) right before the k-th run; RANSAC uses ``np.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
@@ -192,28 +194,31 @@ def global_hypotheses(
     voxel: float,
     config: PairConfig,
     method: Literal["fgr", "ransac"],
+    matches: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, str]]:
     """Up to ``config.num_hypotheses`` (4, 4) source->target guesses of one method, with labels.
 
-    ``ransac``: the distinct modes of :func:`~capture3d.tasks.ransac.ransac_modes`. ``fgr``: FGR
-    run with seeds ``seed, seed + 1, ...`` (its tuple test is random, so seeds give different
-    answers on ambiguous pairs); duplicates are removed later, after ICP.
+    ``ransac``: the distinct modes of :func:`~capture3d.tasks.ransac.ransac_modes`. ``fgr``: FGR,
+    then FGR again on the correspondences earlier modes do not explain (:func:`_fgr_modes`);
+    duplicates are removed later, after ICP. ``matches`` (K, 2): the feature matches of
+    :func:`~capture3d.tasks.ransac.feature_matches`, computed here when not given.
     """
     n = max(1, config.num_hypotheses)
-    if method == "ransac":
-        src_points, tgt_points = np.asarray(source.points), np.asarray(target.points)
-        _feature(source_features, len(src_points))  # shape checks, one line each
-        _feature(target_features, len(tgt_points))
+    src_points, tgt_points = np.asarray(source.points), np.asarray(target.points)
+    _feature(source_features, len(src_points))  # shape checks, one line each
+    _feature(target_features, len(tgt_points))
+    if matches is None and (method == "ransac" or n > 1):
         matches = feature_matches(source_features, target_features, config.mutual_filter)
+    if method == "ransac":
         modes = ransac_modes(src_points, tgt_points, matches, config.distance_factor * voxel,
                              config.ransac_max_iterations, n, config.seed)
         return [(m.transformation, f"ransac#{k}") for k, m in enumerate(modes)]
-    return _fgr_modes(source, target, source_features, target_features, voxel, config, n)
+    return _fgr_modes(source, target, source_features, target_features, voxel, config, n, matches)
 
 
 def _fgr_modes(
     source: o3d.geometry.PointCloud, target: o3d.geometry.PointCloud, source_features: np.ndarray,
-    target_features: np.ndarray, voxel: float, config: PairConfig, n: int,
+    target_features: np.ndarray, voxel: float, config: PairConfig, n: int, matches: np.ndarray | None,
 ) -> list[tuple[np.ndarray, str]]:
     """FGR's answer, then FGR again on the correspondences the earlier answers do not explain.
 
@@ -224,9 +229,8 @@ def _fgr_modes(
     """
     T, _ = global_registration(source, target, source_features, target_features, voxel, config, method="fgr")
     out = [(T, "fgr#0")]
-    if n < 2:
+    if n < 2 or matches is None:
         return out
-    matches = feature_matches(source_features, target_features, config.mutual_filter)  # (K, 2)
     src = np.asarray(source.points)[matches[:, 0]]
     tgt = np.asarray(target.points)[matches[:, 1]]
     distance = config.distance_factor * voxel
@@ -268,8 +272,13 @@ def register_pair(
         guesses = [(np.asarray(init, dtype=np.float64), "init")]
     else:
         methods = ["fgr", "ransac"] if config.global_method == "fgr_then_ransac" else [config.global_method]
+        matches = None
+        if "ransac" in methods or config.num_hypotheses > 1:
+            _feature(source_features, len(source.points))  # shape checks, one line each
+            _feature(target_features, len(target.points))
+            matches = feature_matches(source_features, target_features, config.mutual_filter)  # (K, 2)
         guesses = [g for m in methods for g in global_hypotheses(source, target, source_features, target_features,
-                                                                 voxel, config, m)]  # type: ignore[arg-type]
+                                                                 voxel, config, m, matches)]  # type: ignore[arg-type]
     seconds["global_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     icp = icp_name(source, target, config)
