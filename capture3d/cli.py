@@ -32,7 +32,7 @@ SFM_TABLE_KEYS = (
 
 
 REGISTRATION_TABLE_KEYS = (
-    "num_scans", "num_placed", "num_within_tolerance", "ape_rotation_deg_median", "ape_rotation_deg_max",
+    "num_scans", "num_placed", "num_low_confidence", "num_within_tolerance", "ape_rotation_deg_median", "ape_rotation_deg_max",
     "ape_translation_median", "ape_translation_max", "registration_recall", "num_pairs", "fused_chamfer",
     "fused_precision", "fused_recall", "fused_fscore", "voxel_size", "num_confident_pairs", "mean_pair_fitness",
     "mean_pair_inlier_rmse",
@@ -227,15 +227,20 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     for flag, key in (("voxel", "preprocess.voxel_size"), ("features", "features"),
-                      ("global_method", "pair.global_method"), ("icp", "pair.icp_method"), ("pairs", "multiway.pairs")):
+                      ("global_method", "pair.global_method"), ("icp", "pair.icp_method"), ("pairs", "multiway.pairs"),
+                      ("sensor_origin", "sensor_origin")):
         if getattr(args, flag) is not None:
             overrides.append(f"register_scans.{key}={getattr(args, flag)}")
     config = register_scans.load_config(load_params(args.params, overrides))
     out = register_scans.run(register_scans.RegisterScansInputs(args.scans, args.name), args.out, config)
     metrics = json.loads((out / "metrics.json").read_text())
     print_metrics(f"register: {metrics['capture']}", metrics, REGISTRATION_TABLE_KEYS + ("num_points_fused",))
+    console = Console()
     for name, reason in metrics["unplaced"].items():
-        Console().print(f"unplaced: {name}: {reason}")
+        console.print(f"unplaced: {name}: {reason}")
+    for name, reason in metrics.get("low_confidence", {}).items():
+        console.print(f"low confidence: {name}: {reason}")
+    console.print(f"status: {metrics['status']} (free-space test: {metrics['verification']['free_space_test']})")
     return 0
 
 
@@ -472,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--global-method", choices=["fgr", "ransac", "fgr_then_ransac"])
     p.add_argument("--icp", choices=["point_to_point", "point_to_plane", "colored", "generalized"])
     p.add_argument("--pairs", choices=["all", "sequential"])
+    p.add_argument("--sensor-origin", choices=["auto", "scan_frame", "none"],
+                   help="where each scan's sensor was, for the free-space test (default from params.yaml: auto)")
     add_params_arguments(p)
     p.set_defaults(func=cmd_register)
 

@@ -63,6 +63,7 @@ def test_register_then_evaluate_registration(tmp_path: Path, repo_root: Path) ->
                  "--params", params, "--global-method", "fgr_then_ransac", "--icp", "point_to_plane"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "num_placed" in proc.stdout
+    assert "status: ok (free-space test: used)" in proc.stdout
     registered = json.loads((tmp_path / "r" / "register_scans" / "metrics.json").read_text())
     assert registered["global_method"] == "fgr_then_ransac" and registered["num_scans"] == 8
     proc = _run(["evaluate", "registration", "--result", str(tmp_path / "r" / "register_scans"),

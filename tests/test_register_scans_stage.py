@@ -64,7 +64,10 @@ def _random_rigid(rng: np.random.Generator, max_translation: float) -> np.ndarra
 
 @pytest.mark.slow
 def test_bunny_from_random_perturbations(shared_data: Path, base_params: dict, tmp_path: Path) -> None:
-    """10 real range scans, each moved by a seeded random rigid motion: >= 8 within 2 deg and 2 mm."""
+    """10 real range scans, each moved by a seeded random rigid motion: all 10 within 2 deg and 2 mm.
+
+    No sensor origins (PLY meshes in a common scanner frame): verified by cycles of agreeing links.
+    Measured: 10/10, at most 0.21 deg and 0.7 mm, status ok."""
     bunny = shared_data / "registration" / "bunny"
     scans = read_scans(bunny)
     gt = read_gt_poses(bunny / "bun.conf", [s.name for s in scans], "stanford")
@@ -82,7 +85,8 @@ def test_bunny_from_random_perturbations(shared_data: Path, base_params: dict, t
     per_scan = {n: (round(e["rotation_error_deg"], 3), round(e["translation_error"] * 1000, 3))
                 for n, e in evaluated["per_scan"].items()}
     print("bunny per-scan errors (deg, mm):", per_scan, "unplaced:", registered["unplaced"])
-    assert evaluated["num_within_tolerance"] >= 8, per_scan
+    assert evaluated["num_within_tolerance"] == 10, per_scan
+    assert registered["status"] == "ok" and "not possible" in registered["verification"]["free_space_test"]
     # Nothing placed wrongly in silence: every scan is within tolerance or reported unplaced.
     assert evaluated["placed_beyond_tolerance"] == [], per_scan
     assert set(registered["unplaced"]) | set(evaluated["per_scan"]) == {s.name for s in scans}
@@ -100,6 +104,9 @@ def test_3dmatch_pair_recovered(shared_data: Path, base_params: dict, tmp_path: 
     print("3dmatch pair:", record, json.load(open(tmp_path / "reg" / "pairs.json"))["pairs"][0]["method"])
     assert record["rotation_error_deg"] < 5.0
     assert record["translation_error"] < 0.10
+    # Two fused fragments: no sensor origin and no cycle can confirm the one link, and the capture says so.
+    assert registered["status"] == "partial" and registered["confidence"]["src"] == "low"
+    assert "single link" in registered["low_confidence"]["src"]
 
 
 @pytest.mark.slow
