@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from capture3d.config import load_params
+from capture3d.ops.code_deps import import_closure
 
 VENV_BIN = Path(sys.executable).parent
 FLOW_SECTIONS = {"flows", "batch"}  # sections read by flows (batch: the inbox flow), not by a DVC stage
@@ -50,6 +51,12 @@ def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
             if dep.startswith("capture3d/"):
                 assert (repo_root / dep).exists(), dep
         assert f"capture3d/stages/{name}.py" in body["deps"]
+        # The code deps are exactly the stage's import closure: a module missing there lets `dvc repro`
+        # reuse stale results after it changes (every stage missed some before this test).
+        code = sorted(d for d in body["deps"] if d.startswith("capture3d/"))
+        closure = import_closure(f"capture3d.stages.{name}", repo_root)
+        assert code == closure, (f"stage {name}: missing {sorted(set(closure) - set(code))}, "
+                                 f"not imported {sorted(set(code) - set(closure))}")
     assert set(params) == used_sections | FLOW_SECTIONS | {"captures", "scan_captures", "body_captures"}
     assert isinstance(params["captures"], list) and "demo" in params["captures"]
     assert isinstance(params["scan_captures"], list) and "demo_scans" in params["scan_captures"]
@@ -69,6 +76,19 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
+
+
+def _stages_importing(repo: Path, module: str, params: dict) -> set[str]:
+    """DVC stage names (``name`` or ``name@item``) whose code deps hold ``module``."""
+    names = set()
+    for name, stage in _dvc_yaml(repo)["stages"].items():
+        if module not in import_closure(f"capture3d.stages.{name}", repo):
+            continue
+        if "foreach" in stage:
+            names.update(f"{name}@{item}" for item in params[stage["foreach"].strip("${}")])
+        else:
+            names.add(name)
+    return names
 
 
 @pytest.mark.slow
@@ -125,6 +145,16 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     assert "up to date" in _run([*dvc, "status"], repo, env)
     assert "Running stage" not in _run([*dvc, "repro"], repo, env)
 
+    # Editing a module marks exactly the stages whose import closure holds it as changed.
+    for module in ("capture3d/tasks/visibility.py", "capture3d/tasks/cameras.py"):
+        path = repo / module
+        original = path.read_text()
+        path.write_text(original + "\n# edited\n")
+        changed = set(json.loads(_run([*dvc, "status", "--json"], repo, env)))
+        assert changed == _stages_importing(repo, module, params), (module, changed)
+        path.write_text(original)
+    assert "up to date" in _run([*dvc, "status"], repo, env)
+
     # Adding a capture invalidates only that capture's stages.
     shutil.copytree(repo / "data/captures/demo", repo / "data/captures/extra")
     params["captures"] = ["demo", "extra"]
@@ -153,3 +183,20 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     metrics = json.loads((repo / "results/demo/sfm/metrics.json").read_text())
     assert metrics["attempts"][metrics["chosen_attempt"]]["mapper"] == "global"
     assert metrics["registered_fraction"] >= 0.9
+
+
+def test_import_closure_follows_lazy_and_package_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "capture3d"
+    (pkg / "stages").mkdir(parents=True)
+    (pkg / "tasks").mkdir()
+    for init in (pkg, pkg / "stages", pkg / "tasks"):
+        (init / "__init__.py").write_text("")
+    (pkg / "stages" / "a.py").write_text("import numpy\nfrom capture3d.tasks import b\n"
+                                         "def run():\n    from capture3d.tasks.c import f\n")
+    (pkg / "tasks" / "b.py").write_text("from .d import g\n")
+    (pkg / "tasks" / "c.py").write_text("def f(): pass\n")
+    (pkg / "tasks" / "d.py").write_text("g = 1\n")
+    (pkg / "tasks" / "unused.py").write_text("")
+    assert import_closure("capture3d.stages.a", tmp_path) == [
+        "capture3d/__init__.py", "capture3d/stages/__init__.py", "capture3d/stages/a.py",
+        "capture3d/tasks/__init__.py", "capture3d/tasks/b.py", "capture3d/tasks/c.py", "capture3d/tasks/d.py"]
