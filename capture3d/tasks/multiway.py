@@ -58,6 +58,7 @@ from capture3d.tasks.registration_graph import (
     bridges,
     build_candidates,
     component,
+    fuse_clouds,
     greedy_merge,
     grow_with_model,
 )
@@ -196,20 +197,6 @@ def register_multiway(
             "num_groups_joined_by_model": selection.joined_by_model,
         },
     )
-
-
-def fuse_clouds(
-    clouds: list[o3d.geometry.PointCloud], poses: list[np.ndarray], voxel: float
-) -> o3d.geometry.PointCloud:
-    """The clouds moved by their world_from_scan poses (4, 4), merged and downsampled at ``voxel``."""
-    if len(clouds) != len(poses):
-        raise ValueError(f"{len(clouds)} clouds but {len(poses)} poses")
-    fused = o3d.geometry.PointCloud()
-    for cloud, pose in zip(clouds, poses):
-        moved = o3d.geometry.PointCloud(cloud)
-        moved.transform(np.asarray(pose, dtype=np.float64))
-        fused += moved
-    return fused.voxel_down_sample(voxel) if voxel > 0 else fused
 
 
 # ----------------------------------------------------------------------------- graph helpers
@@ -352,7 +339,7 @@ def _unplaced_reason(
                 f"{best.reason})")
     mine = [r for c, r in rejected if k in (c.source, c.target)]
     if not any(k in (c.source, c.target) for c in candidates) and mine:
-        return f"every confident hypothesis of its pairs failed the free-space test ({mine[0]})"
+        return f"every confident hypothesis of its pairs failed the free-space or colour test ({mine[0]})"
     if k in dropped:
         return "its links to the reference scan disagreed with the optimised poses"
     if k not in grouped:

@@ -332,14 +332,18 @@ def grow_with_model(selection: Selection, pairs: list[tuple[int, int, PairResult
             break
 
 
-def _merged(clouds: list[o3d.geometry.PointCloud], poses: dict[int, np.ndarray], voxel: float
-            ) -> o3d.geometry.PointCloud:
-    merged = o3d.geometry.PointCloud()
-    for k in sorted(poses):
-        moved = o3d.geometry.PointCloud(clouds[k])
-        moved.transform(poses[k])
-        merged += moved
-    return merged.voxel_down_sample(voxel)
+def fuse_clouds(
+    clouds: list[o3d.geometry.PointCloud], poses: list[np.ndarray], voxel: float
+) -> o3d.geometry.PointCloud:
+    """The clouds moved by their world_from_scan poses (4, 4), merged and downsampled at ``voxel``."""
+    if len(clouds) != len(poses):
+        raise ValueError(f"{len(clouds)} clouds but {len(poses)} poses")
+    fused = o3d.geometry.PointCloud()
+    for cloud, pose in zip(clouds, poses):
+        moved = o3d.geometry.PointCloud(cloud)
+        moved.transform(np.asarray(pose, dtype=np.float64))
+        fused += moved
+    return fused.voxel_down_sample(voxel) if voxel > 0 else fused
 
 
 def _join(main: dict[int, np.ndarray], other: dict[int, np.ndarray], pairs: list[tuple[int, int, PairResult]],
@@ -358,7 +362,8 @@ def _join(main: dict[int, np.ndarray], other: dict[int, np.ndarray], pairs: list
             seeds.append((hyp.fitness, guess))
     if not seeds:
         return None
-    source, target = _merged(evidence.clouds, other, voxel), _merged(evidence.clouds, main, voxel)
+    source = fuse_clouds([evidence.clouds[k] for k in sorted(other)], [other[k] for k in sorted(other)], voxel)
+    target = fuse_clouds([evidence.clouds[k] for k in sorted(main)], [main[k] for k in sorted(main)], voxel)
     tried: list[np.ndarray] = []
     passing: list[tuple[int, np.ndarray, float, float, tuple[int, int]]] = []  # agree, T, fitness, rmse, (a, b)
     for _, guess in sorted(seeds, key=lambda item: -item[0]):
