@@ -27,10 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from capture3d.tasks.body.anny_model import AnnyBody  # noqa: E402
-from capture3d.tasks.body.fit import BodyFitConfig, BodyObservations, FitStage, fit_bodies, world_keypoints  # noqa: E402
+from capture3d.tasks.body.fit import (  # noqa: E402
+    BodyFitConfig,
+    BodyObservations,
+    FitStage,
+    fit_bodies,
+    world_keypoints,
+)
 from capture3d.tasks.body.metrics import pa_mpjpe  # noqa: E402
 from capture3d.tasks.body.model import COCO17, FEET  # noqa: E402
-from capture3d.tasks.body.synthesize import synthesize_bodies  # noqa: E402
+from capture3d.tasks.synthesis.bodies import synthesize_bodies  # noqa: E402
 
 
 def observations(syn, rows: slice) -> BodyObservations:

@@ -7,7 +7,7 @@ table unless ``--cuda-only``):
    (``../shared/data/registration/3dmatch_pair/src.npy``) voxelised at 2.5 cm (about 20k occupied
    voxels; a synthetic surface of the same size when the data is absent). For C_in -> C_out in
    (32 -> 32, 32 -> 64, 64 -> 64), kernel 3, stride 1: forward and forward + backward time
-   (median of ``--repeats``) and peak memory of :func:`capture3d.tasks.sparse.sparse_conv` on the
+   (median of ``--repeats``) and peak memory of :func:`capture3d.tasks.fcgf.sparse.sparse_conv` on the
    occupied voxels, against ``torch.nn.functional.conv3d`` (padding 1) on the dense occupied
    bounding grid. Each measurement runs in a fresh subprocess, so the CPU peak is that process's
    peak resident memory above its idle baseline (on CUDA, ``torch.cuda.max_memory_allocated``).
@@ -66,7 +66,12 @@ def one_conv(kind: str, cin: int, cout: int, device: str, voxel: float, repeats:
     import torch
     import torch.nn.functional as F
 
-    from capture3d.tasks.sparse import SparseTensor, batch_coords, quantize, sparse_conv
+    from capture3d.tasks.fcgf.sparse import (
+        SparseTensor,
+        batch_coords,
+        quantize,
+        sparse_conv,
+    )
 
     torch.manual_seed(0)
     pts, _ = fragment()
@@ -144,14 +149,14 @@ def conv_table(device: str, voxel: float, repeats: int) -> list[str]:
 def extraction_table(device: str, voxel: float, repeats: int) -> list[str]:
     import torch
 
-    from capture3d.tasks.fcgf_model import ResUNetBN2C, extract_features
-    from capture3d.tasks.sparse import quantize
+    from capture3d.tasks.fcgf.model import ResUNetBN2C, extract_features
+    from capture3d.tasks.fcgf.sparse import quantize
 
     pts, _ = fragment()
     try:
         import open3d as o3d
 
-        from capture3d.tasks.scan_features import fpfh
+        from capture3d.tasks.registration.features import fpfh
     except ImportError:  # a GPU machine without Open3D: FCGF alone, on voxel centres
         o3d = None
     if o3d is not None:

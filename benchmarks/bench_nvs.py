@@ -5,7 +5,7 @@ Tables, measured in one run (ratios against the reference measured in the same r
 1. **Tile rasterizer vs dense reference** at 252x189 with 20,000 Gaussians (a random scene in front
    of the camera whose footprints average a few pixels, like a fitted scene): forward and
    forward + backward time (median of ``--repeats``) of our tile rasterizer (eager, and through
-   ``torch.compile``) against :func:`capture3d.tasks.gaussians.dense.rasterize_dense` (every
+   ``torch.compile``) against :func:`capture3d.tasks.nvs.gaussians.dense.rasterize_dense` (every
    Gaussian against every pixel, float32, processed in row blocks so it fits in memory; its
    backward runs block by block), and the largest pixel difference between their images.
 2. **Scaling**: forward + backward time per iteration of the tile rasterizer (compiled) against
@@ -31,10 +31,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from capture3d.tasks.gaussians.dense import rasterize_dense  # noqa: E402
-from capture3d.tasks.gaussians.project import project  # noqa: E402
-from capture3d.tasks.gaussians.rasterize import rasterize, tile_pairs  # noqa: E402
-from capture3d.tasks.gaussians.render import Camera, render, sh_colors  # noqa: E402
+from capture3d.tasks.nvs.gaussians.dense import rasterize_dense  # noqa: E402
+from capture3d.tasks.nvs.gaussians.project import project  # noqa: E402
+from capture3d.tasks.nvs.gaussians.rasterize import rasterize, tile_pairs  # noqa: E402
+from capture3d.tasks.nvs.gaussians.render import Camera, render, sh_colors  # noqa: E402
 
 logger = logging.getLogger("bench_nvs")
 

@@ -55,16 +55,17 @@ import open3d as o3d
 
 from capture3d.config import load_params
 from capture3d.stages import register_scans as register_stage
-from capture3d.tasks.evaluate_registration import (
+from capture3d.tasks.registration.capture import RegisterScansConfig
+from capture3d.tasks.registration.evaluate import (
     fuse,
     overlap_ratio,
     relative_transform_errors,
 )
-from capture3d.tasks.multiway import rigid_difference
-from capture3d.tasks.register_pair import PairConfig, register_pair
-from capture3d.tasks.scan_features import fpfh
-from capture3d.tasks.scan_io import read_gt_poses, read_scan, read_scans
-from capture3d.tasks.scan_preprocess import preprocess
+from capture3d.tasks.registration.features import fpfh
+from capture3d.tasks.registration.multiway import rigid_difference
+from capture3d.tasks.registration.pair import PairConfig, register_pair
+from capture3d.tasks.registration.preprocess import preprocess
+from capture3d.tasks.registration.scan_io import read_gt_poses, read_scan, read_scans
 
 logger = logging.getLogger("bench_registration")
 
@@ -317,7 +318,7 @@ def direct_reference(scan_paths: list[Path], out: Path, params: dict[str, Any], 
     return {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu, "phases": seconds, "poses": final}
 
 
-def stage(capture: Path, out: Path, config: register_stage.RegisterScansConfig) -> dict[str, Any]:
+def stage(capture: Path, out: Path, config: RegisterScansConfig) -> dict[str, Any]:
     """Runs the stage; per-phase seconds from its metrics, the rest of the wall time as write+other."""
     cpu = time.process_time()
     start = time.perf_counter()

@@ -25,7 +25,12 @@ import pycolmap
 
 from capture3d.config import load_params
 from capture3d.stages import sfm as sfm_stage
-from capture3d.tasks.sfm import SfmConfig, extract_features, map_images, match_features
+from capture3d.tasks.sfm.reconstruct import (
+    SfmConfig,
+    extract_features,
+    map_images,
+    match_features,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +62,7 @@ def default_images(tmp: Path) -> Path:
     real = REPO.parent / "shared" / "data" / "sfm" / "fountain_p11" / "images"
     if real.is_dir():
         return real
-    from capture3d.tasks.synthesize_capture import render_capture, write_capture
+    from capture3d.tasks.synthesis.photos import render_capture, write_capture
 
     write_capture(render_capture(num_images=24, seed=0), tmp / "synthetic")
     return tmp / "synthetic" / "images"

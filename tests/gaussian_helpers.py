@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from capture3d.tasks.evaluate_nvs import look_at
-from capture3d.tasks.gaussians.render import Camera
-from capture3d.tasks.nvs_scene import PosedView
+from capture3d.tasks.cameras import look_at
+from capture3d.tasks.nvs.gaussians.render import Camera
+from capture3d.tasks.nvs.scene import PosedView
 
 
 def random_splats(n: int, sh_degree: int, seed: int, dtype: torch.dtype = torch.float64,

@@ -25,7 +25,7 @@ from capture3d.tasks.body.fit import (
 from capture3d.tasks.body.metrics import mpjpe, pa_mpjpe
 from capture3d.tasks.body.model import COCO17, FEET, BodyPose
 from capture3d.tasks.body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from capture3d.tasks.body.synthesize import random_poses, synthesize_bodies
+from capture3d.tasks.synthesis.bodies import random_poses, synthesize_bodies
 
 NAMES = COCO17 + FEET
 TORSO4 = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")

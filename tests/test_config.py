@@ -19,7 +19,7 @@ from capture3d.config import (
 )
 from capture3d.errors import ParamsError
 from capture3d.stages.sfm import load_config
-from capture3d.tasks.sfm import LADDER_KEYS, SfmConfig
+from capture3d.tasks.sfm.reconstruct import LADDER_KEYS, SfmConfig
 
 
 def write_params(tmp_path: Path, params: dict) -> Path:

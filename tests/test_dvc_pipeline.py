@@ -146,7 +146,7 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     assert "Running stage" not in _run([*dvc, "repro"], repo, env)
 
     # Editing a module marks exactly the stages whose import closure holds it as changed.
-    for module in ("capture3d/tasks/visibility.py", "capture3d/tasks/cameras.py"):
+    for module in ("capture3d/tasks/registration/visibility.py", "capture3d/tasks/cameras.py"):
         path = repo / module
         original = path.read_text()
         path.write_text(original + "\n# edited\n")

@@ -13,14 +13,15 @@ import yaml
 
 from capture3d.errors import ParamsError
 from capture3d.stages import evaluate_features, register_scans
-from capture3d.tasks.fcgf_checkpoint import (
+from capture3d.tasks.fcgf.checkpoint import (
     FcgfModelConfig,
     build_model,
     load_checkpoint,
     save_checkpoint,
 )
-from capture3d.tasks.fcgf_model import extract_features
-from capture3d.tasks.synthesize_scans import render_scans, write_scan_capture
+from capture3d.tasks.fcgf.model import extract_features
+from capture3d.tasks.registration import capture as registration_capture
+from capture3d.tasks.synthesis.scans import render_scans, write_scan_capture
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +66,9 @@ def test_register_scans_takes_fcgf_from_params(capture: Path, checkpoint: Path, 
     params["register_scans"] = {**base_params["register_scans"], "features": "fcgf",
                                 "fcgf": {"checkpoint": str(checkpoint), "device": "cpu"}}
     config = register_scans.load_config(params)
-    inputs = register_scans.RegisterScansInputs(capture, "ring")
-    registry = register_scans.feature_registry_for(config, "ring")
-    scans, voxel, prepared, _ = register_scans.prepare_scans(inputs, config.preprocess)
-    feats = register_scans.compute_features("ring", prepared, voxel, registry["fcgf"])
+    registry = registration_capture.feature_registry_for(config, "ring")
+    scans, voxel, prepared, _ = registration_capture.prepare_scans(capture, "ring", config.preprocess)
+    feats = registration_capture.compute_features("ring", prepared, voxel, registry["fcgf"])
     model, _, _ = load_checkpoint(checkpoint)
     for p, f in zip(prepared, feats):
         pts = np.asarray(p.pcd.points)

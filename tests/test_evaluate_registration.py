@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capture3d.tasks.evaluate_registration import (
+from capture3d.tasks.registration.evaluate import (
     absolute_pose_errors,
     chamfer_and_fscore,
     fuse,

@@ -1,4 +1,4 @@
-"""Tests for capture3d.tasks.evaluate_sfm."""
+"""Tests for capture3d.tasks.sfm.evaluate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pycolmap
 import pytest
 
 from capture3d.tasks.cameras import PinholeCamera, write_transforms_json
-from capture3d.tasks.evaluate_sfm import (
+from capture3d.tasks.sfm.evaluate import (
     cameras_from_reconstruction,
     evaluate_sfm,
     pose_errors,

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from capture3d.tasks.fcgf_checkpoint import (
+from capture3d.tasks.fcgf.checkpoint import (
     FcgfModelConfig,
     build_model,
     infer_model_config,
     load_checkpoint,
     save_checkpoint,
 )
-from capture3d.tasks.fcgf_model import extract_features
+from capture3d.tasks.fcgf.model import extract_features
 
 
 def _config(**kw: object) -> FcgfModelConfig:

@@ -1,4 +1,4 @@
-"""Tests for the FCGF network (capture3d.tasks.fcgf_model) and its loss (capture3d.tasks.fcgf_loss)."""
+"""Tests for the FCGF network (capture3d.tasks.fcgf.model) and its loss (capture3d.tasks.fcgf.loss)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from capture3d.tasks.fcgf_loss import (
+from capture3d.tasks.fcgf.loss import (
     correspondences,
     feature_match_recall,
     hardest_contrastive_loss,
     point_info_nce_loss,
 )
-from capture3d.tasks.fcgf_model import ResUNetBN2C, extract_features, voxelize_for_fcgf
+from capture3d.tasks.fcgf.model import ResUNetBN2C, extract_features, voxelize_for_fcgf
 
 VOXEL = 0.1
 

@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from capture3d.stages import train_fcgf as stage
-from capture3d.tasks.fcgf_checkpoint import (
+from capture3d.tasks.fcgf.checkpoint import (
     FcgfModelConfig,
     build_model,
     load_checkpoint,
 )
-from capture3d.tasks.fcgf_data import (
+from capture3d.tasks.fcgf.data import (
     AugmentConfig,
     ScanPair,
     VoxelPair,
     synthetic_pairs,
 )
-from capture3d.tasks.fcgf_train import (
+from capture3d.tasks.fcgf.train import (
     FcgfTrainConfig,
     LossConfig,
     OptimConfig,

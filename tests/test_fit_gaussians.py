@@ -8,12 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from capture3d.tasks.fit_gaussians import GaussianFitConfig, fit_gaussians, render_views
-from capture3d.tasks.gaussians.model import LearningRates, init_gaussians
-from capture3d.tasks.gaussians.render import render
-from capture3d.tasks.gaussians.strategy import DensifyConfig
-from capture3d.tasks.image_metrics import psnr
-from capture3d.tasks.nvs_scene import NvsScene, holdout_split
+from capture3d.tasks.nvs.fit_gaussians import (
+    GaussianFitConfig,
+    fit_gaussians,
+    render_views,
+)
+from capture3d.tasks.nvs.gaussians.model import LearningRates, init_gaussians
+from capture3d.tasks.nvs.gaussians.render import render
+from capture3d.tasks.nvs.gaussians.strategy import DensifyConfig
+from capture3d.tasks.nvs.image_metrics import psnr
+from capture3d.tasks.nvs.scene import NvsScene, holdout_split
 from tests.gaussian_helpers import camera, random_splats, ring_cameras, views_of
 
 W, H = 64, 48

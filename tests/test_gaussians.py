@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from capture3d.tasks.gaussians.dense import rasterize_dense
-from capture3d.tasks.gaussians.model import LearningRates, make_optimizers
-from capture3d.tasks.gaussians.ply import (
+from capture3d.tasks.nvs.gaussians.dense import rasterize_dense
+from capture3d.tasks.nvs.gaussians.model import LearningRates, make_optimizers
+from capture3d.tasks.nvs.gaussians.ply import (
     ply_property_names,
     read_gaussians_ply,
     write_gaussians_ply,
 )
-from capture3d.tasks.gaussians.project import covariance, project
-from capture3d.tasks.gaussians.rasterize import rasterize, tile_pairs
-from capture3d.tasks.gaussians.render import render, sh_colors
-from capture3d.tasks.gaussians.sh import eval_sh
-from capture3d.tasks.gaussians.strategy import (
+from capture3d.tasks.nvs.gaussians.project import covariance, project
+from capture3d.tasks.nvs.gaussians.rasterize import rasterize, tile_pairs
+from capture3d.tasks.nvs.gaussians.render import render, sh_colors
+from capture3d.tasks.nvs.gaussians.sh import eval_sh
+from capture3d.tasks.nvs.gaussians.strategy import (
     DensifyConfig,
     DensifyState,
     refine,

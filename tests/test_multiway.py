@@ -1,4 +1,4 @@
-"""Multiway registration (capture3d.tasks.multiway) on synthetic crops and the Stanford bunny scans.
+"""Multiway registration (capture3d.tasks.registration.multiway) on synthetic crops and the Stanford bunny scans.
 
 bun.conf convention (checked numerically): with R the rotation of the quaternion (qi, qj, qk, qr)
 = (x, y, z, w), a scan point p lands at ``R^T p + t``; with R instead of R^T, bun000 and bun045
@@ -19,14 +19,14 @@ import open3d as o3d
 import pytest
 from registration_helpers import preprocess, random_rigid, transform_points
 
-from capture3d.tasks.multiway import (
+from capture3d.tasks.registration.graph import fuse_clouds
+from capture3d.tasks.registration.multiway import (
     MultiwayConfig,
     candidate_pairs,
-    fuse_clouds,
     register_multiway,
     rigid_difference,
 )
-from capture3d.tasks.register_pair import PairConfig
+from capture3d.tasks.registration.pair import PairConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BUNNY = DATA / "registration" / "bunny"
@@ -210,11 +210,11 @@ def test_repeated_structure_fgr_only_never_wrong_and_confident(with_origins: boo
     peeling) never finds the right mode of pairs 0-1 and 2-3 that would join {1, 2} to {0, 3, 4}.
     The issue's target is 90 % placed; the gap is FGR's hypotheses, not the verifier (with
     ``fgr_then_ransac`` all 5 are placed, see test_register_scans_stage)."""
-    from capture3d.tasks.evaluate_registration import absolute_pose_errors
-    from capture3d.tasks.scan_features import fpfh
-    from capture3d.tasks.scan_preprocess import auto_voxel_size, preprocess
-    from capture3d.tasks.synthesize_scans import render_scans
-    from capture3d.tasks.visibility import range_image
+    from capture3d.tasks.registration.evaluate import absolute_pose_errors
+    from capture3d.tasks.registration.features import fpfh
+    from capture3d.tasks.registration.preprocess import auto_voxel_size, preprocess
+    from capture3d.tasks.registration.visibility import range_image
+    from capture3d.tasks.synthesis.scans import render_scans
 
     scans, gt = render_scans(num_scans=5, seed=0)
     voxel = auto_voxel_size(scans)
@@ -241,8 +241,12 @@ def test_repeated_structure_fgr_only_never_wrong_and_confident(with_origins: boo
 def test_ambiguous_pair_hypotheses_are_rejected() -> None:
     """Two distinct poses of one pair that both pass the free-space test: the clearly better one stays;
     with agreement too close to tell, both go."""
-    from capture3d.tasks.registration_graph import Candidate, Check, _resolve_ambiguous_pairs
-    from capture3d.tasks.visibility import VisibilityScore
+    from capture3d.tasks.registration.graph import (
+        Candidate,
+        Check,
+        _resolve_ambiguous_pairs,
+    )
+    from capture3d.tasks.registration.visibility import VisibilityScore
 
     turn = np.diag([-1.0, -1.0, 1.0, 1.0])
 

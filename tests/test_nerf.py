@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from capture3d.tasks.fit_nerf import (
+from capture3d.tasks.nvs.fit_nerf import (
     NerfFitConfig,
     fit_nerf,
     load_nerf_checkpoint,
     save_nerf_checkpoint,
 )
-from capture3d.tasks.image_metrics import psnr
-from capture3d.tasks.nerf_model import HashGrid, NerfModelConfig, build_nerf
-from capture3d.tasks.nerf_render import (
+from capture3d.tasks.nvs.image_metrics import psnr
+from capture3d.tasks.nvs.nerf_model import HashGrid, NerfModelConfig, build_nerf
+from capture3d.tasks.nvs.nerf_render import (
     camera_rays,
     forward_facing,
     normalize_rays,
@@ -33,7 +33,7 @@ from capture3d.tasks.nerf_render import (
     volume_render,
     world_to_model,
 )
-from capture3d.tasks.nvs_scene import NvsScene, PosedView
+from capture3d.tasks.nvs.scene import NvsScene, PosedView
 
 SIZE = 32
 K = np.array([[36.0, 0.0, SIZE / 2], [0.0, 36.0, SIZE / 2], [0.0, 0.0, 1.0]])

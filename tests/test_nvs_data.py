@@ -13,8 +13,8 @@ from PIL import Image
 
 from capture3d.errors import CaptureError
 from capture3d.tasks.cameras import PinholeCamera, write_transforms_json
-from capture3d.tasks.nvs_data import load_scene, triangulate_known_poses
-from capture3d.tasks.nvs_scene import NvsScene
+from capture3d.tasks.nvs.data import load_scene, triangulate_known_poses
+from capture3d.tasks.nvs.scene import NvsScene
 
 W, H = 64, 48
 

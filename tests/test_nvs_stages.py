@@ -18,9 +18,9 @@ from capture3d.stages import fit_gaussians, fit_nerf
 from capture3d.stages.common import state_path_for
 from capture3d.stages.nvs_common import NvsInputs
 from capture3d.tasks.cameras import PinholeCamera, write_transforms_json
-from capture3d.tasks.fit_nerf import load_nerf_checkpoint
-from capture3d.tasks.gaussians.ply import read_gaussians_ply
-from capture3d.tasks.gaussians.render import render
+from capture3d.tasks.nvs.fit_nerf import load_nerf_checkpoint
+from capture3d.tasks.nvs.gaussians.ply import read_gaussians_ply
+from capture3d.tasks.nvs.gaussians.render import render
 from tests.gaussian_helpers import camera, random_splats, ring_cameras
 
 W, H = 64, 48

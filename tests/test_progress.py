@@ -32,7 +32,7 @@ def test_rich_bars_follow_a_real_body_fit(caplog):
         fit_bodies,
     )
     from capture3d.tasks.body.model import COCO17
-    from capture3d.tasks.body.synthesize import synthesize_bodies
+    from capture3d.tasks.synthesis.bodies import synthesize_bodies
 
     model = AnnyBody()
     syn = synthesize_bodies(model, count=1, views=1, names=COCO17, seed=0, noise_px=2.0)

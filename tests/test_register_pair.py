@@ -1,4 +1,4 @@
-"""Pairwise registration (capture3d.tasks.register_pair) on synthetic clouds and the 3DMatch pair.
+"""Pairwise registration (capture3d.tasks.registration.pair) on synthetic clouds and the 3DMatch pair.
 
 Clouds are preprocessed here with Open3D directly (voxel grid, normals at 2 x voxel, FPFH at
 5 x voxel with max_nn 100), independently of the project's scan preprocessing tasks.
@@ -19,8 +19,8 @@ import open3d as o3d
 import pytest
 from registration_helpers import preprocess, random_rigid, transform_points
 
-from capture3d.tasks.multiway import rigid_difference
-from capture3d.tasks.register_pair import (
+from capture3d.tasks.registration.multiway import rigid_difference
+from capture3d.tasks.registration.pair import (
     PairConfig,
     global_registration,
     refine,

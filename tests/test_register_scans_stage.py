@@ -18,7 +18,7 @@ from capture3d.errors import CaptureError
 from capture3d.stages import evaluate_registration as evaluate_stage
 from capture3d.stages import register_scans as register_stage
 from capture3d.stages import synthesize_scans
-from capture3d.tasks.scan_io import (
+from capture3d.tasks.registration.scan_io import (
     read_gt_poses,
     read_scans,
     write_point_cloud,

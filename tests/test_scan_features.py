@@ -8,7 +8,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from capture3d.tasks.scan_features import (
+from capture3d.tasks.registration.features import (
     BUILTIN_FEATURES,
     feature_names,
     feature_registry,
@@ -16,8 +16,8 @@ from capture3d.tasks.scan_features import (
     get_feature,
     register_feature,
 )
-from capture3d.tasks.scan_io import quaternion_to_rotation, read_scan
-from capture3d.tasks.scan_preprocess import preprocess
+from capture3d.tasks.registration.preprocess import preprocess
+from capture3d.tasks.registration.scan_io import quaternion_to_rotation, read_scan
 
 
 def _nearest_descriptor_accuracy(a: np.ndarray, b: np.ndarray) -> float:

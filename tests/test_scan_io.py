@@ -9,7 +9,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from capture3d.tasks.scan_io import (
+from capture3d.tasks.registration.scan_io import (
     Scan,
     list_scan_files,
     quaternion_to_rotation,

@@ -8,9 +8,9 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from capture3d.tasks.scan_io import Scan, read_scans
-from capture3d.tasks.scan_preprocess import auto_voxel_size, preprocess
-from capture3d.tasks.synthesize_scans import render_scans
+from capture3d.tasks.registration.preprocess import auto_voxel_size, preprocess
+from capture3d.tasks.registration.scan_io import Scan, read_scans
+from capture3d.tasks.synthesis.scans import render_scans
 
 
 def _sphere(n: int, center: tuple[float, float, float], radius: float = 1.0, seed: int = 0) -> np.ndarray:

@@ -114,7 +114,7 @@ def test_no_overlap_fails_after_the_ladder(repo_root, tmp_path, base_params):
     assert n >= 2, "params.yaml should have a fallback ladder"
     assert f"SfM failed after {n} attempt(s)" in line
     assert "no model" in line  # the reason: nothing could be initialised
-    logged = [ln for ln in proc.stderr.splitlines() if "capture3d.tasks.sfm: attempt" in ln]
+    logged = [ln for ln in proc.stderr.splitlines() if "capture3d.tasks.sfm.reconstruct: attempt" in ln]
     assert len(logged) == n, logged
     last_mapper = {**base_params["sfm"], **{k: v for r in base_params["sfm"]["fallback"] for k, v in r.items()}}["mapper"]
     assert f", {last_mapper}, " in logged[-1]

@@ -1,4 +1,4 @@
-"""Sparse 3D convolution (capture3d.tasks.sparse) against dense torch conv3d / conv_transpose3d."""
+"""Sparse 3D convolution (capture3d.tasks.fcgf.sparse) against dense torch conv3d / conv_transpose3d."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from capture3d.tasks.sparse import (
+from capture3d.tasks.fcgf.sparse import (
     BATCH_MAX,
     SPATIAL_MAX,
     SPATIAL_MIN,
@@ -362,7 +362,7 @@ def test_cuda_matches_cpu() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fcgf_network_cuda_matches_cpu_forward_and_backward() -> None:
-    from capture3d.tasks.fcgf_model import ResUNetBN2C, voxelize_for_fcgf
+    from capture3d.tasks.fcgf.model import ResUNetBN2C, voxelize_for_fcgf
 
     rng = np.random.default_rng(0)
     u, v = rng.uniform(0.0, 2.0, size=(2, 20000))

@@ -1,4 +1,4 @@
-"""Tests for capture3d.tasks.synthesize_capture: determinism, geometry, files, texture, SfM."""
+"""Tests for capture3d.tasks.synthesis.photos: determinism, geometry, files, texture, SfM."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from capture3d.tasks.cameras import PinholeCamera, read_transforms_json
-from capture3d.tasks.synthesize_capture import (
+from capture3d.tasks.synthesis.photos import (
     SyntheticCapture,
     render_capture,
     write_capture,

@@ -8,8 +8,8 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from capture3d.tasks.scan_io import read_gt_poses, read_scans
-from capture3d.tasks.synthesize_scans import (
+from capture3d.tasks.registration.scan_io import read_gt_poses, read_scans
+from capture3d.tasks.synthesis.scans import (
     render_scans,
     scene_mesh,
     write_scan_capture,

@@ -16,9 +16,13 @@ import pytest
 from capture3d.stages import evaluate_registration as evaluate_stage
 from capture3d.stages import register_scans as register_stage
 from capture3d.stages import synthesize_scans
-from capture3d.tasks.scan_io import write_point_cloud
-from capture3d.tasks.sensor_origin import header_origin, sensor_origins
-from capture3d.tasks.visibility import pair_visibility, range_image, score_probes
+from capture3d.tasks.registration.scan_io import write_point_cloud
+from capture3d.tasks.registration.sensor_origin import header_origin, sensor_origins
+from capture3d.tasks.registration.visibility import (
+    pair_visibility,
+    range_image,
+    score_probes,
+)
 
 
 def _wall(z: float, n: int = 200) -> np.ndarray:
@@ -63,7 +67,7 @@ def test_sensor_origin_sources(tmp_path: Path) -> None:
     write_point_cloud(tmp_path / "b.ply", points)
     np.testing.assert_allclose(header_origin(tmp_path / "a.ply"), [0.5, -1.0, 2.0])
     assert header_origin(tmp_path / "b.ply") is None
-    from capture3d.tasks.scan_io import read_scan
+    from capture3d.tasks.registration.scan_io import read_scan
 
     np.testing.assert_allclose(read_scan(tmp_path / "a.ply").points, points)  # the comment does not disturb PLY
     pcd = tmp_path / "c.pcd"

@@ -1,7 +1,7 @@
 """The code a DVC stage depends on: the import closure of its module inside the capture3d package.
 
 Input: a module name (``capture3d.stages.sfm``) and the package root folder. Output: the sorted
-repository-relative paths (``capture3d/tasks/sfm.py``, package ``__init__.py`` files included) of
+repository-relative paths (``capture3d/tasks/sfm/reconstruct.py``, package ``__init__.py`` files included) of
 every capture3d module it imports, directly or through other capture3d modules, at module level or
 inside functions (a stage's ``run`` may import lazily; DVC must still see a change there). Imports
 are read from the source with :mod:`ast`; nothing is imported or executed.

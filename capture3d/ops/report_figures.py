@@ -114,7 +114,7 @@ def _sfm_cameras(sfm: Path) -> list[Any]:
     model = sfm / "sparse" / "0"
     try:
         if (model / "cameras.bin").is_file() or (model / "cameras.txt").is_file():
-            from capture3d.tasks.evaluate_sfm import read_colmap_cameras
+            from capture3d.tasks.cameras import read_colmap_cameras
 
             return list(read_colmap_cameras(model).values())
         if (sfm / "transforms.json").is_file():

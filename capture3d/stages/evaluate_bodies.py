@@ -26,7 +26,7 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
-from capture3d.stages.fit_bodies import BodyInputs, load_ground_truth
+from capture3d.tasks.body.capture import BodyInputs, load_ground_truth
 from capture3d.tasks.body.evaluate import evaluate_records
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ checkpoint (``--checkpoint``, needed when ``fcgf`` is among the descriptors), th
 numbers describe what ``register_scans`` would do.
 Output folder (written atomically): ``metrics.json`` (one summary per descriptor: feature-match
 recall, mean inlier ratio, registration recall, median errors, extraction time per scan) and
-``pairs.json`` (every pair and descriptor). Protocol: :mod:`capture3d.tasks.evaluate_features`.
+``pairs.json`` (every pair and descriptor). Protocol: :mod:`capture3d.tasks.fcgf.evaluate`.
 """
 
 from __future__ import annotations
@@ -32,26 +32,22 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
-from capture3d.stages.evaluate_registration import (
-    find_scan_ground_truth,
-    scale_translation,
-)
-from capture3d.stages.register_scans import (
-    RegisterScansConfig,
-    RegisterScansInputs,
-    check_feature_names,
-    compute_features,
-    prepare_scans,
-)
-from capture3d.stages.register_scans import load_config as load_register_config
-from capture3d.tasks.evaluate_features import (
+from capture3d.tasks.fcgf.evaluate import (
     FeatureEvalConfig,
     evaluate_descriptors,
     with_global_method,
 )
-from capture3d.tasks.fcgf_features import FCGF, registry_with_fcgf
-from capture3d.tasks.scan_features import feature_registry, get_feature
-from capture3d.tasks.scan_io import read_gt_poses
+from capture3d.tasks.fcgf.features import FCGF, registry_with_fcgf
+from capture3d.tasks.registration.capture import (
+    RegisterScansConfig,
+    check_feature_names,
+    compute_features,
+    find_scan_ground_truth,
+    prepare_scans,
+    scale_translation,
+)
+from capture3d.tasks.registration.features import feature_registry, get_feature
+from capture3d.tasks.registration.scan_io import read_gt_poses
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +75,7 @@ def load_config(params: Mapping[str, Any]) -> tuple[EvaluateFeaturesConfig, Regi
     check_feature_names(config.features, "evaluate_features.features")
     if not config.features:
         raise ParamsError("evaluate_features.features: name at least one descriptor")
-    return config, load_register_config(params)
+    return config, section(params, "register_scans", RegisterScansConfig)
 
 
 def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeaturesConfig, RegisterScansConfig]) -> Path:
@@ -94,7 +90,7 @@ def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeatur
             registry = registry_with_fcgf(inputs.checkpoint, config.device)
         except ValueError as exc:
             raise CaptureError(label, str(exc)) from None
-    scans, voxel, prepared, _ = prepare_scans(RegisterScansInputs(inputs.capture, inputs.name), reg.preprocess)
+    scans, voxel, prepared, _ = prepare_scans(inputs.capture, inputs.label, reg.preprocess)
     names = [s.name for s in scans]
     gt_path = inputs.gt or find_scan_ground_truth(inputs.capture)
     if gt_path is None:

@@ -31,20 +31,21 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
-from capture3d.stages.register_scans import RegisterScansInputs, load_scans
-from capture3d.tasks.evaluate_registration import (
+from capture3d.tasks.registration.capture import (
+    find_scan_ground_truth,
+    load_scans,
+    scale_translation,
+)
+from capture3d.tasks.registration.evaluate import (
     absolute_pose_errors,
     chamfer_and_fscore,
     fuse,
     overlap_ratio,
     pair_metrics,
 )
-from capture3d.tasks.scan_io import read_gt_poses
+from capture3d.tasks.registration.scan_io import read_gt_poses
 
 logger = logging.getLogger(__name__)
-
-GT_CANDIDATES = ("gt/poses.json", "gt/gt.log", "gt.log", "poses.json", "gt", "gt.npy")
-
 
 @dataclass(frozen=True)
 class EvaluateRegistrationConfig:
@@ -81,16 +82,6 @@ def load_config(params: Mapping[str, Any]) -> EvaluateRegistrationConfig:
     return section(params, "evaluate_registration", EvaluateRegistrationConfig)
 
 
-def find_scan_ground_truth(capture: Path) -> Path | None:
-    """The ground-truth poses inside a scan capture folder, if any."""
-    for rel in GT_CANDIDATES:
-        path = capture / rel
-        if path.is_file() or (path.is_dir() and any(path.iterdir())):
-            return path
-    confs = sorted(capture.glob("*.conf"))
-    return confs[0] if confs else None
-
-
 def read_metrics(out: Path) -> dict[str, Any]:
     return json.loads((Path(out) / "metrics.json").read_text())
 
@@ -107,7 +98,7 @@ def run(inputs: EvaluateRegistrationInputs, out: Path, config: EvaluateRegistrat
     if gt_path is None:
         raise CaptureError(label, f"no ground-truth poses found in '{inputs.capture}'")
     units = float(reg.get("units_scale", 1.0))
-    scans = load_scans(RegisterScansInputs(inputs.capture, label), units)
+    scans = load_scans(inputs.capture, label, units)
     names = [s.name for s in scans]
     try:
         gt = read_gt_poses(gt_path, names, config.gt_format)
@@ -180,13 +171,6 @@ def run(inputs: EvaluateRegistrationInputs, out: Path, config: EvaluateRegistrat
 
 def _fraction(rows: list[dict[str, Any]], key: str) -> float | None:
     return sum(bool(r[key]) for r in rows) / len(rows) if rows else None
-
-
-def scale_translation(T: np.ndarray, units: float) -> np.ndarray:
-    """A copy of the 4x4 T with its translation multiplied by ``units``."""
-    T = np.array(T, dtype=np.float64)
-    T[:3, 3] *= units
-    return T
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
-from capture3d.tasks.evaluate_sfm import evaluate_sfm, read_ground_truth
+from capture3d.tasks.sfm.evaluate import evaluate_sfm, read_ground_truth
 
 logger = logging.getLogger(__name__)
 

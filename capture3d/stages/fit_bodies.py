@@ -40,6 +40,7 @@ from capture3d.stages.common import (
     write_curve,
     write_json,
 )
+from capture3d.tasks.body.capture import BodyInputs, load_ground_truth
 from capture3d.tasks.body.evaluate import evaluate_records
 from capture3d.tasks.body.fit import (
     BodyFitConfig,
@@ -47,7 +48,7 @@ from capture3d.tasks.body.fit import (
     fit_bodies,
     world_keypoints,
 )
-from capture3d.tasks.body.keypoint_io import PersonKeypoints, load_keypoints
+from capture3d.tasks.body.keypoint_io import load_keypoints
 from capture3d.tasks.body.model import BodyModel
 from capture3d.tasks.body.observations import BodyBatch, build_batch
 from capture3d.tasks.device import resolve_device
@@ -72,31 +73,6 @@ class FitBodiesConfig(BodyFitConfig):
     overlays: bool
     seed: int
     device: Literal["auto", "cpu", "cuda"]
-
-
-@dataclass(frozen=True)
-class BodyInputs:
-    """Where a body capture's pieces are; ``from_capture`` fills them from the standard layout."""
-
-    keypoints: Path
-    images: Path | None = None
-    cameras: Path | None = None
-    gt: Path | None = None
-    name: str = ""
-
-    @property
-    def label(self) -> str:
-        return self.name or (self.keypoints.name if self.keypoints.is_dir() else self.keypoints.parent.name)
-
-    @classmethod
-    def from_capture(cls, capture: Path, name: str = "") -> "BodyInputs":
-        capture = Path(capture)
-        keypoints = next((p for p in (capture / "keypoints", capture / "keypoints.json") if p.exists()),
-                         capture / "keypoints")
-        images = capture / "images"
-        return cls(keypoints=keypoints, images=images if images.is_dir() else None,
-                   cameras=capture / "cameras.json" if (capture / "cameras.json").is_file() else None,
-                   gt=capture / "gt" if (capture / "gt").is_dir() else None, name=name or capture.name)
 
 
 def load_config(params: Mapping[str, Any]) -> FitBodiesConfig:
@@ -185,21 +161,6 @@ def _cameras(inputs: BodyInputs) -> tuple[dict | None, list[list[str]], bool]:
     if path.is_file():
         groups = [list(g) for g in json.loads(path.read_text()).get("groups", [])]
     return cameras, groups, metric
-
-
-def load_ground_truth(inputs: BodyInputs) -> tuple[dict[str, PersonKeypoints] | None, dict | None]:
-    if inputs.gt is None:
-        return None, None
-    gt2d = gt3d = None
-    source = next((p for p in (inputs.gt / "keypoints2d", inputs.gt / "keypoints2d.json") if p.exists()), None)
-    if source is not None:
-        gt2d = {p.person: p for p in load_keypoints(source, inputs.images)}
-    if (inputs.gt / "joints3d.json").is_file():
-        try:
-            gt3d = json.loads((inputs.gt / "joints3d.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"ground truth '{inputs.gt / 'joints3d.json'}': {exc}") from None
-    return gt2d, gt3d
 
 
 def _records(model: BodyModel, batch: BodyBatch, result: BodyFitResult) -> list[dict[str, Any]]:

@@ -46,18 +46,18 @@ from capture3d.stages.nvs_common import (
     write_orbit,
 )
 from capture3d.tasks.device import resolve_device
-from capture3d.tasks.evaluate_nvs import score_views, summarize
-from capture3d.tasks.fit_gaussians import (
+from capture3d.tasks.nvs.evaluate import score_views, summarize
+from capture3d.tasks.nvs.fit_gaussians import (
     GaussianFitConfig,
     GaussianFitResult,
     background_color,
     fit_gaussians,
     render_views,
 )
-from capture3d.tasks.gaussians.model import init_gaussians
-from capture3d.tasks.gaussians.ply import write_gaussians_ply
-from capture3d.tasks.gaussians.render import Camera, render, resolve_backend
-from capture3d.tasks.nvs_scene import scene_extent
+from capture3d.tasks.nvs.gaussians.model import init_gaussians
+from capture3d.tasks.nvs.gaussians.ply import write_gaussians_ply
+from capture3d.tasks.nvs.gaussians.render import Camera, render, resolve_backend
+from capture3d.tasks.nvs.scene import scene_extent
 
 logger = logging.getLogger(__name__)
 

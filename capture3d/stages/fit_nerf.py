@@ -3,7 +3,7 @@
 Inputs: a posed capture (the ``sfm`` stage's output, a COLMAP folder, ``transforms.json`` or an
 LLFF folder; see :mod:`capture3d.stages.nvs_common`) and the ``fit_nerf`` section of params.yaml.
 Output folder (written atomically): ``nerf.pt`` (the model with its scene normalisation, loadable
-with :func:`capture3d.tasks.fit_nerf.load_nerf_checkpoint`), ``heldout/<view>.png`` (render |
+with :func:`capture3d.tasks.nvs.fit_nerf.load_nerf_checkpoint`), ``heldout/<view>.png`` (render |
 photo), ``orbit/`` (frames and ``orbit.gif``), ``train_log.csv`` and ``metrics.json`` (held-out
 PSNR / SSIM per view and mean, the untrained model's PSNR, iterations, wall time, peak memory).
 
@@ -46,9 +46,9 @@ from capture3d.stages.nvs_common import (
     write_orbit,
 )
 from capture3d.tasks.device import resolve_device
-from capture3d.tasks.evaluate_nvs import score_views, summarize
-from capture3d.tasks.fit_nerf import NerfFitConfig, fit_nerf, save_nerf_checkpoint
-from capture3d.tasks.nerf_render import render_image
+from capture3d.tasks.nvs.evaluate import score_views, summarize
+from capture3d.tasks.nvs.fit_nerf import NerfFitConfig, fit_nerf, save_nerf_checkpoint
+from capture3d.tasks.nvs.nerf_render import render_image
 
 logger = logging.getLogger(__name__)
 

@@ -26,15 +26,15 @@ import torch
 
 from capture3d.errors import CaptureError
 from capture3d.stages.common import CaptureInputs
-from capture3d.tasks.evaluate_nvs import (
+from capture3d.tasks.nvs.data import load_scene, triangulate_known_poses
+from capture3d.tasks.nvs.evaluate import (
     orbit_poses,
     score_views,
     write_gif,
     write_png,
     write_side_by_side,
 )
-from capture3d.tasks.nvs_data import load_scene, triangulate_known_poses
-from capture3d.tasks.nvs_scene import NvsScene, PosedView, holdout_split
+from capture3d.tasks.nvs.scene import NvsScene, PosedView, holdout_split
 
 logger = logging.getLogger(__name__)
 

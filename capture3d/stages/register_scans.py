@@ -11,8 +11,8 @@ the verification could use (sensor origins and their sources); pair statistics, 
 runtime per step).
 
 Sensor origins (``sensor_origin``: ``auto`` | ``scan_frame`` | ``none``, see
-:mod:`capture3d.tasks.sensor_origin`) give each scan a range image for the free-space test of
-:mod:`capture3d.tasks.multiway`; without them registration falls back to the fitness / RMSE gates
+:mod:`capture3d.tasks.registration.sensor_origin`) give each scan a range image for the free-space test of
+:mod:`capture3d.tasks.registration.multiway`; without them registration falls back to the fitness / RMSE gates
 and cycle consistency, and ``metrics.json`` says so.
 """
 
@@ -22,15 +22,14 @@ import argparse
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
-from capture3d.errors import CaptureError, ParamsError
+from capture3d.errors import CaptureError
 from capture3d.stages.common import (
     CaptureInputs,
     params_from_args,
@@ -38,50 +37,25 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
-from capture3d.tasks.fcgf_features import FCGF, registry_with_fcgf
-from capture3d.tasks.multiway import MultiwayConfig, fuse_clouds, register_multiway
-from capture3d.tasks.register_pair import PairConfig
-from capture3d.tasks.scan_features import FeatureFn, feature_registry, get_feature
-from capture3d.tasks.scan_io import Scan, list_scan_files, read_scans, write_poses_json
-from capture3d.tasks.sensor_origin import OriginMode, sensor_origins
-from capture3d.tasks.visibility import RangeImage, range_image
-from capture3d.tasks.scan_preprocess import Preprocessed, auto_voxel_size, preprocess
+from capture3d.tasks.registration.capture import (
+    RegisterScansConfig,
+    check_feature_names,
+    compute_features,
+    feature_registry_for,
+    prepare_scans,
+    sensor_views,
+)
+from capture3d.tasks.registration.features import (
+    get_feature,
+)
+from capture3d.tasks.registration.graph import fuse_clouds
+from capture3d.tasks.registration.multiway import register_multiway
+from capture3d.tasks.registration.scan_io import (
+    Scan,
+    write_poses_json,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Voxel size (metres after ``units_scale``, or ``auto``), outlier removal and normals."""
-
-    units_scale: float
-    voxel_size: Literal["auto"] | float
-    auto_target_points: int
-    outlier_neighbors: int
-    outlier_std_ratio: float
-    normal_radius_factor: float
-    min_points: int
-
-
-@dataclass(frozen=True)
-class FcgfFeatureConfig:
-    """The trained FCGF model used when ``features: fcgf``."""
-
-    checkpoint: str  # capture3d or official FCGF checkpoint (train_fcgf writes models/fcgf/model.pt)
-    device: Literal["auto", "cpu", "cuda"]
-
-
-@dataclass(frozen=True)
-class RegisterScansConfig:
-    """The ``register_scans`` section."""
-
-    preprocess: PreprocessConfig
-    sensor_origin: OriginMode  # auto (file headers, sensor_origin.json) | scan_frame (origin of each scan) | none
-    features: str
-    fcgf: FcgfFeatureConfig
-    pair: PairConfig
-    multiway: MultiwayConfig
-    fused_voxel_factor: float
 
 
 class RegisterScansInputs(CaptureInputs):
@@ -98,87 +72,12 @@ def load_config(params: Mapping[str, Any]) -> RegisterScansConfig:
     return config
 
 
-def check_feature_names(names: Sequence[str], key: str) -> None:
-    """ParamsError (listing the known ones) for a name that is neither built in nor ``fcgf``."""
-    known = {**feature_registry(), FCGF: None}
-    for name in names:
-        try:
-            get_feature(name, known)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise ParamsError(f"{key}: {exc}") from None
-
-
-def load_scans(inputs: RegisterScansInputs, units_scale: float) -> list[Scan]:
-    """Read and scale the capture's scans; bad files become a CaptureError naming the capture."""
-    if not inputs.capture.is_dir():
-        raise CaptureError(inputs.label, f"capture folder '{inputs.capture}' does not exist")
-    try:
-        scans = read_scans(inputs.scan_dir)
-    except ValueError as exc:
-        raise CaptureError(inputs.label, str(exc)) from None
-    if len(scans) < 2:
-        raise CaptureError(inputs.label, f"only {len(scans)} scan in '{inputs.scan_dir}': nothing to register")
-    if units_scale != 1.0:
-        scans = [Scan(s.name, s.points * units_scale, s.colors) for s in scans]
-    return scans
-
-
-def prepare_scans(inputs: RegisterScansInputs, pp: PreprocessConfig
-                  ) -> tuple[list[Scan], float, list[Preprocessed], dict[str, float]]:
-    """Read, scale, size the voxel of and preprocess a capture's scans (CaptureError naming it)."""
-    t = time.perf_counter()
-    scans = load_scans(inputs, pp.units_scale)
-    timings = {"read_s": time.perf_counter() - t}
-    try:
-        voxel = auto_voxel_size(scans, pp.auto_target_points) if pp.voxel_size == "auto" else float(pp.voxel_size)
-        t = time.perf_counter()
-        prepared = [preprocess(s, voxel, pp.outlier_neighbors, pp.outlier_std_ratio, pp.normal_radius_factor,
-                               min_points=pp.min_points) for s in scans]
-    except ValueError as exc:
-        raise CaptureError(inputs.label, str(exc)) from None
-    timings["preprocess_s"] = time.perf_counter() - t
-    return scans, voxel, prepared, timings
-
-
-def sensor_views(inputs: RegisterScansInputs, scans: list[Scan], mode: OriginMode, units_scale: float
-                 ) -> tuple[list[RangeImage | None], dict[str, str]]:
-    """Each scan's range image from its sensor origin (None where unknown) and the origins' sources."""
-    try:
-        origins = sensor_origins([s.name for s in scans], list_scan_files(inputs.scan_dir), inputs.capture, mode)
-        views = [None if origin is None else range_image(scan.points, origin * units_scale)
-                 for scan, (origin, _) in zip(scans, origins)]
-    except ValueError as exc:
-        raise CaptureError(inputs.label, str(exc)) from None
-    return views, {scan.name: source for scan, (_, source) in zip(scans, origins)}
-
-
-def feature_registry_for(config: RegisterScansConfig, label: str) -> dict[str, FeatureFn]:
-    """The built-in descriptors, plus ``fcgf`` from ``config.fcgf.checkpoint`` when ``features: fcgf``."""
-    if config.features != FCGF:
-        return feature_registry()
-    try:
-        return registry_with_fcgf(Path(config.fcgf.checkpoint), config.fcgf.device)
-    except ValueError as exc:
-        raise CaptureError(label, str(exc)) from None
-
-
-def compute_features(label: str, prepared: list[Preprocessed], voxel: float, extract: FeatureFn) -> list[np.ndarray]:
-    """One (N_i, D) descriptor array per preprocessed scan; a descriptor's ValueError names the scan."""
-    out = []
-    for p in prepared:
-        try:
-            out.append(extract(np.asarray(p.pcd.points), np.asarray(p.pcd.normals), voxel))
-        except ValueError as exc:
-            raise CaptureError(label, f"scan {p.name}: {exc}") from None
-    return out
-
-
 def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> Path:
     """Register every scan of the capture into one frame and fuse them; returns ``out``."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
     registry = feature_registry_for(config, inputs.label)
-    scans, voxel, prepared, prep_timings = prepare_scans(inputs, config.preprocess)
+    scans, voxel, prepared, prep_timings = prepare_scans(inputs.capture, inputs.label, config.preprocess)
     timings.update(prep_timings)
 
     t = time.perf_counter()
@@ -186,7 +85,7 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
     timings["features_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    views, origin_sources = sensor_views(inputs, scans, config.sensor_origin, config.preprocess.units_scale)
+    views, origin_sources = sensor_views(inputs.capture, inputs.label, scans, config.sensor_origin, config.preprocess.units_scale)
     timings["range_images_s"] = time.perf_counter() - t
 
     names = [s.name for s in scans]

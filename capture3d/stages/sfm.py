@@ -29,10 +29,15 @@ from capture3d.stages.common import (
     stage_parser,
     write_json,
 )
-from capture3d.tasks.evaluate_sfm import reconstruction_stats
-from capture3d.tasks.image_folder import scan_images
-from capture3d.tasks.sfm import LADDER_KEYS, KnownIntrinsics, SfmConfig, run_sfm
-from capture3d.tasks.sfm_export import export_result
+from capture3d.tasks.sfm.evaluate import reconstruction_stats
+from capture3d.tasks.sfm.export import export_result
+from capture3d.tasks.sfm.image_folder import scan_images
+from capture3d.tasks.sfm.reconstruct import (
+    LADDER_KEYS,
+    KnownIntrinsics,
+    SfmConfig,
+    run_sfm,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Inputs: the ``synthesize`` section of params.yaml (no files). Output folder (written atomically):
 ``images/NNNN.png``, ``intrinsics.json``, ``gt/transforms.json`` (ground-truth poses) and
-``mesh.ply``, from :mod:`capture3d.tasks.synthesize_capture`.
+``mesh.ply``, from :mod:`capture3d.tasks.synthesis.photos`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.stages.common import params_from_args, stage_main, stage_parser
-from capture3d.tasks.synthesize_capture import render_capture, write_capture
+from capture3d.tasks.synthesis.photos import render_capture, write_capture
 
 logger = logging.getLogger(__name__)
 

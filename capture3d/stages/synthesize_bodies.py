@@ -30,8 +30,8 @@ from capture3d.tasks.body.cameras_io import write_cameras_json
 from capture3d.tasks.body.keypoint_io import PersonKeypoints, write_openpose
 from capture3d.tasks.body.model import COCO17, FEET, BodyModel
 from capture3d.tasks.body.overlay import draw_overlay, write_png
-from capture3d.tasks.body.synthesize import SyntheticBodies, synthesize_bodies
 from capture3d.tasks.cameras import PinholeCamera
+from capture3d.tasks.synthesis.bodies import SyntheticBodies, synthesize_bodies
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Inputs: the ``synthesize_scans`` section of params.yaml (no files). Output folder (written
 atomically): ``scans/scan_NNN.ply`` (partial, noisy depth-sensor scans of the demo scene, each in
-its sensor frame) and ``gt/poses.json`` (world_from_scan), from :mod:`capture3d.tasks.synthesize_scans`.
+its sensor frame) and ``gt/poses.json`` (world_from_scan), from :mod:`capture3d.tasks.synthesis.scans`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.stages.common import params_from_args, stage_main, stage_parser
-from capture3d.tasks.synthesize_scans import render_scans, write_scan_capture
+from capture3d.tasks.synthesis.scans import render_scans, write_scan_capture
 
 logger = logging.getLogger(__name__)
 

@@ -39,21 +39,21 @@ from capture3d.stages.common import (
 from capture3d.stages.common import (
     state_path_for as common_state_path,
 )
-from capture3d.stages.evaluate_registration import find_scan_ground_truth
 from capture3d.tasks.device import resolve_device
-from capture3d.tasks.fcgf_checkpoint import save_checkpoint
-from capture3d.tasks.fcgf_data import (
+from capture3d.tasks.fcgf.checkpoint import save_checkpoint
+from capture3d.tasks.fcgf.data import (
     ScanPair,
     pairs_from_scans,
     synthetic_pairs,
 )
-from capture3d.tasks.fcgf_train import (
+from capture3d.tasks.fcgf.train import (
     FcgfTrainConfig,
     TrainResult,
     train_fcgf,
 )
-from capture3d.tasks.scan_io import read_gt_poses, read_scans
-from capture3d.tasks.scan_preprocess import auto_voxel_size
+from capture3d.tasks.registration.capture import find_scan_ground_truth
+from capture3d.tasks.registration.preprocess import auto_voxel_size
+from capture3d.tasks.registration.scan_io import read_gt_poses, read_scans
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pycolmap
 
 logger = logging.getLogger(__name__)
 
@@ -151,4 +155,69 @@ def read_transforms_json(path: Path) -> list[PinholeCamera]:
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
         R, t = nerfstudio_c2w_to_opencv(np.asarray(frame["transform_matrix"]), applied)
         cams.append(PinholeCamera(Path(frame["file_path"]).name, w, h, K, R, t))
+    return cams
+
+
+def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """cam_from_world (4, 4) of a camera at ``center`` looking at ``target`` (OpenCV axes, y down)."""
+    z = target - center
+    z = z / np.linalg.norm(z)
+    x = np.cross(z, up)
+    x = x / np.linalg.norm(x)
+    y = np.cross(z, x)
+    M = np.eye(4)
+    M[:3, :3] = np.stack([x, y, z])
+    M[:3, 3] = -M[:3, :3] @ center
+    return M
+
+
+def _calibration_matrix(camera: pycolmap.Camera) -> np.ndarray:
+    """Pinhole part of a COLMAP camera, (3, 3); distortion parameters are ignored."""
+    try:
+        K = np.asarray(camera.calibration_matrix(), dtype=np.float64)
+        if K.shape == (3, 3) and np.all(np.isfinite(K)):
+            return K
+    except Exception:  # pragma: no cover - models without a calibration matrix
+        pass
+    return np.array(
+        [
+            [camera.focal_length_x, 0.0, camera.principal_point_x],
+            [0.0, camera.focal_length_y, camera.principal_point_y],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+
+
+def cameras_from_reconstruction(rec: pycolmap.Reconstruction) -> dict[str, PinholeCamera]:
+    """Registered images of a reconstruction as cameras keyed by ``image.name``."""
+    cams: dict[str, PinholeCamera] = {}
+    for image_id in sorted(rec.reg_image_ids()):
+        image = rec.image(image_id)
+        pose = image.cam_from_world()
+        camera = image.camera
+        R = np.asarray(pose.rotation.matrix(), dtype=np.float64)  # (3, 3)
+        t = np.asarray(pose.translation, dtype=np.float64).reshape(3)  # (3,)
+        if image.name in cams:
+            logger.warning("duplicate image name %s in reconstruction; keeping the first", image.name)
+            continue
+        cams[image.name] = PinholeCamera(
+            image.name, int(camera.width), int(camera.height), _calibration_matrix(camera), R, t
+        )
+    return cams
+
+
+def is_colmap_model_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "cameras.bin").is_file() or (path / "cameras.txt").is_file())
+
+
+def read_colmap_cameras(model_dir: Path) -> dict[str, PinholeCamera]:
+    """Registered cameras of a COLMAP model folder (binary or text), keyed by image name."""
+    model_dir = Path(model_dir)
+    if not is_colmap_model_dir(model_dir):
+        raise ValueError(f"{model_dir}: not a COLMAP model folder (no cameras.bin or cameras.txt)")
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(model_dir))
+    cams = cameras_from_reconstruction(rec)
+    logger.debug("read %d registered cameras from COLMAP model %s", len(cams), model_dir)
     return cams

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from capture3d.errors import Capture3dError
-from capture3d.tasks.cameras import PinholeCamera
-from capture3d.tasks.evaluate_sfm import read_colmap_cameras
+from capture3d.tasks.cameras import PinholeCamera, read_colmap_cameras
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Learned FCGF descriptors: sparse convolution engine, network, losses, training data, training, evaluation."""

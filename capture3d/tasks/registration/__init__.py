@@ -1,0 +1,1 @@
+"""Point-cloud registration: scan I/O, preprocessing, pairwise hypotheses, verification, multiway graphs, evaluation."""

@@ -1,0 +1,1 @@
+"""Structure-from-Motion with COLMAP: image folders, mapping with a fallback ladder, export, evaluation."""

@@ -1,0 +1,1 @@
+"""Deterministic synthetic captures with ground truth: photos, scans and bodies."""
