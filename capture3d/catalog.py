@@ -268,15 +268,18 @@ def summary_keys() -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
-def fill(template: str, **values: str) -> str:
-    """Fill a path template's ``{capture}``, ``{results}``, ``{name}``, ``{data}`` and ``{param:...}``
-    (given as ``param`` = a function or a format such as ``"${{{}}}"``)."""
-    text = template
+def fill(template: str, **values: object) -> str:
+    """Fill a path template: ``{capture}``, ``{results}``, ``{name}`` and ``{data}`` from ``values``;
+    ``{param:SECTION.KEY}`` through ``values["param"]``, a function of the key or a format string
+    such as ``"${{{}}}"`` (DVC's templating)."""
     param = values.pop("param", None)
-    if "{param:" in text:
+    text = template
+    while "{param:" in text:
         start = text.index("{param:")
         end = text.index("}", start)
         key = text[start + len("{param:"):end]
         value = param(key) if callable(param) else str(param).format(key)
         text = text[:start] + value + text[end + 1:]
-    return text.format(**values)
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", str(value))
+    return text

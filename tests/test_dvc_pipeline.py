@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from capture3d.catalog import steps
 from capture3d.config import load_params
 from capture3d.ops.code_deps import import_closure
+from capture3d.ops.dvc_yaml import render
 
 VENV_BIN = Path(sys.executable).parent
 FLOW_SECTIONS = {"flows", "batch"}  # sections read by flows (batch: the inbox flow), not by a DVC stage
@@ -28,6 +30,15 @@ FLOW_SECTIONS = {"flows", "batch"}  # sections read by flows (batch: the inbox f
 
 def _dvc_yaml(repo_root: Path) -> dict:
     return yaml.safe_load((repo_root / "dvc.yaml").read_text())
+
+
+def test_dvc_yaml_is_generated_from_the_catalog(repo_root: Path) -> None:
+    # dvc.yaml is written by `python -m capture3d.ops.dvc_yaml --write` from capture3d/catalog.py;
+    # a hand edit, a catalog change or a new import without regenerating fails here.
+    assert (repo_root / "dvc.yaml").read_text() == render(repo_root), (
+        "dvc.yaml differs from the catalog: run python -m capture3d.ops.dvc_yaml --write")
+    stages = _dvc_yaml(repo_root)["stages"]
+    assert list(stages) == [s.name for s in steps()]
 
 
 def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
