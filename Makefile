@@ -1,17 +1,21 @@
-# Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the tests.
-# Both create or refresh .venv (re-installed when pyproject.toml changes) and install the system
-# library Open3D needs (libusb-1.0) when it is missing.
+# Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the lint checks
+# and then the tests. Both create or refresh .venv (re-installed when pyproject.toml changes) and
+# install the system library Open3D needs (libusb-1.0) when it is missing.
+# `make gpu-check` on a CUDA machine: the CUDA-only tests and the benchmarks' GPU rows, one table.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LINT_PATHS := capture3d tests benchmarks
+# pytest options of every test target (e.g. `make test PYTEST_ARGS="-q -n auto"` with pytest-xdist)
+PYTEST_ARGS ?= -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ALLOW_EPHEMERAL_MODE := true
 
-.PHONY: venv demo test test-fast bench clean system-deps
+.PHONY: venv demo lint format test test-fast test-slow gpu-check bench clean system-deps
 
 venv: $(STAMP)
 
@@ -36,11 +40,33 @@ $(STAMP): pyproject.toml | system-deps
 demo: system-deps $(STAMP)
 	$(VENV)/bin/capture3d demo
 
-test: system-deps $(STAMP)
-	$(PY) -m pytest -q
+# ruff (pyproject.toml [tool.ruff]) and the import contracts ([tool.importlinter]); read-only. All three
+# run, so one go shows every problem; the target fails if any did.
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff check $(LINT_PATHS)"; $(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \
+	echo "ruff format --check $(LINT_PATHS)"; $(VENV)/bin/ruff format --check $(LINT_PATHS) || status=1; \
+	echo "lint-imports"; $(VENV)/bin/lint-imports --no-cache --no-logo || status=1; \
+	exit $$status
+
+# rewrites the files: ruff's safe fixes, then the formatter
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+test: system-deps $(STAMP) lint
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: system-deps $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
+
+test-slow: system-deps $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) -m slow
+
+# CUDA machines: every `-m cuda` test and the GPU rows of the benchmarks (under 8 minutes); exit 1 on a
+# failed check. Without CUDA it says so and exits 0.
+gpu-check: system-deps $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 bench: system-deps $(STAMP)
 	$(PY) benchmarks/bench_sfm.py
