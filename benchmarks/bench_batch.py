@@ -142,7 +142,7 @@ def fresh(root: Path, label: str) -> Path:
 def flow_run(inbox: Path, work: Path, overrides: list[str]) -> tuple[float, list[dict]]:
     """``capture3d batch INBOX --work WORK --set ...`` in-process, as cmd_batch runs the flow."""
     from capture3d.config import load_params
-    from capture3d.flows.inbox import run_batch_flow
+    from capture3d.flows.batch import run_batch_flow
     from capture3d.ops.batch_plan import load_batch_config
 
     start = time.perf_counter()
@@ -159,17 +159,18 @@ def flow_run(inbox: Path, work: Path, overrides: list[str]) -> tuple[float, list
 
 
 def direct_run(inbox: Path, out_root: Path, overrides: list[str]) -> float:
-    """Every capture of ``inbox`` through ``PIPELINES["bodies"]`` in a plain loop, no Prefect."""
+    """Every capture of ``inbox`` through the catalog's bodies steps in a plain loop, no Prefect."""
+    from capture3d.catalog import pipeline
     from capture3d.config import load_params
-    from capture3d.flows.pipelines import PIPELINES
+    from capture3d.ops.steps import run_step
 
     start = time.perf_counter()
     params = load_params(PARAMS, overrides)
     for capture in sorted(p for p in inbox.iterdir() if p.is_dir()):
         out = out_root / capture.name
         metrics: dict = {}
-        for step in PIPELINES["bodies"]:
-            metrics.update(step.run(capture.name, capture, out, params, dict(metrics)) or {})
+        for step in pipeline("bodies").capture_steps:
+            metrics.update(run_step("bodies", step.name, capture.name, capture, out, params))
     seconds = time.perf_counter() - start
     STDOUT.check("direct run")
     return seconds
@@ -251,7 +252,7 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
     template = root / "template" / "people"
     config = synthesize_bodies.SynthesizeBodiesConfig(count=1, views=2, width=160, height=120, fov_deg=55.0,
                                                       noise_px=2.0, seed=0)
-    synthesize_bodies.run(template, config, AnnyBody())
+    synthesize_bodies.run(synthesize_bodies.Inputs(), template, config, AnnyBody())
     nfiles = sum(1 for p in template.rglob("*") if p.is_file())
     nbytes = sum(p.stat().st_size for p in template.rglob("*") if p.is_file())
     code = code_version()
@@ -356,7 +357,7 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
         med, worst = statistics.median(times), max(times)
         print(f"{label:<44}{med:>10.3f}{worst:>9.3f}{1000 * med / m:>16.2f}"
               f"{'yes' if worst < NOOP_TARGET_S else 'NO':>7}")
-    for seconds, rc, line in clis:
+    for _seconds, rc, line in clis:
         if rc != 0 or "nothing to do" not in line:
             print(f"WARNING: the subprocess rerun did not report a no-op (exit {rc}): {line}")
     print(f"subprocess said: {clis[0][2]}")

@@ -110,9 +110,9 @@ def table_reference(repeats: int) -> None:
     print("| pass | dense reference s | tile eager s | tile compiled s | speed-up eager | speed-up compiled | max |diff| |")
     print("|---|---|---|---|---|---|---|")
     for backward in (False, True):
-        t_dense, ref = timed(lambda: dense_step(splats, cam, backward), max(1, repeats // 3))
-        t_eager, img_e = timed(lambda: tile_step(splats, cam, backward, False), repeats)
-        t_comp, img_c = timed(lambda: tile_step(splats, cam, backward, True), repeats)
+        t_dense, ref = timed(lambda b=backward: dense_step(splats, cam, b), max(1, repeats // 3))
+        t_eager, img_e = timed(lambda b=backward: tile_step(splats, cam, b, False), repeats)
+        t_comp, img_c = timed(lambda b=backward: tile_step(splats, cam, b, True), repeats)
         diff = max(float((img_e - ref).abs().max()), float((img_c - ref).abs().max()))
         name = "forward + backward" if backward else "forward"
         print(f"| {name} | {t_dense:.3f} | {t_eager:.3f} | {t_comp:.3f} | {t_dense / t_eager:.1f}x | "
@@ -130,7 +130,7 @@ def table_scaling(repeats: int, quick: bool) -> None:
             splats, cam = scene(n, w, h)
             proj, _, _ = _project(splats, cam)
             pairs = len(tile_pairs(proj, w, h, 8)[0])
-            t, _ = timed(lambda: tile_step(splats, cam, True, True), repeats)
+            t, _ = timed(lambda s=splats, c=cam: tile_step(s, c, True, True), repeats)
             print(f"| {w}x{h} | {n:,} | {pairs:,} | {t:.3f} | {1 / t:.2f} |")
 
 

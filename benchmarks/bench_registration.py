@@ -411,7 +411,8 @@ def trust_rows(num_seeds: int) -> tuple[list[str], list[list[str]]]:
         for label, num, seed, extra in cases:
             params = load_params(REPO / "params.yaml", [f"synthesize_scans.num_scans={num}",
                                                         f"synthesize_scans.seed={seed}", *extra])
-            capture = synthesize_scans.run(tmp / f"{num}_{seed}_{len(extra)}", synthesize_scans.load_config(params))
+            capture = synthesize_scans.run(synthesize_scans.Inputs(), tmp / f"{num}_{seed}_{len(extra)}",
+                                           synthesize_scans.load_config(params))
             t = time.perf_counter()
             try:
                 out = register_stage.run(register_stage.RegisterScansInputs(capture), tmp / "reg",

@@ -209,6 +209,8 @@ FCGF = Pipeline("fcgf", "scan_captures", "data/scan_captures", (
          help="train FCGF (PointInfoNCE or hardest-contrastive) on synthetic and given scan pairs"),
     Step("evaluate_features", _m(capture="{capture}", checkpoint="{param:register_scans.fcgf.checkpoint}"),
          deps=("{param:register_scans.fcgf.checkpoint}",), sections=("evaluate_features", "register_scans"),
+         summary=_m(**{"features.*.feature_match_recall": "*_feature_match_recall",
+                       "features.*.registration_recall": "*_registration_recall"}),
          command=("evaluate", "features"), needs_ground_truth=True,
          help="FCGF vs FPFH: feature-match recall, inlier ratio, registration recall"),
 ), batch=False)
@@ -264,7 +266,7 @@ def pipeline_of(name: str) -> Pipeline:
 
 def summary_keys() -> tuple[str, ...]:
     """Every summary key, in pipeline order: the columns of status tables and reports."""
-    keys = [k for s in steps() for k in s.summary.values() if k != "partial"]
+    keys = [k for s in steps() for k in s.summary.values() if k != "partial" and "*" not in k]
     return tuple(dict.fromkeys(keys))
 
 

@@ -63,7 +63,7 @@ def body_captures(tmp_path_factory) -> Path:
     for i in range(3):
         config = synthesize_bodies.SynthesizeBodiesConfig(count=1, views=2, width=160, height=120, fov_deg=55.0,
                                                           noise_px=2.0, seed=i)
-        synthesize_bodies.run(root / f"people{i}", config, model)
+        synthesize_bodies.run(synthesize_bodies.Inputs(), root / f"people{i}", config, model)
     return root
 
 
@@ -305,15 +305,20 @@ def test_two_batches_at_once(body_captures, tmp_path):
     assert not _leftovers(work)
 
 
-def test_kind_sections_match_the_pipelines():
-    """The planner's params sections per kind (no heavy imports) are the ones the stages read."""
-    from capture3d.flows.pipelines import PIPELINES, sections
-    from capture3d.ops.batch_plan import KIND_SECTIONS
-    from capture3d.ops.inbox import detect_kind
+def test_kind_sections_come_from_the_catalog():
+    """The planner's params sections per kind (part of the work key) are the ones the kind's stages
+    read, taken from the catalog; capture kinds are recognised from file names alone."""
+    from capture3d.catalog import batch_kinds, pipeline
+    from capture3d.ops.batch_plan import kind_sections
+    from capture3d.ops.inbox import KINDS, detect_kind
 
-    assert set(PIPELINES) == set(KIND_SECTIONS)
-    for kind in PIPELINES:
-        assert sections(kind) == KIND_SECTIONS[kind], kind
+    assert set(batch_kinds()) == set(KINDS)
+    assert kind_sections("photos") == ("sfm", "evaluate_sfm", "fit_gaussians", "fit_nerf")
+    assert kind_sections("scans") == ("register_scans", "evaluate_registration")
+    assert kind_sections("bodies") == ("fit_bodies", "evaluate_bodies")
+    for kind in batch_kinds():
+        assert kind_sections(kind) == tuple(s.name for s in pipeline(kind).capture_steps), kind
+    assert kind_sections("") == ()
     assert detect_kind(["keypoints/a.json", "images/a.png"]) == "bodies"
     assert detect_kind(["scans/a.ply", "gt/poses.json"]) == "scans"
     assert detect_kind(["IMG_0001.JPG"]) == "photos"

@@ -25,7 +25,7 @@ from capture3d.ops.code_deps import import_closure
 from capture3d.ops.dvc_yaml import render
 
 VENV_BIN = Path(sys.executable).parent
-FLOW_SECTIONS = {"flows", "batch"}  # sections read by flows (batch: the inbox flow), not by a DVC stage
+FLOW_SECTIONS = {"batch"}  # read by the batch flow, not by a DVC stage
 
 
 def _dvc_yaml(repo_root: Path) -> dict:

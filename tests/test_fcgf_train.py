@@ -146,7 +146,7 @@ def _stage_params(base_params: dict, **data: object) -> dict:
 
 
 def test_stage_writes_checkpoint_curves_and_metrics(base_params: dict, tmp_path: Path) -> None:
-    out = stage.run(tmp_path / "fcgf", stage.load_config(_stage_params(base_params)))
+    out = stage.run(stage.Inputs(), tmp_path / "fcgf", stage.load_config(_stage_params(base_params)))
     model, cfg, extras = load_checkpoint(out / "model.pt")
     assert cfg.out_channels == 32 and extras["voxel_rule"]["auto_target_points"] == 1500
     with (out / "train_log.csv").open() as fh:

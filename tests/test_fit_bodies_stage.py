@@ -38,7 +38,7 @@ def _config(params: dict, **changes) -> fit_bodies.FitBodiesConfig:
 def test_synthetic_multiview_capture_meets_3d_target(anny, params, tmp_path: Path) -> None:
     syn_config = synthesize_bodies.SynthesizeBodiesConfig(count=4, views=3, width=320, height=240, fov_deg=55.0,
                                                           noise_px=2.0, seed=3)
-    capture = synthesize_bodies.run(tmp_path / "bodies", syn_config, anny)
+    capture = synthesize_bodies.run(synthesize_bodies.Inputs(), tmp_path / "bodies", syn_config, anny)
     out = fit_bodies.run(fit_bodies.BodyInputs.from_capture(capture), tmp_path / "fit", _config(params, overlays=True), anny)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["people_fitted"] == 4 and metrics["views_max"] == 3
@@ -49,7 +49,8 @@ def test_synthetic_multiview_capture_meets_3d_target(anny, params, tmp_path: Pat
     assert len(list((out / "overlays").glob("*.png"))) == 12
     saved = np.load(out / "params" / "frame000_0.npz")
     assert saved["body_pose"].shape == (len(anny.pose_joint_names), 3)
-    ev = evaluate_bodies.run(out, capture, tmp_path / "ev", evaluate_bodies.EvaluateBodiesConfig(0.1))
+    ev = evaluate_bodies.run(evaluate_bodies.Inputs(out, capture), tmp_path / "ev",
+                             evaluate_bodies.EvaluateBodiesConfig(0.1))
     again = json.loads((ev / "metrics.json").read_text())
     assert again["median_mpjpe_mm"] == pytest.approx(metrics["median_mpjpe_mm"])
 

@@ -1,4 +1,5 @@
-"""The Prefect `reconstruct` flow under Prefect's test harness: a batch with good and bad captures."""
+"""Folder runs of the Prefect `batch` flow (`capture3d reconstruct`, `register-batch`) under Prefect's
+test harness: a batch with good and bad captures, every stage a task of its own."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from capture3d.config import load_params  # noqa: E402
-from capture3d.flows.batch import run_with_workers  # noqa: E402
-from capture3d.flows.reconstruct import reconstruct  # noqa: E402
+from capture3d.flows.batch import run_folder  # noqa: E402
 from capture3d.stages import synthesize  # noqa: E402
 
 SMALL = ["synthesize.num_images=12", "synthesize.width=320", "synthesize.height=240"]
@@ -31,7 +31,7 @@ def harness():
 def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root: Path) -> None:
     captures = tmp_path / "captures"
     params = load_params(repo_root / "params.yaml", SMALL)
-    synthesize.run(captures / "scene", synthesize.load_config(params))
+    synthesize.run(synthesize.Inputs(), captures / "scene", synthesize.load_config(params))
     (captures / "empty").mkdir(parents=True)
     few = captures / "few" / "images"
     few.mkdir(parents=True)
@@ -39,8 +39,8 @@ def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root:
         (few / name).write_bytes((captures / "scene" / "images" / name).read_bytes())
     (captures / ".hidden").mkdir()
 
-    statuses = run_with_workers(reconstruct, captures, tmp_path / "results", None, repo_root / "params.yaml",
-                               ["sfm.max_image_size=640", *NVS_TOKEN])
+    statuses = run_folder("photos", captures, tmp_path / "results", None, repo_root / "params.yaml",
+                          ["sfm.max_image_size=640", *NVS_TOKEN])
     by_name = {s.name: s for s in statuses}
     assert sorted(by_name) == ["empty", "few", "scene"]
 
@@ -65,23 +65,22 @@ def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root:
 
 @pytest.mark.slow
 def test_register_scans_batch_isolates_failures(harness, tmp_path: Path, repo_root: Path) -> None:
-    from capture3d.flows.register_scans import register_scans
     from capture3d.stages import synthesize_scans
 
     captures = tmp_path / "scan_captures"
     params = load_params(repo_root / "params.yaml")
-    synthesize_scans.run(captures / "ring", synthesize_scans.load_config(params))
+    synthesize_scans.run(synthesize_scans.Inputs(), captures / "ring", synthesize_scans.load_config(params))
     single = captures / "single" / "scans"
     single.mkdir(parents=True)
     (single / "scan_000.ply").write_bytes((captures / "ring" / "scans" / "scan_000.ply").read_bytes())
 
-    statuses = run_with_workers(register_scans, captures, tmp_path / "results", None, repo_root / "params.yaml",
-                                  ["flows.max_workers=2"])
+    statuses = run_folder("scans", captures, tmp_path / "results", None, repo_root / "params.yaml",
+                          ["batch.max_workers=2"])
     by_name = {s.name: s for s in statuses}
     assert sorted(by_name) == ["ring", "single"]
     ring = by_name["ring"]
     assert ring.ok, ring.reason
-    assert ring.metrics["num_placed"] == 8 and ring.metrics["placed_beyond_tolerance"] == []
+    assert ring.metrics["num_placed"] == 8 and ring.metrics["num_within_tolerance"] == 8
     assert ring.metrics["ape_translation_max"] < 0.02
     assert ring.row()["status"] == "ok"  # every scan placed with high confidence
     assert (tmp_path / "results" / "ring" / "register_scans" / "fused.ply").is_file()

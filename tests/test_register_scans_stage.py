@@ -111,7 +111,8 @@ def test_3dmatch_pair_recovered(shared_data: Path, base_params: dict, tmp_path: 
 
 @pytest.mark.slow
 def test_synthetic_scans_registered(base_params: dict, tmp_path: Path) -> None:
-    capture = synthesize_scans.run(tmp_path / "demo_scans", synthesize_scans.load_config(base_params))
+    capture = synthesize_scans.run(synthesize_scans.Inputs(), tmp_path / "demo_scans",
+                                   synthesize_scans.load_config(base_params))
     registered, evaluated = _register_and_evaluate(base_params, capture, tmp_path)
     assert registered["num_placed"] == registered["num_scans"] == base_params["synthesize_scans"]["num_scans"]
     assert evaluated["num_within_tolerance"] == registered["num_scans"]
@@ -178,7 +179,7 @@ def test_no_overlap_is_flagged_not_posed(tmp_path: Path, base_params: dict) -> N
 def test_ground_truth_that_does_not_match(tmp_path: Path, base_params: dict) -> None:
     small = _params(base_params)
     small["synthesize_scans"]["num_scans"] = 4
-    capture = synthesize_scans.run(tmp_path / "scans4", synthesize_scans.load_config(small))
+    capture = synthesize_scans.run(synthesize_scans.Inputs(), tmp_path / "scans4", synthesize_scans.load_config(small))
     result = register_stage.run(register_stage.RegisterScansInputs(capture), tmp_path / "reg",
                                 register_stage.load_config(base_params))
     poses = json.loads((capture / "gt" / "poses.json").read_text())

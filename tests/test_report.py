@@ -130,7 +130,8 @@ def work_area(tmp_path_factory, repo_root: Path) -> dict[str, Any]:
     timings["photos"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scans = synthesize_scans.run(inbox / "shelf", synthesize_scans.SynthesizeScansConfig(5, 0.002, 160, 120, 0))
+    scans = synthesize_scans.run(synthesize_scans.Inputs(), inbox / "shelf",
+                                 synthesize_scans.SynthesizeScansConfig(5, 0.002, 160, 120, 0))
     reg = register_scans.run(register_scans.RegisterScansInputs(scans, "shelf"), results / "shelf" / "register_scans",
                              register_scans.load_config(params))
     ev = evaluate_registration.run(evaluate_registration.EvaluateRegistrationInputs(reg, scans, None, "shelf"),
@@ -144,12 +145,14 @@ def work_area(tmp_path_factory, repo_root: Path) -> dict[str, Any]:
                "stages": [{**s, "iterations": 5} for s in params["fit_bodies"]["stages"]]}
     try:
         anny = AnnyBody()
-        bodies = synthesize_bodies.run(inbox / "people", synthesize_bodies.SynthesizeBodiesConfig(
-            count=3, views=1, width=160, height=120, fov_deg=55.0, noise_px=2.0, seed=0), anny)
+        bodies = synthesize_bodies.run(synthesize_bodies.Inputs(), inbox / "people",
+                                       synthesize_bodies.SynthesizeBodiesConfig(
+                                           count=3, views=1, width=160, height=120, fov_deg=55.0, noise_px=2.0,
+                                           seed=0), anny)
         fitted = fit_bodies.run(fit_bodies.BodyInputs.from_capture(bodies, "people"), results / "people" / "fit_bodies",
                                 fit_bodies.load_config({"fit_bodies": section}), anny)
-        evaluate_bodies.run(fitted, bodies, results / "people" / "evaluate_bodies",
-                            evaluate_bodies.EvaluateBodiesConfig(0.1), "people")
+        evaluate_bodies.run(evaluate_bodies.Inputs(fitted, bodies, "people"), results / "people" / "evaluate_bodies",
+                            evaluate_bodies.EvaluateBodiesConfig(0.1))
     finally:
         torch.set_num_threads(threads)
     fit = json.loads((fitted / "metrics.json").read_text())

@@ -292,7 +292,7 @@ def test_sfm_stage_recovers_ground_truth_poses(tmp_path: Path, base_params: dict
     """The demo capture through the sfm and evaluate_sfm stages: every pose recovered tightly."""
     from capture3d.stages import evaluate_sfm, sfm, synthesize
 
-    capture = synthesize.run(tmp_path / "demo", synthesize.load_config(base_params))
+    capture = synthesize.run(synthesize.Inputs(), tmp_path / "demo", synthesize.load_config(base_params))
     sfm.run(sfm.SfmInputs(capture), tmp_path / "sfm", sfm.load_config(base_params))
     sfm_metrics = json.loads((tmp_path / "sfm" / "metrics.json").read_text())
     assert sfm_metrics["intrinsics"] == "known"  # from the capture's intrinsics.json

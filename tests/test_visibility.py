@@ -90,7 +90,8 @@ def test_sensor_origin_sources(tmp_path: Path) -> None:
 def _scan_capture(base_params: dict, tmp_path: Path, num_scans: int, seed: int) -> Path:
     params = json.loads(json.dumps(base_params))
     params["synthesize_scans"].update(num_scans=num_scans, seed=seed)
-    return synthesize_scans.run(tmp_path / f"scans{num_scans}_{seed}", synthesize_scans.load_config(params))
+    return synthesize_scans.run(synthesize_scans.Inputs(), tmp_path / f"scans{num_scans}_{seed}",
+                                synthesize_scans.load_config(params))
 
 
 def _register(capture: Path, out: Path, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

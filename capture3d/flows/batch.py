@@ -1,16 +1,23 @@
-"""Prefect flow ``batch``: process an inbox of captures (a folder or ``s3://bucket/prefix``) unattended.
+"""Prefect flow ``batch``, the one batch system: captures from a folder or ``s3://bucket/prefix``.
 
-Inputs: the inbox URL, a work folder, the params (file + overrides; section ``batch``). For each
-capture the inbox lists, in a task of its own and with at most ``batch.max_workers`` at once:
+Inputs: the source URL, a work folder, the params (file + overrides; section ``batch``). For each
+capture the source lists, in a task of its own and with at most ``batch.max_workers`` at once:
 
 1. lock the capture (``work/locks/<name>.lock``: a second run waits for it, then finds it done);
 2. skip it when ``work/manifests/<name>.json`` records the same work key (input ETags and sizes,
    the params sections its stages read, and the code version);
-3. mirror its files into ``work/inbox/<name>`` fetching only new or changed ones;
-4. run its kind's stages (:mod:`capture3d.flows.pipelines`) into ``work/results/<name>/``,
-   skipping each stage already finished under the same key (``work/state/<name>/stages``), so a
-   killed batch resumes where it stopped;
+3. mirror its files into ``work/inbox/<name>`` fetching only new or changed ones (a folder run
+   reads the captures where they are);
+4. run its kind's steps (:mod:`capture3d.catalog`), each as a Prefect task of its own
+   (:mod:`capture3d.flows.stage_tasks`), into ``work/results/<name>/`` (or the folder run's
+   results root), skipping each step already finished under the same key
+   (``work/state/<name>/stages``), so a killed batch resumes where it stopped;
 5. ``dvc add`` + ``dvc push`` the results to the store's remote; write the manifest.
+
+A folder run (:func:`run_folder`: ``capture3d reconstruct``, ``register-batch``, ``bodies-batch``,
+the demo) is the same flow over a local folder of captures of one kind, with its work area in
+``<out>/.capture3d``; inside the DVC project on its own paths the finished stages are recorded
+with ``dvc commit`` so ``dvc status`` is clean afterwards.
 
 Outputs: the folders above, ``work/runs/<run id>.json`` and ``.md`` (a row per capture: ok,
 current, failed with the stage and reason, or refused), and a markdown artifact in Prefect.
@@ -24,7 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +42,30 @@ from prefect.client.schemas.objects import State
 from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from capture3d.catalog import batch_kinds, pipeline
 from capture3d.config import load_params
 from capture3d.errors import CaptureError
-from capture3d.flows.pipelines import PIPELINES, run_step, sections
-from capture3d.flows.status import rows_markdown
+from capture3d.flows.stage_tasks import stage_task
+from capture3d.flows.status import CaptureStatus, rows_markdown
 from capture3d.ops.batch_plan import (
     BatchConfig,
     Plan,
     PlannedCapture,
     WorkLayout,
+    kind_sections,
     load_batch_config,
     plan,
 )
+from capture3d.ops.dvc_record import dvc_targets, record_stages
 from capture3d.ops.dvc_store import ensure_store, push_outputs
-from capture3d.ops.inbox import Inbox, clean_stale, open_inbox, sync
+from capture3d.ops.inbox import (
+    Inbox,
+    LocalInbox,
+    SyncResult,
+    clean_stale,
+    open_inbox,
+    sync,
+)
 from capture3d.ops.locks import file_lock
 from capture3d.ops.manifest import (
     MANIFEST_VERSION,
@@ -78,18 +95,23 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
             return {"capture": name, "kind": capture.kind, "status": "busy"}
         if is_current(read_json(layout.manifests / f"{name}.json"), planned.key):
             return {"capture": name, "kind": capture.kind, "status": "current"}
-        if capture.kind not in PIPELINES:
+        if capture.kind not in batch_kinds():
             raise CaptureError(name, "no keypoints/, scans/ or images/ (nor point clouds or photos): unknown capture kind")
+        steps = pipeline(capture.kind).capture_steps
         started, t0 = now(), time.perf_counter()
         out = layout.results / name
         for folder, owned in ((layout.inbox, [name]), (layout.results, [name]), (out, None)):
             removed = clean_stale(folder, owned)
             if removed:
                 logger.info("capture '%s': removed %d temporary folder(s) a killed run left", name, removed)
-        fetched = sync(inbox, capture, layout.inbox / name, layout.state(name) / "inbox.json")
+        if layout.in_place:
+            folder, fetched = Path(inbox.url) / name, SyncResult(0, len(capture.files), 0)
+        else:
+            folder = layout.inbox / name
+            fetched = sync(inbox, capture, folder, layout.state(name) / "inbox.json")
         metrics: dict[str, Any] = {}
         stages = []
-        for step in PIPELINES[capture.kind]:
+        for step in steps:
             stamp_path = layout.state(name) / "stages" / f"{step.name}.json"
             stamp = read_json(stamp_path)
             if stamp and stamp.get("work_key") == planned.key and (not stamp.get("produced") or (out / step.name).is_dir()):
@@ -98,9 +120,9 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
                 continue
             s0 = time.perf_counter()
             try:
-                result = run_step(capture.kind, step, name, layout.inbox / name, out, params, dict(metrics),
-                                  config.isolate_stages) or {}
-            except Exception as exc:  # noqa: BLE001 - reported as this capture's failure
+                result = stage_task(step.name)(capture.kind, step.name, name, folder, out, params,
+                                               config.isolate_stages) or {}
+            except Exception as exc:
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 text = text.removeprefix(f"capture '{name}': ")
                 raise CaptureError(name, f"stage {step.name}: {text}") from exc
@@ -109,13 +131,13 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
             write_json(stamp_path, {"work_key": planned.key, "produced": (out / step.name).is_dir(),
                                     "metrics": result, "seconds": seconds, "finished": now()})
             stages.append({"name": step.name, "reused": False, "seconds": round(seconds, 3)})
-        outputs = [out / s.name for s in PIPELINES[capture.kind] if (out / s.name).is_dir()]
+        outputs = [out / s.name for s in steps if (out / s.name).is_dir()]
         stored = push_outputs(layout.root, outputs, config.remote) if config.remote else []
         manifest = {
             "manifest_version": MANIFEST_VERSION, "capture": name, "kind": capture.kind, "status": finished_status(metrics),
             "work_key": planned.key, "run_id": run_id, "started": started, "finished": now(),
             "seconds": round(time.perf_counter() - t0, 3), "code_version": code, "git_commit": git_commit(),
-            "params": {"hash": planned.params_digest, "sections": list(sections(capture.kind))},
+            "params": {"hash": planned.params_digest, "sections": list(kind_sections(capture.kind))},
             "source": {"url": capture.source, "input_hash": capture.input_hash, "files": len(capture.files),
                        "bytes": capture.total_bytes, "fetched": fetched.fetched, "reused": fetched.reused},
             "inputs": [{"key": f.key, "etag": f.etag, "size": f.size} for f in capture.files],
@@ -132,7 +154,8 @@ def capture_task(name: str, source: str, settings: S3Settings, planned: PlannedC
                  params: dict[str, Any], config: BatchConfig, code: str, run_id: str, wait: bool) -> dict[str, Any]:
     """:func:`process_capture` as a Prefect task. It opens the inbox itself, so its inputs pickle
     (a Dask worker in another process or machine can run it)."""
-    return process_capture(open_inbox(source, settings), planned, layout, params, config, code, run_id, wait)
+    inbox = LocalInbox(Path(source)) if layout.in_place else open_inbox(source, settings)
+    return process_capture(inbox, planned, layout, params, config, code, run_id, wait)
 
 
 def task_runner(config: BatchConfig) -> TaskRunner:
@@ -158,28 +181,48 @@ def task_runner(config: BatchConfig) -> TaskRunner:
 @flow(name="batch", validate_parameters=False)
 def batch(source: str, work: str, params_file: str | None = None, overrides: list[str] | None = None,
           endpoint_url: str | None = None, remote: str | None = None, names: list[str] | None = None,
-          kinds: list[str] | None = None) -> list[dict[str, Any]] | State:
-    """Process every pending capture of the inbox ``source`` (of ``kinds``, default all) into
-    ``work``; one row per capture. Captures run on :func:`task_runner`."""
+          kinds: list[str] | None = None, folder_kind: str | None = None,
+          results: str | None = None) -> list[dict[str, Any]] | State:
+    """Process every pending capture of ``source`` (of ``kinds``, default all) into ``work``; one
+    row per capture. Captures run on :func:`task_runner`. ``folder_kind``: a folder run (see the
+    module docstring): every sub-folder of the local ``source`` is a capture of that kind, read in
+    place, with its results under ``results``."""
     params = load_params(Path(params_file) if params_file else None, overrides or ())
     config = load_batch_config(params, endpoint_url, remote)
-    inbox = open_inbox(source, config.s3())
-    todo = plan(inbox, Path(work), params, names, kinds)
-    table, flagged = run_plan(source, todo, Path(work), params, config)
+    if folder_kind is not None:
+        inbox: Inbox = LocalInbox(Path(source), include_empty=True)
+        layout = WorkLayout(Path(work), Path(results) if results else None, in_place=True)
+    else:
+        inbox, layout = open_inbox(source, config.s3()), WorkLayout(Path(work))
+    todo = plan(inbox, Path(work), params, names, kinds, force_kind=folder_kind)
+    table, flagged = run_plan(source, todo, layout, params, config)
+    if folder_kind is not None and config.record_dvc:
+        record_folder_run(folder_kind, Path(source), layout.results, table, params_file, overrides or ())
     if flagged:  # the run's state says so: a scheduled run with regressions shows as failed
         return Failed(message=f"{len(flagged)} regression(s) against the last good run: {flagged[0]}", data=table)
     return table
 
 
-def run_plan(source: str, todo: Plan, work: Path, params: dict[str, Any],
+def record_folder_run(kind: str, captures_root: Path, results: Path, rows: Sequence[dict[str, Any]],
+                      params_file: str | None, overrides: Sequence[str]) -> None:
+    """Inside the DVC project on its own paths: ``dvc commit`` the finished captures' stages (only
+    when the run used params.yaml as is: overrides make outputs that differ from it)."""
+    if overrides:
+        get_run_logger().warning("overrides given: outputs not recorded in DVC (they differ from params.yaml)")
+        return
+    done = [r["capture"] for r in rows if r.get("status") in ("ok", "partial", "current")]
+    repo = Path(params_file).resolve().parent if params_file else Path.cwd()
+    record_stages(repo, dvc_targets(repo, captures_root, results, done, kind))
+
+
+def run_plan(source: str, todo: Plan, layout: WorkLayout, params: dict[str, Any],
              config: BatchConfig) -> tuple[list[dict[str, Any]], list[str]]:
     """Submit the pending captures (those another run holds again at the end, waiting for them)
     and write the run summary (``runs/<run id>.json`` and ``.md``, a Prefect markdown artifact)
     and the HTML report (``runs/<run id>.html``), compared with the last good run. Returns the
     rows and the regressions found (one line each)."""
     run_logger = get_run_logger()
-    layout = WorkLayout(work)
-    run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}"
+    run_id = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}"
     if config.remote and todo.pending:
         ensure_store(layout.root, config.remote, config.s3().endpoint_url)
     rows: dict[str, dict[str, Any]] = {row["capture"]: row for row in todo.rows()}
@@ -205,7 +248,7 @@ def run_plan(source: str, todo: Plan, work: Path, params: dict[str, Any],
     summary = {"run_id": run_id, "code_version": todo.code, "finished": now(), "captures": table}
     write_json(layout.runs / f"{run_id}.json", summary)
     previous = last_good_run(layout.runs, exclude=run_id)
-    report = build_report(layout.root, layout.runs / f"{run_id}.html", previous=previous)
+    report = build_report(layout.root, layout.runs / f"{run_id}.html", previous=previous, results_root=layout.results)
     flagged = [f"{r.capture}: {r.metric} {r.old:.4g} -> {r.new:.4g}" for r in report.regressions]
     flagged += [f"{name}: newly failed" for name in report.newly_failed]
     summary.update(report=str(report.path), baseline=report.previous_run_id, regressions=flagged)
@@ -230,3 +273,22 @@ def run_batch_flow(source: str, work: Path, params_file: Path | None, overrides:
     if isinstance(rows, BaseException):
         raise rows
     return rows, "" if state.is_completed() else (state.message or state.name)
+
+
+def run_folder(kind: str, captures_root: Path, out_root: Path, names: Sequence[str] | None = None,
+               params_file: Path | None = None, overrides: Sequence[str] = ()) -> list[CaptureStatus]:
+    """A folder run of the ``batch`` flow (``capture3d reconstruct`` / ``register-batch`` /
+    ``bodies-batch``, the demo): every sub-folder of ``captures_root`` (or ``names``) is a capture of
+    ``kind``; results in ``<out_root>/<capture>/<step>``, work area in ``<out_root>/.capture3d``."""
+    out_root = Path(out_root)
+    work = out_root / ".capture3d"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / ".gitignore").write_text("*\n")  # the work area is never versioned
+    state = batch(str(captures_root), str(work), str(params_file) if params_file else None, list(overrides),
+                  names=list(names) if names else None, folder_kind=kind, results=str(out_root), return_state=True)
+    rows = state.result(raise_on_failure=False)
+    if isinstance(rows, BaseException):
+        raise rows
+    if isinstance(rows, State):
+        rows = rows.result(raise_on_failure=False)
+    return [CaptureStatus.from_row(row, WorkLayout(work).manifests) for row in rows]

@@ -4,10 +4,10 @@ Inputs: the inbox URL, the work folder, the params (file + overrides; section ``
 and the schedule, cron or interval), optionally a schedule from the command line. Outputs: one
 work pool per device kind (type ``process``, created when missing) and one deployment per pool,
 ``batch/batch-gpu`` and ``batch/batch-cpu``, each limited to the capture kinds whose stages need
-that device (:func:`capture3d.flows.pipelines.device_of`): photos and bodies fit on the GPU, scans
+that device (:func:`capture3d.catalog.Pipeline.device`): photos and bodies fit on the GPU, scans
 register on the CPU. ``capture3d worker --pool NAME`` starts a Prefect process worker on a pool;
 several workers, on several machines, can poll one pool and share artifacts through the DVC
-remote. The deployments load the flow by module path (``capture3d.flows.inbox.batch``), so a
+remote. The deployments load the flow by module path (``capture3d.flows.batch.batch``), so a
 worker needs the package installed, not this checkout.
 """
 
@@ -26,9 +26,9 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.flows import EntrypointType
 
+from capture3d.catalog import batch_kinds, pipeline
 from capture3d.config import load_params, section
-from capture3d.flows.inbox import batch
-from capture3d.flows.pipelines import PIPELINES, device_of
+from capture3d.flows.batch import batch
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def deploy_batch(source: str, work: Path, params_file: Path | None, overrides: S
     pools = {"gpu": config.gpu_pool, "cpu": config.cpu_pool}
     names = []
     for device, pool in pools.items():
-        kinds = [kind for kind in PIPELINES if device_of(kind) == device]
+        kinds = [kind for kind in batch_kinds() if pipeline(kind).device == device]
         if not kinds:
             continue
         ensure_work_pool(pool)

@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefect.futures import PrefectFuture
 
+from capture3d.catalog import summary_keys
+from capture3d.ops.manifest import read_json
+
 logger = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("registered_fraction", "num_points3d", "mean_reprojection_error_px",
-                "rotation_error_deg_median", "position_error_median", "auc_rel_pose_5deg",
-                "num_placed", "num_within_tolerance", "ape_rotation_deg_max", "ape_translation_max",
-                "registration_recall", "fused_fscore", "gaussians_psnr", "gaussians_ssim", "nerf_psnr", "nerf_ssim",
-                "bodies_fitted", "bodies_skipped", "body_error_norm", "body_mpjpe_mm", "body_pa_mpjpe_mm")
+SUMMARY_KEYS = summary_keys()  # the catalog's summary keys: the status table's columns
 
 
 @dataclass
@@ -33,7 +33,7 @@ class CaptureStatus:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_futures(cls, name: str, stages: Sequence[tuple[str, PrefectFuture]]) -> "CaptureStatus":
+    def from_futures(cls, name: str, stages: Sequence[tuple[str, PrefectFuture]]) -> CaptureStatus:
         """Wait for a capture's chain of (stage name, future); the first failure gives the reason."""
         for stage, future in stages:
             future.wait()
@@ -48,6 +48,21 @@ class CaptureStatus:
             if isinstance(result, dict):
                 metrics.update(result)
         return cls(name, True, metrics=metrics)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], manifests: Path) -> CaptureStatus:
+        """From a batch row: ``failed`` rows give the stage and reason ("stage sfm: ..."); finished
+        and current ones their metrics from the manifest."""
+        name = str(row["capture"])
+        if row.get("status") not in ("ok", "partial", "current"):
+            reason = str(row.get("reason", row.get("status", "")))
+            reason = reason.removeprefix(f"capture '{name}': ")
+            stage, sep, rest = reason.partition(": ")
+            if sep and stage.startswith("stage "):
+                return cls(name, False, stage.removeprefix("stage "), rest)
+            return cls(name, False, "", reason)
+        manifest = read_json(Path(manifests) / f"{name}.json") or {}
+        return cls(name, True, metrics=dict(manifest.get("metrics") or {}))
 
     @property
     def status(self) -> str:

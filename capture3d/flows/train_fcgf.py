@@ -2,11 +2,11 @@
 
 Inputs: the model output folder, optionally a folder of scan captures (each with ground truth)
 and the names to evaluate on (default: every sub-folder), and the params (file + overrides).
-Outputs: ``<model_out>/`` from the ``train_fcgf`` stage and, per capture,
-``<out_root>/<name>/evaluate_features/`` from the ``evaluate_features`` stage -- the same
-``capture3d.stages.*.run`` functions ``dvc repro`` runs -- plus the training metrics and one
-status per evaluated capture. Evaluations run concurrently; one failing capture does not stop
-the others.
+Outputs: ``<model_out>/`` from the ``train_fcgf`` step and, per capture,
+``<out_root>/<name>/evaluate_features/`` from the ``evaluate_features`` step -- the catalog's
+``fcgf`` pipeline, run by the same stage tasks as the batch -- plus the training metrics and
+one status per evaluated capture. Evaluations run concurrently; one failing capture does not
+stop the others.
 """
 
 from __future__ import annotations
@@ -17,32 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 
 from capture3d.config import load_params
-from capture3d.flows.batch import Chain, discover_captures, run_chains
+from capture3d.flows.stage_tasks import stage_task
 from capture3d.flows.status import CaptureStatus
-from capture3d.stages import evaluate_features as evaluate_stage
-from capture3d.stages import train_fcgf as train_stage
 
 logger = logging.getLogger(__name__)
 
-
-@task(name="train_fcgf")
-def train_task(out: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """The ``train_fcgf`` stage as a Prefect task; returns its metrics."""
-    result = train_stage.run(out, train_stage.load_config(params))
-    return json.loads((result / "metrics.json").read_text())
-
-
-@task(name="evaluate_features", task_run_name="evaluate_features-{name}")
-def evaluate_task(name: str, capture: Path, checkpoint: Path, out: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """The ``evaluate_features`` stage as a Prefect task; returns its metrics (flattened per descriptor)."""
-    inputs = evaluate_stage.EvaluateFeaturesInputs(capture, name, checkpoint)
-    result = evaluate_stage.run(inputs, out, evaluate_stage.load_config(params))
-    metrics = json.loads((result / "metrics.json").read_text())
-    return {f"{feat}_{key}": value for feat, summary in metrics["features"].items()
-            for key, value in summary.items() if key in ("feature_match_recall", "registration_recall")}
+KIND = "fcgf"
 
 
 @flow(name="train_fcgf", validate_parameters=False)
@@ -56,16 +39,17 @@ def train_fcgf(
 ) -> tuple[dict[str, Any], list[CaptureStatus]]:
     """Train FCGF into ``model_out``, then evaluate it on each capture; (training metrics, statuses)."""
     params = load_params(params_file, overrides)
-    trained = train_task(Path(model_out), params)
+    model_out = Path(model_out)
+    stage_task("train_fcgf")(KIND, "train_fcgf", model_out.name, model_out, model_out, params, False, model_out)
+    trained = json.loads((model_out / "metrics.json").read_text())
     if captures_root is None:
         return trained, []
     root = Path(captures_root)
     results = Path(out_root) if out_root is not None else root
-    todo = list(names) if names else discover_captures(root)
-    checkpoint = Path(model_out) / "model.pt"
-
-    def chain(name: str) -> Chain:
-        future = evaluate_task.submit(name, root / name, checkpoint, results / name / "evaluate_features", params)
-        return [("evaluate_features", future)]
-
-    return trained, run_chains(todo, chain)
+    todo = list(names) if names else sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # the evaluation reads the model just trained: register_scans.fcgf.checkpoint points at it
+    params = load_params(params_file, [*overrides, f"register_scans.fcgf.checkpoint={model_out / 'model.pt'}"])
+    evaluate = stage_task("evaluate_features")
+    futures = {name: evaluate.submit(KIND, "evaluate_features", name, root / name, results / name, params)
+               for name in todo}
+    return trained, [CaptureStatus.from_futures(name, [("evaluate_features", futures[name])]) for name in todo]

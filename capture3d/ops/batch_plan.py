@@ -9,6 +9,7 @@ and the names refused as unsafe. A no-op rerun is this listing and one small JSO
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture3d.catalog import batch_kinds, pipeline
 from capture3d.config import section
 from capture3d.ops.inbox import CaptureListing, Inbox
 from capture3d.ops.manifest import (
@@ -29,13 +31,6 @@ from capture3d.ops.s3 import S3Settings
 
 logger = logging.getLogger(__name__)
 
-# The params sections each capture kind's stages read (capture3d.flows.pipelines runs them; a
-# test checks the two agree).
-KIND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "photos": ("sfm", "evaluate_sfm", "fit_gaussians", "fit_nerf"),
-    "scans": ("register_scans", "evaluate_registration"),
-    "bodies": ("fit_bodies", "evaluate_bodies"),
-}
 
 
 @dataclass(frozen=True)
@@ -47,6 +42,7 @@ class BatchConfig:
     max_attempts: int         # tries per S3 operation
     retry_base_s: float       # first backoff, doubling, full jitter
     max_workers: int          # captures processed at once (threads, or Dask worker processes)
+    record_dvc: bool          # inside the DVC project on its own paths: `dvc commit` the stages that ran
     lock_timeout_s: float     # how long to wait for a capture another run holds
     runner: str               # "threads" | "dask"
     dask_address: str         # a Dask scheduler (tcp://host:8786); "" = a LocalCluster
@@ -63,9 +59,13 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class WorkLayout:
-    """The folders of a batch work area."""
+    """The folders of a batch work area. ``results_root`` puts the results elsewhere (a folder
+    run: ``<out>/<capture>/<step>``); ``in_place`` reads a local inbox's captures where they are
+    instead of mirroring them into ``inbox/``."""
 
     root: Path
+    results_root: Path | None = None
+    in_place: bool = False
 
     @property
     def inbox(self) -> Path:
@@ -73,7 +73,7 @@ class WorkLayout:
 
     @property
     def results(self) -> Path:
-        return self.root / "results"
+        return self.results_root if self.results_root is not None else self.root / "results"
 
     @property
     def manifests(self) -> Path:
@@ -122,19 +122,28 @@ def load_batch_config(params: dict[str, Any], endpoint_url: str | None = None, r
     return BatchConfig(**{**config.__dict__, **updates}) if updates else config
 
 
+def kind_sections(kind: str) -> tuple[str, ...]:
+    """The params sections a capture kind's steps read (from the catalog; () for an unknown kind)."""
+    return pipeline(kind).sections if kind in batch_kinds() else ()
+
+
 def plan(inbox: Inbox, work: Path, params: dict[str, Any], names: Sequence[str] | None = None,
-         kinds: Sequence[str] | None = None) -> Plan:
+         kinds: Sequence[str] | None = None, force_kind: str | None = None) -> Plan:
     """List the inbox and compare each capture's work key with its manifest (no Prefect, no
-    download); only ``names`` / ``kinds`` when given."""
+    download); only ``names`` / ``kinds`` when given. ``force_kind``: every capture is of that
+    kind (a folder of photo captures: an empty or unreadable one fails in its first stage with
+    the stage's reason, instead of being left out as of no kind)."""
     layout = WorkLayout(Path(work))
     listing = inbox.list()
+    if force_kind is not None:
+        listing.captures = [dataclasses.replace(c, kind=force_kind) for c in listing.captures]
     code = code_version()
     pending, current = [], []
     wanted = set(names) if names else None
     for capture in listing.captures:
         if (wanted is not None and capture.name not in wanted) or (kinds and capture.kind not in kinds):
             continue
-        digest = params_hash(params, KIND_SECTIONS.get(capture.kind, ()))
+        digest = params_hash(params, kind_sections(capture.kind))
         key = work_key(capture.input_hash, digest, code)
         if is_current(read_json(layout.manifests / f"{capture.name}.json"), key):
             current.append(capture.name)

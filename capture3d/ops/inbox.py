@@ -140,9 +140,10 @@ class LocalInbox(Inbox):
     """A folder of captures. The ETag of a file is its size and modification time in ns (as DVC's
     state does), so an unchanged folder lists without reading any file."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, include_empty: bool = False) -> None:
         self.root = Path(root)
         self.url = str(self.root)
+        self.include_empty = include_empty  # list empty capture folders too (they fail in their first stage)
 
     def list(self) -> Listing:
         if not self.root.is_dir():
@@ -157,7 +158,14 @@ class LocalInbox(Inbox):
                 stat = path.stat()
                 entries.append((path.relative_to(self.root).as_posix(), f"{stat.st_size}-{stat.st_mtime_ns}",
                                 stat.st_size))
-        return _group(entries, self.url)
+        listing = _group(entries, self.url)
+        if self.include_empty:
+            listed = {c.name for c in listing.captures} | set(listing.refused)
+            for entry in sorted(self.root.iterdir()):
+                if entry.is_dir() and not entry.name.startswith(".") and entry.name not in listed:
+                    listing.captures.append(CaptureListing(entry.name, (), "", self.url))
+            listing.captures.sort(key=lambda c: c.name)
+        return listing
 
     def fetch(self, name: str, file: SourceFile, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)

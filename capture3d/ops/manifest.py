@@ -13,7 +13,7 @@ import json
 import logging
 import subprocess
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ def work_key(input_hash: str, params_digest: str, code: str) -> str:
 
 def now() -> str:
     """The current UTC time, ISO 8601."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

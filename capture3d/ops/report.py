@@ -59,7 +59,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,9 +183,11 @@ def load_run(path: Path) -> dict[str, Any] | None:
 
 
 def build_report(work: Path, out: Path, *, previous: Path | None = None,
-                 thresholds: Mapping[str, float] | None = None) -> ReportResult:
-    """Write the HTML report of the work area ``work`` to ``out``; see the module docstring."""
+                 thresholds: Mapping[str, float] | None = None, results_root: Path | None = None) -> ReportResult:
+    """Write the HTML report of the work area ``work`` to ``out``; see the module docstring.
+    ``results_root``: where the captures' results are when not in ``work/results`` (a folder run)."""
     work, out = Path(work), Path(out)
+    results_root = Path(results_root) if results_root is not None else work / "results"
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
     runs = {p.resolve(): r for p in sorted((work / "runs").glob("*.json")) if (r := load_run(p)) is not None}
     base = load_run(previous) if previous is not None else None
@@ -195,7 +197,7 @@ def build_report(work: Path, out: Path, *, previous: Path | None = None,
     ordered = _ordered(runs)
     latest = next((r for p, r in reversed(ordered) if p != base_path), None)
     manifests = {p.stem: m for p in sorted((work / "manifests").glob("*.json")) if (m := figs.read_json(p))}
-    results = {p.name: p for p in sorted((work / "results").glob("*")) if p.is_dir() and not p.name.startswith(".")}
+    results = {p.name: p for p in sorted(results_root.glob("*")) if p.is_dir() and not p.name.startswith(".")}
     rows = {str(r["capture"]): r for r in (latest or {}).get("captures", [])}
     regressions: list[Regression] = []
     newly_failed: list[str] = []
@@ -220,7 +222,7 @@ def build_report(work: Path, out: Path, *, previous: Path | None = None,
     title = f"capture3d quality report: {latest['run_id']}" if latest else "capture3d quality report"
     toc = " · ".join(f'<a href="#{page_html.anchor(n)}">{page_html.esc(n)}</a>' for n in captures)
     body = [f"<h1>{page_html.esc(title)}</h1>", page_html.kv_table({
-                "work area": str(work), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "work area": str(work), "generated": datetime.now(UTC).isoformat(timespec="seconds"),
                 "latest run": (latest or {}).get("run_id"), "code version": (latest or {}).get("code_version"),
                 "compared with": base["run_id"] if base and latest else None,
                 "captures": ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))}),

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from capture3d.catalog import batch_kinds, pipeline, summary_keys
 from capture3d.ops import report_figures as figs
 
 if TYPE_CHECKING:
@@ -23,15 +24,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The summary metrics shown as run-table columns (capture3d.flows.status.SUMMARY_KEYS, without Prefect).
-SUMMARY_KEYS = ("registered_fraction", "num_points3d", "mean_reprojection_error_px", "rotation_error_deg_median",
-                "position_error_median", "auc_rel_pose_5deg", "num_placed", "num_within_tolerance",
-                "ape_rotation_deg_max", "ape_translation_max", "registration_recall", "fused_fscore",
-                "gaussians_psnr", "gaussians_ssim", "nerf_psnr", "nerf_ssim", "bodies_fitted", "bodies_skipped",
-                "body_error_norm", "body_mpjpe_mm", "body_pa_mpjpe_mm", "seconds")
-# The stages (= results sub-folders) of each capture kind, as in capture3d.flows.pipelines.
-KIND_STAGES = {"photos": ("sfm", "evaluate_sfm", "fit_gaussians", "fit_nerf"),
-               "scans": ("register_scans", "evaluate_registration"), "bodies": ("fit_bodies", "evaluate_bodies")}
+# The run table's columns: the catalog's summary keys, then the capture's wall time.
+SUMMARY_KEYS = (*summary_keys(), "seconds")
+# The steps (= results sub-folders) of each capture kind, from the catalog.
+KIND_STAGES = {kind: tuple(s.name for s in pipeline(kind).capture_steps) for kind in batch_kinds()}
 MAX_OVERLAYS = 24
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}

@@ -142,7 +142,7 @@ def list_objects(client: Any, bucket: str, prefix: str, settings: S3Settings) ->
     token: str | None = None
     while True:
         kwargs = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
-        page = retrying(lambda: client.list_objects_v2(**kwargs), settings, f"listing s3://{bucket}/{prefix}")
+        page = retrying(lambda kw=kwargs: client.list_objects_v2(**kw), settings, f"listing s3://{bucket}/{prefix}")
         for item in page.get("Contents", []):
             objects.append(RemoteObject(item["Key"], str(item["ETag"]).strip('"'), int(item["Size"])))
         if not page.get("IsTruncated"):

@@ -1,8 +1,12 @@
-"""What every stage module shares: its command-line arguments, logging set-up and error exit.
+"""What every stage module shares: capture inputs, ``--params`` / ``--set``, logging set-up, the
+one-line error exit, and writing JSON and curves.
 
-A stage's ``main(argv)`` parses ``--params FILE`` and repeated ``--set SECTION.KEY=VALUE``
-(the syntax of ``dvc exp run -S``), runs ``run(...)``, and turns a :class:`Capture3dError`
-into one line on stderr and a non-zero exit code.
+A stage module exports ``Inputs`` (a frozen dataclass of its input paths, each field documented by
+an attribute docstring), ``load_config(params)``, ``run(inputs, out, config) -> out`` and a
+one-line ``main(argv)`` calling :func:`capture3d.stage_cli.stage_main`, which generates its command
+line (``--params FILE``, repeated ``--set SECTION.KEY=VALUE`` as in ``dvc exp run -S``, one flag
+per input and per params field) and turns a :class:`Capture3dError` into one line on stderr and a
+non-zero exit code.
 """
 
 from __future__ import annotations
@@ -12,12 +16,11 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capture3d.config import load_params
 from capture3d.errors import Capture3dError, CaptureError
 
 logger = logging.getLogger(__name__)
@@ -28,7 +31,9 @@ class CaptureInputs:
     """A capture folder and the name used in messages (default: the folder name)."""
 
     capture: Path
+    """capture folder"""
     name: str = ""
+    """capture name for messages (default: the folder name)"""
 
     @property
     def label(self) -> str:
@@ -40,6 +45,11 @@ class CaptureInputs:
         return inner if inner.is_dir() else self.capture
 
 
+@dataclass(frozen=True)
+class NoInputs:
+    """A stage that reads no input files: everything comes from its params section."""
+
+
 def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--params`` and ``--set`` to a stage's argument parser."""
     parser.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml)")
@@ -47,33 +57,6 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override one setting for this run (repeatable), as in `dvc exp run -S`",
     )
-
-
-def stage_parser(module: str, doc: str) -> argparse.ArgumentParser:
-    """A stage's parser with ``--out`` (replaced atomically), ``--name``, ``--params`` and ``--set``."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or module).splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
-    parser.add_argument("--name", default="", help="capture name for messages (default: folder name)")
-    add_params_arguments(parser)
-    return parser
-
-
-def stage_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-               body: Callable[[argparse.Namespace], object]) -> int:
-    """Parse ``argv``, set up logging and run ``body(args)`` through :func:`run_main`.
-
-    The capture named in errors is ``--name``, else the name of the ``--capture`` folder.
-    """
-    args = parser.parse_args(argv)
-    configure_logging()
-    capture = getattr(args, "capture", None)
-    label = args.name or (Path(capture).name if capture else "")
-    return run_main(lambda: body(args), label)
-
-
-def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The params mapping named by ``--params`` with the ``--set`` overrides applied."""
-    return load_params(args.params, args.overrides)
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -85,21 +68,6 @@ def configure_logging(verbose: bool = False) -> None:
     import pycolmap  # COLMAP's glog lines: warnings and errors only unless verbose
 
     pycolmap.logging.minloglevel = 0 if verbose else 1
-
-
-def run_main(body: Callable[[], object], capture: str = "") -> int:
-    """Run a stage body; a :class:`Capture3dError` becomes one line on stderr and its exit code.
-
-    With ``capture`` given, errors that do not name a capture yet (params problems) are prefixed
-    with it, so every error line says which capture it is about.
-    """
-    try:
-        body()
-    except Capture3dError as exc:
-        logger.debug("stage failed", exc_info=True)
-        sys.stderr.write(f"error: {error_line(exc, capture)}\n")
-        return exc.exit_code
-    return 0
 
 
 def error_line(exc: Capture3dError, capture: str = "") -> str:

@@ -9,7 +9,6 @@ size), PCK, MPJPE and PA-MPJPE (millimetres), and their medians and means.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -17,15 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import Capture3dError, CaptureError
-from capture3d.stages.common import (
-    params_from_args,
-    stage_main,
-    stage_parser,
-    write_json,
-)
+from capture3d.stages.common import write_json
 from capture3d.tasks.body.capture import BodyInputs, load_ground_truth
 from capture3d.tasks.body.evaluate import evaluate_records
 
@@ -36,19 +31,45 @@ logger = logging.getLogger(__name__)
 class EvaluateBodiesConfig:
     """The ``evaluate_bodies`` section."""
 
-    pck_threshold: float      # PCK counts keypoints closer than this x box size
+    pck_threshold: float
+    """PCK counts keypoints closer than this times the box size (max of width and height, as mmpose)"""
+
+
+@dataclass(frozen=True)
+class EvaluateBodiesInputs:
+    """A fit_bodies output folder and the body capture with its ground truth."""
+
+    result: Path
+    """fit_bodies output folder (people.json)"""
+    capture: Path
+    """body capture with gt/ (keypoints2d, joints3d.json)"""
+    name: str = ""
+    """capture name for messages (default: the capture folder name)"""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.capture.name
+
+
+Inputs = EvaluateBodiesInputs
+
+
+def has_ground_truth(inputs: EvaluateBodiesInputs) -> bool:
+    """Whether the capture has a ``gt/`` folder."""
+    return (Path(inputs.capture) / "gt").is_dir()
 
 
 def load_config(params: Mapping[str, Any]) -> EvaluateBodiesConfig:
     return section(params, "evaluate_bodies", EvaluateBodiesConfig)
 
 
-def run(result: Path, capture: Path, out: Path, config: EvaluateBodiesConfig, name: str = "") -> Path:
-    """Evaluate ``result`` against ``capture``'s ground truth into ``out``; returns ``out``."""
-    inputs = BodyInputs.from_capture(capture, name)
+def run(inputs: EvaluateBodiesInputs, out: Path, config: EvaluateBodiesConfig) -> Path:
+    """Evaluate ``inputs.result`` against the capture's ground truth into ``out``; returns ``out``."""
+    result, capture = inputs.result, inputs.capture
+    body = BodyInputs.from_capture(capture, inputs.name)
     try:
         records = json.loads((Path(result) / "people.json").read_text())["bodies"]
-        gt2d, gt3d = load_ground_truth(inputs)
+        gt2d, gt3d = load_ground_truth(body)
     except (OSError, KeyError, json.JSONDecodeError, ValueError, Capture3dError) as exc:
         raise CaptureError(inputs.label, f"cannot evaluate '{result}': {exc}") from None
     if gt2d is None and gt3d is None:
@@ -61,16 +82,8 @@ def run(result: Path, capture: Path, out: Path, config: EvaluateBodiesConfig, na
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.evaluate_bodies", __doc__ or "")
-    parser.add_argument("--result", type=Path, required=True, help="fit_bodies output folder")
-    parser.add_argument("--capture", type=Path, required=True, help="body capture with gt/")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(
-        args.result, args.capture, args.out, load_config(params_from_args(args)), args.name))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ recall, mean inlier ratio, registration recall, median errors, extraction time p
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -22,16 +21,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.stages.common import (
-    CaptureInputs,
-    params_from_args,
-    stage_main,
-    stage_parser,
-    write_json,
-)
+from capture3d.stages.common import CaptureInputs, write_json
 from capture3d.tasks.fcgf.evaluate import (
     FeatureEvalConfig,
     evaluate_descriptors,
@@ -56,18 +50,36 @@ logger = logging.getLogger(__name__)
 class EvaluateFeaturesConfig(FeatureEvalConfig):
     """The ``evaluate_features`` section: the protocol's thresholds plus what to compare and how."""
 
-    features: tuple[str, ...]  # descriptors compared, e.g. [fpfh, fcgf]
+    features: tuple[str, ...]
+    """descriptors compared, e.g. [fpfh, fcgf]"""
     global_method: Literal["fgr", "ransac", "fgr_then_ransac"]
+    """global registration of each pair (register_scans' other pairwise settings apply)"""
     gt_format: str
+    """format of the ground-truth poses (auto: from the files found)"""
     device: Literal["auto", "cpu", "cuda"]
+    """where FCGF extracts features (auto: CUDA when available)"""
 
 
 @dataclass(frozen=True)
 class EvaluateFeaturesInputs(CaptureInputs):
     """A scan capture with ground truth, the FCGF checkpoint and optional explicit ground truth."""
 
+    capture: Path
+    """scan capture folder with ground-truth poses"""
     checkpoint: Path | None = None
+    """FCGF checkpoint (capture3d or official FCGF .pth), needed for the fcgf descriptor"""
     gt: Path | None = None
+    """ground-truth poses (default: found in the capture)"""
+
+
+Inputs = EvaluateFeaturesInputs
+INPUT_ALIASES = {"scans": "capture"}
+"""legacy flag: ``capture3d evaluate features --scans`` is ``--capture``"""
+
+
+def has_ground_truth(inputs: EvaluateFeaturesInputs) -> bool:
+    """Whether there are ground-truth poses (given, or found in the capture)."""
+    return inputs.gt is not None or find_scan_ground_truth(inputs.capture) is not None
 
 
 def load_config(params: Mapping[str, Any]) -> tuple[EvaluateFeaturesConfig, RegisterScansConfig]:
@@ -133,18 +145,8 @@ def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeatur
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.evaluate_features", __doc__ or "")
-    parser.add_argument("--capture", type=Path, required=True, help="scan capture folder with ground truth")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="FCGF checkpoint (for the fcgf descriptor)")
-    parser.add_argument("--gt", type=Path, default=None, help="ground-truth poses (default: found in the capture)")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(
-        EvaluateFeaturesInputs(args.capture, args.name, args.checkpoint, args.gt), args.out,
-        load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ model against the ground-truth fused model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -22,15 +21,11 @@ from typing import Any, Literal
 import numpy as np
 import open3d as o3d
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError
-from capture3d.stages.common import (
-    params_from_args,
-    stage_main,
-    stage_parser,
-    write_json,
-)
+from capture3d.stages.common import write_json
 from capture3d.tasks.registration.capture import (
     find_scan_ground_truth,
     load_scans,
@@ -55,13 +50,21 @@ class EvaluateRegistrationConfig:
     F-score threshold is ``fscore_voxel_factor`` times the registration voxel size."""
 
     gt_format: Literal["auto", "stanford", "3dmatch", "matrices", "json"]
+    """format of the ground-truth poses (auto: from the files found)"""
     rotation_threshold_deg: float
+    """registration recall: pair rotation error under this, degrees ..."""
     translation_threshold: float
+    """... and translation error under this (metres, times threshold_scale)"""
     ape_rotation_threshold_deg: float
+    """a scan's absolute pose is within tolerance under this rotation error ..."""
     ape_translation_threshold: float
+    """... and this translation error (metres, times threshold_scale)"""
     recall_min_overlap: float
+    """recall counts pairs overlapping at least this much (3DMatch protocol: 0.3)"""
     fscore_voxel_factor: float
+    """F-score threshold = factor * registration voxel size"""
     threshold_scale: float
+    """multiplies the translation thresholds (0.1 for small objects)"""
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,27 @@ class EvaluateRegistrationInputs:
     """A register_scans output folder, its scan capture, and optional explicit ground truth."""
 
     result: Path
+    """register_scans output folder (poses.json, pairs.json, fused.ply, metrics.json)"""
     capture: Path
+    """the scan capture folder (its scans, and ground truth found inside it)"""
     gt: Path | None = None
+    """ground-truth poses (default: found in the capture)"""
     name: str = ""
+    """capture name for messages (default: the capture folder name)"""
 
     @property
     def label(self) -> str:
         return self.name or self.capture.name
+
+
+Inputs = EvaluateRegistrationInputs
+INPUT_ALIASES = {"scans": "capture"}
+"""legacy flag: ``capture3d evaluate registration --scans`` is ``--capture``"""
+
+
+def has_ground_truth(inputs: EvaluateRegistrationInputs) -> bool:
+    """Whether there are ground-truth poses (given, or found in the capture)."""
+    return inputs.gt is not None or find_scan_ground_truth(inputs.capture) is not None
 
 
 def load_config(params: Mapping[str, Any]) -> EvaluateRegistrationConfig:
@@ -173,18 +190,8 @@ def _fraction(rows: list[dict[str, Any]], key: str) -> float | None:
     return sum(bool(r[key]) for r in rows) / len(rows) if rows else None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.evaluate_registration", __doc__ or "")
-    parser.add_argument("--result", type=Path, required=True, help="register_scans output folder")
-    parser.add_argument("--capture", type=Path, required=True, help="the scan capture folder")
-    parser.add_argument("--gt", type=Path, default=None, help="ground-truth poses (default: found in the capture)")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(
-        EvaluateRegistrationInputs(args.result, args.capture, args.gt, args.name), args.out,
-        load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ a similarity alignment and ``auc_rel_pose_5deg``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -20,15 +19,11 @@ from typing import Any, Literal
 
 import pycolmap
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError
-from capture3d.stages.common import (
-    params_from_args,
-    stage_main,
-    stage_parser,
-    write_json,
-)
+from capture3d.stages.common import write_json
 from capture3d.tasks.sfm.evaluate import evaluate_sfm, read_ground_truth
 
 logger = logging.getLogger(__name__)
@@ -41,25 +36,53 @@ class EvaluateSfmConfig:
     """Settings of SfM evaluation (the ``evaluate_sfm`` section)."""
 
     gt_format: Literal["auto", "strecha", "colmap", "transforms"]
+    """format of the ground-truth cameras (auto: from the files found)"""
     auc_threshold_deg: float
+    """relative-pose AUC up to this angular error (``auc_rel_pose_5deg``)"""
 
 
 @dataclass(frozen=True)
 class EvaluateSfmInputs:
-    """An SfM output folder, optional ground truth, and the number of input images when known."""
+    """An SfM output folder, optional ground truth (given, or found in the capture folder), and the
+    number of input images when known."""
 
     model: Path
+    """sfm output folder (or a COLMAP model folder)"""
     gt: Path | None = None
+    """ground-truth cameras (default: found in the capture folder)"""
     num_images: int | None = None
+    """number of input images (default: from the sfm metrics)"""
     name: str = ""
+    """capture name for messages (default: the capture or model folder name)"""
+    capture: Path | None = None
+    """capture folder holding ground truth in ``gt/`` or ``gt_cameras/``"""
 
     @property
     def label(self) -> str:
-        return self.name or (self.model.parent.name if self.model.name == "sfm" else self.model.name)
+        if self.name:
+            return self.name
+        if self.capture is not None:
+            return self.capture.name
+        return self.model.parent.name if self.model.name == "sfm" else self.model.name
+
+    @property
+    def ground_truth(self) -> Path | None:
+        """``gt``, else the ground truth found in the capture folder, else None."""
+        if self.gt is not None:
+            return self.gt
+        return find_ground_truth(self.capture) if self.capture is not None else None
+
+
+Inputs = EvaluateSfmInputs
 
 
 def load_config(params: Mapping[str, Any]) -> EvaluateSfmConfig:
     return section(params, "evaluate_sfm", EvaluateSfmConfig)
+
+
+def has_ground_truth(inputs: EvaluateSfmInputs) -> bool:
+    """Whether there is ground truth to evaluate against (given, or found in the capture)."""
+    return inputs.ground_truth is not None
 
 
 def find_ground_truth(capture: Path) -> Path | None:
@@ -100,9 +123,10 @@ def run(inputs: EvaluateSfmInputs, out: Path, config: EvaluateSfmConfig) -> Path
     if num_images is None:
         num_images = max(m.num_images() for m in models)
     gt = None
-    if inputs.gt is not None:
+    gt_path = inputs.ground_truth
+    if gt_path is not None:
         try:
-            gt = read_ground_truth(inputs.gt, config.gt_format)
+            gt = read_ground_truth(gt_path, config.gt_format)
         except (ValueError, OSError) as exc:
             raise CaptureError(inputs.label, f"ground truth: {exc}") from None
     try:
@@ -114,22 +138,8 @@ def run(inputs: EvaluateSfmInputs, out: Path, config: EvaluateSfmConfig) -> Path
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.evaluate_sfm", __doc__ or "")
-    parser.add_argument("--model", type=Path, required=True, help="sfm output folder")
-    parser.add_argument("--capture", type=Path, default=None, help="capture folder: ground truth found inside it")
-    parser.add_argument("--gt", type=Path, default=None, help="ground-truth path (overrides --capture)")
-    return parser
-
-
-def _main(args: argparse.Namespace) -> Path:
-    gt = args.gt if args.gt is not None else (find_ground_truth(args.capture) if args.capture else None)
-    inputs = EvaluateSfmInputs(args.model, gt, None, args.name or (args.capture.name if args.capture else ""))
-    return run(inputs, args.out, load_config(params_from_args(args)))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, _main)
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ PCK, and MPJPE / PA-MPJPE when the capture has 3D ground truth; time per iterati
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -30,16 +29,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import Capture3dError, CaptureError, ParamsError
-from capture3d.stages.common import (
-    params_from_args,
-    stage_main,
-    stage_parser,
-    write_curve,
-    write_json,
-)
+from capture3d.stages.common import write_curve, write_json
 from capture3d.tasks.body.capture import BodyInputs, load_ground_truth
 from capture3d.tasks.body.evaluate import evaluate_records
 from capture3d.tasks.body.fit import (
@@ -61,18 +55,69 @@ class FitBodiesConfig(BodyFitConfig):
     """The ``fit_bodies`` section: the fit settings plus model, inputs, outputs, seed and device."""
 
     model: Literal["anny", "smpl"]
-    model_file: str                 # SMPL / SMPL-H / SMPL-X .npz or .pkl (model: smpl)
-    pose_prior_file: str            # SMPLify's gmm_08.pkl (model: smpl; optional)
+    """anny (pip package, free) | smpl (SMPL / SMPL-H / SMPL-X from model_file)"""
+    model_file: str
+    """SMPL / SMPL-H / SMPL-X .npz or .pkl (model: smpl; .pkl read by a restricted unpickler)"""
+    pose_prior_file: str
+    """SMPLify's gmm_08.pkl (model: smpl; optional: else joint-limit and bending priors)"""
     num_betas: int
+    """shape coefficients fitted (SMPL family)"""
     min_keypoints: int
+    """people with fewer confident keypoints are skipped and listed"""
     min_confidence: float
+    """keypoints below this confidence are ignored"""
     fov_deg: float
-    focal_length: float             # pixels; 0: from fov_deg
+    """uncalibrated photos: focal length from this field of view (longer side)"""
+    focal_length: float
+    """uncalibrated photos: focal length in pixels (0: from fov_deg)"""
     sequence: bool
+    """images are video frames (tracks by person index): consecutive frames are paired for smoothing"""
     mesh_format: Literal["ply", "obj"]
+    """file format of meshes/<body>"""
     overlays: bool
+    """write overlays/<image>.png (mesh and skeletons over the photo)"""
     seed: int
+    """random seed of the initialisation"""
     device: Literal["auto", "cpu", "cuda"]
+    """where the fit runs (auto: CUDA when available)"""
+
+
+@dataclass(frozen=True)
+class FitBodiesInputs:
+    """A body capture folder, or its pieces one by one (pieces given beside ``capture`` replace its own)."""
+
+    capture: Path | None = None
+    """body capture folder (images/, keypoints/ or keypoints.json, cameras.json, gt/)"""
+    images: Path | None = None
+    """photos folder (overlays need them)"""
+    keypoints: Path | None = None
+    """OpenPose / COCO keypoint JSON file or folder"""
+    cameras: Path | None = None
+    """cameras.json or an sfm stage output: calibrated multi-view fit"""
+    gt: Path | None = None
+    """ground-truth folder (keypoints2d, joints3d.json)"""
+    name: str = ""
+    """capture name for messages (default: the folder name)"""
+
+    @property
+    def label(self) -> str:
+        if self.name or self.capture is not None:
+            return self.name or Path(self.capture or "").name
+        return self.body_inputs().label if self.keypoints is not None else ""
+
+    def body_inputs(self) -> BodyInputs:
+        """Where each piece is: the capture's standard layout, with the pieces given one by one."""
+        if self.capture is not None:
+            base = BodyInputs.from_capture(self.capture, self.name)
+            return BodyInputs(keypoints=self.keypoints or base.keypoints, images=self.images or base.images,
+                              cameras=self.cameras or base.cameras, gt=self.gt or base.gt, name=base.name)
+        if self.keypoints is None:
+            raise ParamsError("fit_bodies: give --capture or --keypoints")
+        return BodyInputs(keypoints=self.keypoints, images=self.images, cameras=self.cameras, gt=self.gt,
+                          name=self.name)
+
+
+Inputs = FitBodiesInputs
 
 
 def load_config(params: Mapping[str, Any]) -> FitBodiesConfig:
@@ -96,11 +141,14 @@ def build_model(config: FitBodiesConfig, device: torch.device) -> BodyModel:
     return AnnyBody(device=device)
 
 
-def run(inputs: BodyInputs, out: Path, config: FitBodiesConfig, model: BodyModel | None = None) -> Path:
+def run(inputs: FitBodiesInputs | BodyInputs, out: Path, config: FitBodiesConfig,
+        model: BodyModel | None = None) -> Path:
     """Fit every person of one capture and write ``out``; returns ``out``.
 
     ``model`` reuses an already built model (batch flows); it must match ``config.model``."""
     start = time.perf_counter()
+    if isinstance(inputs, FitBodiesInputs):
+        inputs = inputs.body_inputs()
     label = inputs.label
     try:
         device = resolve_device(config.device)
@@ -260,30 +308,8 @@ def _write_overlays(folder: Path, images: Path, model: BodyModel, batch: BodyBat
         write_png(folder / f"{Path(image_name).stem}.png", canvas)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.fit_bodies", __doc__ or "")
-    parser.add_argument("--capture", type=Path, help="body capture folder (images/, keypoints/, cameras.json, gt/)")
-    parser.add_argument("--images", type=Path, help="photos (instead of --capture)")
-    parser.add_argument("--keypoints", type=Path, help="OpenPose / COCO keypoint JSON file or folder")
-    parser.add_argument("--cameras", type=Path, help="cameras.json or an sfm stage output (multi-view)")
-    parser.add_argument("--gt", type=Path, help="ground-truth folder (keypoints2d.json, joints3d.json)")
-    return parser
-
-
-def inputs_from_args(args: argparse.Namespace) -> BodyInputs:
-    if args.capture is not None:
-        base = BodyInputs.from_capture(args.capture, args.name)
-        return BodyInputs(keypoints=args.keypoints or base.keypoints, images=args.images or base.images,
-                          cameras=args.cameras or base.cameras, gt=args.gt or base.gt, name=base.name)
-    if args.keypoints is None:
-        raise ParamsError("fit_bodies: give --capture or --keypoints")
-    return BodyInputs(keypoints=args.keypoints, images=args.images, cameras=args.cameras, gt=args.gt,
-                      name=args.name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv,
-                      lambda args: run(inputs_from_args(args), args.out, load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ same loss curve. The state file is deleted when the stage succeeds.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -25,17 +24,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.stages.common import (
-    params_from_args,
-    stage_main,
-    stage_parser,
-    state_path_for,
-    write_curve,
-    write_json,
-)
+from capture3d.stages.common import state_path_for, write_curve, write_json
 from capture3d.stages.nvs_common import (
     FitData,
     NvsDataConfig,
@@ -61,15 +54,23 @@ from capture3d.tasks.nvs.scene import scene_extent
 
 logger = logging.getLogger(__name__)
 
+Inputs = NvsInputs
+CLI_ALIASES = {"resolution-scale": "data.resolution_scale"}
+"""legacy flag: ``--resolution-scale`` is ``--data.resolution-scale``"""
+
 
 @dataclass(frozen=True)
 class FitGaussiansConfig(GaussianFitConfig):
     """The ``fit_gaussians`` section: the fit settings plus data, outputs, seed and device."""
 
     data: NvsDataConfig
+    """how the posed capture becomes training and held-out views"""
     orbit_frames: int
+    """frames of the orbit video (0: none)"""
     seed: int
+    """random seed of the initialisation and the view order"""
     device: Literal["auto", "cpu", "cuda"]
+    """where the fit runs (auto: CUDA when available)"""
 
 
 def load_config(params: Mapping[str, Any]) -> FitGaussiansConfig:
@@ -171,16 +172,8 @@ def _metrics(inputs: NvsInputs, data: FitData, config: FitGaussiansConfig, resul
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.fit_gaussians", __doc__ or "")
-    parser.add_argument("--capture", type=Path, required=True,
-                        help="posed capture: sfm output, COLMAP folder, transforms.json or LLFF folder")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(
-        NvsInputs(args.capture, args.name), args.out, load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

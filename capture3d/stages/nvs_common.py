@@ -43,14 +43,22 @@ logger = logging.getLogger(__name__)
 class NvsDataConfig:
     """How a posed capture becomes training and held-out views."""
 
-    resolution_scale: float  # images (and K) scaled by this
-    holdout_every: int  # LLFF: views 0, k, 2k, ... are held out
-    max_points: int  # sparse points kept for initialisation (0: all)
-    triangulate: Literal["auto", "never"]  # auto: triangulate with the known poses when the input has no points
+    resolution_scale: float
+    """images (and intrinsics) scaled by this"""
+    holdout_every: int
+    """LLFF convention: views 0, k, 2k ... are held out for evaluation"""
+    max_points: int
+    """sparse points kept for initialisation (0: all)"""
+    triangulate: Literal["auto", "never"]
+    """auto: triangulate points with the known poses when the input has none (LLFF)"""
 
 
+@dataclass(frozen=True)
 class NvsInputs(CaptureInputs):
     """A posed capture: an sfm output folder, COLMAP folder, transforms.json or LLFF folder."""
+
+    capture: Path
+    """posed capture: sfm output folder, COLMAP folder, transforms.json or LLFF folder (poses_bounds.npy)"""
 
 
 @dataclass(frozen=True)

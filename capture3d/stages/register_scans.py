@@ -18,25 +18,20 @@ and cycle consistency, and ``metrics.json`` says so.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError
-from capture3d.stages.common import (
-    CaptureInputs,
-    params_from_args,
-    stage_main,
-    stage_parser,
-    write_json,
-)
+from capture3d.stages.common import CaptureInputs, write_json
 from capture3d.tasks.registration.capture import (
     RegisterScansConfig,
     check_feature_names,
@@ -58,12 +53,24 @@ from capture3d.tasks.registration.scan_io import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class RegisterScansInputs(CaptureInputs):
     """A scan capture: its point clouds are in ``scans/`` or directly in the folder."""
+
+    capture: Path
+    """scan capture folder: point clouds (PLY, PCD, XYZ, NPY) in ``scans/`` or directly inside"""
 
     @property
     def scan_dir(self) -> Path:
         return self.data_dir("scans")
+
+
+Inputs = RegisterScansInputs
+INPUT_ALIASES = {"scans": "capture"}
+"""legacy flag: ``capture3d register --scans`` is ``--capture``"""
+CLI_ALIASES = {"voxel": "preprocess.voxel_size", "global-method": "pair.global_method", "icp": "pair.icp_method",
+               "pairs": "multiway.pairs"}
+"""legacy flags of ``capture3d register``: other names of the dotted flags"""
 
 
 def load_config(params: Mapping[str, Any]) -> RegisterScansConfig:
@@ -163,15 +170,8 @@ def _metrics(label: str, scans: list[Scan], prepared: list[Any], voxel: float, r
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.register_scans", __doc__ or "")
-    parser.add_argument("--capture", type=Path, required=True, help="scan capture folder (scans/ inside, or clouds)")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(
-        RegisterScansInputs(args.capture, args.name), args.out, load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

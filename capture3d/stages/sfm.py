@@ -9,26 +9,22 @@ timings). A capture that fails the health gate after the whole ladder raises :cl
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import from_mapping, section
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.stages.common import (
-    CaptureInputs,
-    params_from_args,
-    stage_main,
-    stage_parser,
-    write_json,
-)
+from capture3d.stage_cli import Flag
+from capture3d.stages.common import CaptureInputs, write_json
 from capture3d.tasks.sfm.evaluate import reconstruction_stats
 from capture3d.tasks.sfm.export import export_result
 from capture3d.tasks.sfm.image_folder import scan_images
@@ -44,13 +40,27 @@ logger = logging.getLogger(__name__)
 MIN_IMAGES = 3
 
 
+@dataclass(frozen=True)
 class SfmInputs(CaptureInputs):
     """A photo capture: its images are in ``images/`` or directly in the folder."""
+
+    capture: Path
+    """capture folder: photos in ``images/`` or directly inside (optional ``intrinsics.json``)"""
 
     @property
     def image_dir(self) -> Path:
         return self.data_dir("images")
 
+
+Inputs = SfmInputs
+INPUT_ALIASES = {"images": "capture"}
+"""legacy flag: ``capture3d sfm --images`` is ``--capture``"""
+CLI_ALIASES = {
+    "camera-params": Flag("camera_params", also=("intrinsics=known",)),
+    "self-calibrate": Flag("intrinsics", const="self_calibrate",
+                           help="ignore intrinsics.json and estimate the intrinsics (intrinsics: self_calibrate)"),
+}
+"""legacy flags: ``--camera-params`` also sets ``intrinsics: known``; ``--self-calibrate``"""
 
 def load_config(params: Mapping[str, Any]) -> SfmConfig:
     """The ``sfm`` section as :class:`SfmConfig`, with each fallback rung checked too."""
@@ -145,15 +155,8 @@ def run(inputs: SfmInputs, out: Path, config: SfmConfig) -> Path:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.sfm", __doc__ or "")
-    parser.add_argument("--capture", type=Path, required=True, help="capture folder (images/ inside, or photos)")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(
-        SfmInputs(args.capture, args.name), args.out, load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,21 @@ Inputs: the ``synthesize`` section of params.yaml (no files). Output folder (wri
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
-from capture3d.stages.common import params_from_args, stage_main, stage_parser
+from capture3d.stages.common import NoInputs
 from capture3d.tasks.synthesis.photos import render_capture, write_capture
 
 logger = logging.getLogger(__name__)
+
+Inputs = NoInputs
 
 
 @dataclass(frozen=True)
@@ -27,18 +29,24 @@ class SynthesizeConfig:
     """Settings of the synthetic capture (the ``synthesize`` section)."""
 
     num_images: int
+    """photos on a circle around the scene"""
     width: int
+    """image width in pixels"""
     height: int
+    """image height in pixels"""
     fov_deg: float
+    """horizontal field of view in degrees"""
     supersample: int
+    """rays per pixel along each axis (anti-aliasing)"""
     seed: int
+    """random seed of the procedural scene and the camera jitter"""
 
 
 def load_config(params: Mapping[str, Any]) -> SynthesizeConfig:
     return section(params, "synthesize", SynthesizeConfig)
 
 
-def run(out: Path, config: SynthesizeConfig) -> Path:
+def run(inputs: NoInputs, out: Path, config: SynthesizeConfig) -> Path:
     """Render the synthetic capture into ``out``; returns ``out``."""
     capture = render_capture(num_images=config.num_images, width=config.width, height=config.height,
                              seed=config.seed, fov_deg=config.fov_deg, supersample=config.supersample)
@@ -48,12 +56,8 @@ def run(out: Path, config: SynthesizeConfig) -> Path:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return stage_parser("capture3d.stages.synthesize", __doc__ or "")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(args.out, load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

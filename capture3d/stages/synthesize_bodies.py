@@ -11,7 +11,6 @@ metres, by body id).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -22,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
-from capture3d.stages.common import params_from_args, stage_main, stage_parser
+from capture3d.stages.common import NoInputs
 from capture3d.tasks.body.camera import project
 from capture3d.tasks.body.cameras_io import write_cameras_json
 from capture3d.tasks.body.keypoint_io import PersonKeypoints, write_openpose
@@ -35,26 +35,35 @@ from capture3d.tasks.synthesis.bodies import SyntheticBodies, synthesize_bodies
 
 logger = logging.getLogger(__name__)
 
+Inputs = NoInputs
+
 
 @dataclass(frozen=True)
 class SynthesizeBodiesConfig:
     """Settings of the synthetic body capture (the ``synthesize_bodies`` section)."""
 
     count: int
+    """bodies (random Anny poses and shapes)"""
     views: int
+    """calibrated views per body (1: single-view photos with known intrinsics)"""
     width: int
+    """image width in pixels"""
     height: int
+    """image height in pixels"""
     fov_deg: float
+    """horizontal field of view in degrees"""
     noise_px: float
+    """Gaussian noise added to the projected keypoints, pixels"""
     seed: int
+    """random seed of the poses, shapes, cameras and noise"""
 
 
 def load_config(params: Mapping[str, Any]) -> SynthesizeBodiesConfig:
     return section(params, "synthesize_bodies", SynthesizeBodiesConfig)
 
 
-def run(out: Path, config: SynthesizeBodiesConfig, model: BodyModel | None = None) -> Path:
-    """Generate the capture into ``out``; returns ``out``."""
+def run(inputs: NoInputs, out: Path, config: SynthesizeBodiesConfig, model: BodyModel | None = None) -> Path:
+    """Generate the capture into ``out``; returns ``out``. ``model`` reuses an already built Anny model."""
     if model is None:
         from capture3d.tasks.body.anny_model import AnnyBody
 
@@ -107,12 +116,8 @@ def write_body_capture(folder: Path, model: BodyModel, syn: SyntheticBodies) -> 
     (folder / "gt" / "joints3d.json").write_text(json.dumps(joints3d, indent=1) + "\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return stage_parser("capture3d.stages.synthesize_bodies", __doc__ or "")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(args.out, load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

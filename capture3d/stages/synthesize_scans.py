@@ -7,19 +7,21 @@ its sensor frame) and ``gt/poses.json`` (world_from_scan), from :mod:`capture3d.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
-from capture3d.stages.common import params_from_args, stage_main, stage_parser
+from capture3d.stages.common import NoInputs
 from capture3d.tasks.synthesis.scans import render_scans, write_scan_capture
 
 logger = logging.getLogger(__name__)
+
+Inputs = NoInputs
 
 
 @dataclass(frozen=True)
@@ -27,17 +29,22 @@ class SynthesizeScansConfig:
     """Settings of the synthetic scan capture (the ``synthesize_scans`` section)."""
 
     num_scans: int
+    """depth-sensor scans around the scene"""
     noise_sigma: float
+    """Gaussian depth noise, metres"""
     width: int
+    """depth sensor resolution: width in pixels"""
     height: int
+    """depth sensor resolution: height in pixels"""
     seed: int
+    """random seed of the sensor poses and the noise"""
 
 
 def load_config(params: Mapping[str, Any]) -> SynthesizeScansConfig:
     return section(params, "synthesize_scans", SynthesizeScansConfig)
 
 
-def run(out: Path, config: SynthesizeScansConfig) -> Path:
+def run(inputs: NoInputs, out: Path, config: SynthesizeScansConfig) -> Path:
     """Render the synthetic scans into ``out``; returns ``out``."""
     scans, poses = render_scans(num_scans=config.num_scans, seed=config.seed, noise_sigma=config.noise_sigma,
                                 width=config.width, height=config.height)
@@ -47,12 +54,8 @@ def run(out: Path, config: SynthesizeScansConfig) -> Path:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return stage_parser("capture3d.stages.synthesize_scans", __doc__ or "")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(args.out, load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ same curve; the state file is deleted when the stage succeeds.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,16 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from capture3d import stage_cli
 from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.stages.common import (
-    params_from_args,
-    stage_main,
-    stage_parser,
-    write_curve,
-    write_json,
-)
+from capture3d.stage_cli import Flag
+from capture3d.stages.common import NoInputs, write_curve, write_json
 from capture3d.stages.common import (
     state_path_for as common_state_path,
 )
@@ -59,21 +54,36 @@ logger = logging.getLogger(__name__)
 
 LABEL = "fcgf training"
 
+Inputs = NoInputs
+CLI_ALIASES = {"extra-capture": Flag("data.extra_captures", append=True,
+                                    help="scan capture with ground truth to train on as well (repeatable)")}
+"""legacy flag: ``--extra-capture DIR`` adds one folder to ``data.extra_captures``"""
+
 
 @dataclass(frozen=True)
 class TrainDataConfig:
     """Where the training and validation pairs come from."""
 
-    synthetic_seeds: tuple[int, ...]  # training courtyards
-    validation_seeds: tuple[int, ...]  # held-out courtyards for the FMR curve
-    max_val_pairs: int  # evenly spaced subset of the validation pairs (validation costs a forward each)
+    synthetic_seeds: tuple[int, ...]
+    """synthetic training courtyards (seed 0 is the demo scan capture: never trained on)"""
+    validation_seeds: tuple[int, ...]
+    """held-out courtyards for the validation curve"""
+    max_val_pairs: int
+    """evenly spaced subset of the validation pairs (each costs a forward pass)"""
     num_scans: int
+    """scans per synthetic courtyard"""
     noise_sigma: float
+    """Gaussian depth noise of the synthetic scans, metres"""
     width: int
+    """synthetic depth sensor width, pixels"""
     height: int
-    min_overlap: float  # pairs overlapping less are not used
-    auto_target_points: int  # voxel per capture: register_scans' auto rule with this target
-    extra_captures: tuple[str, ...]  # scan capture folders with ground truth, added to training
+    """synthetic depth sensor height, pixels"""
+    min_overlap: float
+    """pairs overlapping less are not used"""
+    auto_target_points: int
+    """voxel per capture: register_scans' auto rule with this target"""
+    extra_captures: tuple[str, ...]
+    """scan capture folders with ground truth, added to training"""
 
 
 @dataclass(frozen=True)
@@ -81,13 +91,16 @@ class TrainFcgfConfig(FcgfTrainConfig):
     """The ``train_fcgf`` section: the training settings plus the data, the seed and the device."""
 
     data: TrainDataConfig
+    """where the training and validation pairs come from"""
     seed: int
+    """random seed of the network, the pairs and the augmentation"""
     device: Literal["auto", "cpu", "cuda"]
+    """where training runs (auto: CUDA when available)"""
 
 
 def load_config(params: Mapping[str, Any]) -> TrainFcgfConfig:
     config = section(params, "train_fcgf", TrainFcgfConfig)
-    if config.iterations < 1 or not config.data.synthetic_seeds and not config.data.extra_captures:
+    if config.iterations < 1 or (not config.data.synthetic_seeds and not config.data.extra_captures):
         raise ParamsError("train_fcgf: needs iterations >= 1 and at least one synthetic seed or extra capture")
     return config
 
@@ -114,7 +127,7 @@ def state_path_for(out: Path) -> Path:
     return common_state_path(out, "train")
 
 
-def run(out: Path, config: TrainFcgfConfig) -> Path:
+def run(inputs: NoInputs, out: Path, config: TrainFcgfConfig) -> Path:
     """Train FCGF and write the checkpoint, curves and metrics into ``out``; returns ``out``."""
     d = config.data
     train = [pair for folder in d.extra_captures for pair in capture_pairs(Path(folder), d)]  # bad ones fail first
@@ -172,13 +185,8 @@ def _metrics(result: TrainResult, train: list[ScanPair], val: list[ScanPair], co
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("capture3d.stages.train_fcgf", __doc__ or "")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage_main(build_parser(), argv, lambda args: run(args.out, load_config(params_from_args(args))))
+    return stage_cli.stage_main(__name__, argv)
 
 
 if __name__ == "__main__":

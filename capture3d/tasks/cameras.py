@@ -177,7 +177,7 @@ def _calibration_matrix(camera: pycolmap.Camera) -> np.ndarray:
         K = np.asarray(camera.calibration_matrix(), dtype=np.float64)
         if K.shape == (3, 3) and np.all(np.isfinite(K)):
             return K
-    except Exception:  # pragma: no cover - models without a calibration matrix
+    except Exception:  # noqa: BLE001  # pragma: no cover - models without a calibration matrix
         pass
     return np.array(
         [

@@ -238,7 +238,7 @@ class AnnyBody(BodyModel):
         need: list[str] = []
         for name in names:
             pair = derived_keypoint(name)
-            for source in pair if pair else (name,):
+            for source in pair or (name,):
                 if source not in self._skeleton.sources:
                     raise KeyError(f"Anny has no keypoint '{source}'")
                 if source not in need:

@@ -43,7 +43,7 @@ def load_cameras(source: Path) -> tuple[dict[str, PinholeCamera], bool]:
         if (model / "cameras.bin").is_file() or (model / "cameras.txt").is_file():
             try:
                 return read_colmap_cameras(model), False
-            except Exception as exc:  # pycolmap raises plain RuntimeErrors on bad files
+            except Exception as exc:  # noqa: BLE001 - pycolmap raises plain RuntimeErrors on bad files
                 raise CamerasError(f"SfM model '{model}': {exc}") from None
     raise CamerasError(f"cameras '{source}': neither a cameras.json nor a COLMAP/SfM model folder")
 

@@ -33,7 +33,7 @@ class BodyInputs:
         return self.name or (self.keypoints.name if self.keypoints.is_dir() else self.keypoints.parent.name)
 
     @classmethod
-    def from_capture(cls, capture: Path, name: str = "") -> "BodyInputs":
+    def from_capture(cls, capture: Path, name: str = "") -> BodyInputs:
         capture = Path(capture)
         keypoints = next((p for p in (capture / "keypoints", capture / "keypoints.json") if p.exists()),
                          capture / "keypoints")

@@ -57,12 +57,19 @@ class FitStage:
     """One stage of the staged optimisation."""
 
     iterations: int
+    """Adam steps of this stage"""
     learning_rate: float
-    body: bool = True             # False: global orientation, translation (and scale) only, on the torso
-    pose_weight: float = 1.0      # learned pose prior when the model has one, else quadratic
+    """Adam learning rate"""
+    body: bool = True
+    """False: global orientation, translation (and scale) only, on the torso"""
+    pose_weight: float = 1.0
+    """learned pose prior when the model has one, else quadratic"""
     shape_weight: float = 1.0
-    bend_weight: float = 1.0      # SMPLify's elbow / knee prior
-    limit_weight: float = 100.0   # joint-limit boxes
+    """shape prior"""
+    bend_weight: float = 1.0
+    """SMPLify's elbow / knee bending prior"""
+    limit_weight: float = 100.0
+    """joint-limit boxes"""
 
 
 # The schedule tuned on synthetic Anny bodies (2 px noise, one view): torso first, then the whole
@@ -80,15 +87,25 @@ class BodyFitConfig:
     """Settings of :func:`fit_bodies`."""
 
     stages: tuple[FitStage, ...] = DEFAULT_STAGES
-    robust_sigma: float = 0.1            # Geman-McClure scale, as a fraction of the box size
+    """the staged optimisation: torso first, then the whole body with the priors relaxed"""
+    robust_sigma: float = 0.1
+    """Geman-McClure scale, as a fraction of the box size"""
     interpenetration_weight: float = 0.0
-    smooth_pose_weight: float = 0.0      # temporal smoothness of the pose between consecutive frames
-    smooth_joint_weight: float = 0.0     # ... and of the 3D keypoints (per centimetre squared)
-    both_facings: bool = True            # single view: also try the body facing away
-    select_after_stage: int = 1          # keep the facing with the lower objective after this stage (0-based)
-    fit_scale: bool = False              # multi-view in a frame of unknown scale (SfM): fit body scale
-    translation_lr_scale: float = 1.0    # Adam step of the translation relative to the rotations'
+    """capsule penalty between non-adjacent limbs and the torso"""
+    smooth_pose_weight: float = 0.0
+    """sequence: pose change between consecutive frames (useful: 0.1-0.3)"""
+    smooth_joint_weight: float = 0.0
+    """sequence: 3D keypoint change per cm^2 (useful: 0.01-0.03)"""
+    both_facings: bool = True
+    """single view: also try the body facing away; keep the better"""
+    select_after_stage: int = 1
+    """keep the facing with the lower objective after this stage (0-based)"""
+    fit_scale: bool = False
+    """fit a body scale (always on for SfM cameras, whose units are arbitrary)"""
+    translation_lr_scale: float = 1.0
+    """Adam step of the translation relative to the rotations'"""
     log_every: int = 10
+    """a loss curve row every this many iterations"""
 
 
 @dataclass
@@ -119,7 +136,7 @@ class BodyObservations:
     def num_views(self) -> int:
         return int(self.xy.shape[1])
 
-    def repeat(self, times: int) -> "BodyObservations":
+    def repeat(self, times: int) -> BodyObservations:
         """Each row repeated ``times`` times in place (hypotheses); pairs mapped row-wise."""
         rep = [t.repeat_interleave(times, 0) for t in (self.xy, self.conf, self.rot, self.trans, self.k, self.box)]
         pairs = self.sequence_pairs

@@ -22,6 +22,7 @@ Orders (each checked against its source):
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from types import MappingProxyType
@@ -98,7 +99,7 @@ def _hand_edges(side: str) -> tuple[tuple[str, str], ...]:
     edges: list[tuple[str, str]] = [(f"{side}_wrist", f"{side}_hand_root")]
     for finger in FINGERS:
         chain = [f"{side}_hand_root", *(f"{side}_{finger}{i}" for i in range(1, 5))]
-        edges += zip(chain[:-1], chain[1:])
+        edges += itertools.pairwise(chain)
     return tuple(edges)
 
 

@@ -400,7 +400,7 @@ def load_keypoints(source: Path, images_dir: Path | None = None) -> list[PersonK
                 raise KeypointError(path, f"person id '{p.person}' also appears in '{origin[p.person]}'")
             origin[p.person] = path
         people += found
-    for path, image, box in boxes:
+    for _path, image, box in boxes:
         _apply_sidecar_box(people, image, box)
 
     folder = Path(images_dir) if images_dir is not None else (source if source.is_dir() else source.parent)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -62,13 +63,13 @@ class BodyPose:
     def batch_size(self) -> int:
         return int(self.global_orient.shape[0])
 
-    def detach(self) -> "BodyPose":
+    def detach(self) -> BodyPose:
         return BodyPose(*(t.detach().clone() for t in self.tensors()))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.global_orient, self.body_pose, self.shape, self.transl
 
-    def index(self, rows: Sequence[int] | torch.Tensor) -> "BodyPose":
+    def index(self, rows: Sequence[int] | torch.Tensor) -> BodyPose:
         """The sub-batch at ``rows``."""
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.global_orient.device)
         return BodyPose(*(t[idx] for t in self.tensors()))
@@ -98,7 +99,7 @@ class BodyModel(ABC):
     keypoint_names: tuple[str, ...]
     faces: np.ndarray
     bend_limits: tuple[BendLimit, ...] = ()
-    joint_limits: dict[str, tuple[tuple[float, float], ...]] = {}
+    joint_limits: Mapping[str, tuple[tuple[float, float], ...]] = MappingProxyType({})
     pose_sigma: tuple[float, ...] = ()  # per pose joint, radians, for the quadratic prior (empty: all 1)
     dtype: torch.dtype
     device: torch.device

@@ -56,7 +56,7 @@ class _StandIn(metaclass=_Sealed):
     __slots__ = ("state",)
     source = ""  # the global this stands in for (set per subclass in its class body)
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_StandIn":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
         obj = object.__new__(cls)
         object.__setattr__(obj, "state", {})
         return obj
@@ -230,7 +230,7 @@ def safe_load_pickle(path: str | Path, *, what: str = "model file") -> dict[str,
         raise _refusal(label, str(e)) from None
     except BodyModelError:
         raise
-    except Exception as e:  # a corrupt or truncated file: any error of the allowed constructors
+    except Exception as e:  # noqa: BLE001 - a corrupt or truncated file: any error of the allowed constructors
         msg = " ".join(str(e).split())[:200]
         raise BodyModelError(f"{label} is not a readable pickle ({type(e).__name__}: {msg})") from None
     if not isinstance(loaded, dict):

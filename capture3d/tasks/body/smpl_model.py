@@ -52,7 +52,7 @@ from capture3d.tasks.body.safe_pickle import safe_load_pickle
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BodyModelError", "JOINT_NAMES", "SMPL_BEND_LIMITS", "SmplModel", "load_smpl_model"]
+__all__ = ["JOINT_NAMES", "SMPL_BEND_LIMITS", "BodyModelError", "SmplModel", "load_smpl_model"]
 
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 FAMILY_BY_JOINTS = MappingProxyType({24: "smpl", 52: "smplh", 55: "smplx"})

@@ -60,11 +60,17 @@ class FcgfModelConfig:
     """The network's shape (the ``model`` part of the ``train_fcgf`` section)."""
 
     arch: Literal["ResUNetBN2C", "ResUNetBN2"]
+    """network (FCGF's architectures)"""
     in_channels: int
+    """input feature channels (1: occupancy)"""
     out_channels: int
+    """descriptor dimension"""
     conv1_kernel_size: int
+    """kernel size of the first convolution"""
     bn_momentum: float
+    """batch-norm momentum"""
     normalize_feature: bool
+    """unit-length descriptors"""
 
 
 def build_model(config: FcgfModelConfig) -> ResUNetBN2C:

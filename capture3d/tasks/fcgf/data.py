@@ -53,10 +53,14 @@ class ScanPair:
 class AugmentConfig:
     """Random rotation, partial crop and jitter applied to each cloud of a training pair."""
 
-    rotation_deg: float  # max rotation angle about a random axis (180: any rotation)
-    crop_probability: float  # chance that a cloud is cropped by a random plane
-    crop_min_fraction: float  # a crop keeps at least this fraction of the points
-    jitter_factor: float  # Gaussian noise sigma, in voxels
+    rotation_deg: float
+    """each cloud rotated up to this about a random axis, degrees (180: any rotation)"""
+    crop_probability: float
+    """chance that a cloud is cropped by a random plane"""
+    crop_min_fraction: float
+    """a crop keeps at least this fraction of the points"""
+    jitter_factor: float
+    """extra Gaussian noise, sigma in voxels"""
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,17 @@ class FeatureEvalConfig:
     """Pair selection and success thresholds."""
 
     min_overlap: float
-    inlier_distance: float  # 3DMatch: 0.10
-    inlier_ratio: float  # 3DMatch: 0.05
+    """pairs overlapping less under the ground truth are not evaluated (3DMatch: 0.3)"""
+    inlier_distance: float
+    """a match is an inlier within this distance under the ground truth (3DMatch: 0.10)"""
+    inlier_ratio: float
+    """feature-match recall counts pairs with at least this inlier ratio (3DMatch: 0.05)"""
     rotation_threshold_deg: float
+    """registration recall: rotation error under this, degrees ..."""
     translation_threshold: float
-    threshold_scale: float  # multiplies inlier_distance and translation_threshold
+    """... and translation error under this (times threshold_scale)"""
+    threshold_scale: float
+    """multiplies inlier_distance and translation_threshold (0.1 for small objects)"""
 
 
 def overlapping_pairs(clouds: list[np.ndarray], poses: list[np.ndarray], radius: float,

@@ -65,11 +65,17 @@ class OptimConfig:
     """Optimiser and learning-rate schedule (exponential decay every ``lr_decay_every`` steps)."""
 
     optimizer: Literal["adam", "sgd"]
+    """optimiser (FCGF: sgd, learning rate 0.1, momentum 0.8)"""
     learning_rate: float
-    momentum: float  # SGD only
+    """initial learning rate"""
+    momentum: float
+    """SGD momentum (sgd only)"""
     weight_decay: float
+    """L2 weight decay"""
     lr_gamma: float
+    """learning-rate decay factor ..."""
     lr_decay_every: int
+    """... applied every this many iterations"""
 
 
 @dataclass(frozen=True)
@@ -78,14 +84,23 @@ class LossConfig:
     within 1.5 voxels; PointInfoNCE: temperature 0.07)."""
 
     objective: Literal["hardest_contrastive", "point_info_nce"]
+    """point_info_nce (PointContrast) | hardest_contrastive (FCGF's paper)"""
     num_pos: int
+    """sampled matches per step"""
     num_hn_samples: int
+    """hardest_contrastive: negative candidates per cloud"""
     pos_thresh: float
+    """hardest_contrastive: positive margin (FCGF: 0.1)"""
     neg_thresh: float
+    """hardest_contrastive: negative margin (FCGF: 1.4)"""
     positive_radius_factor: float
-    safe_radius_factor: float  # candidates this close (voxels) to the true match are never negatives; 0: FCGF
+    """matches: points within this many voxels under the true motion (FCGF: 1.5)"""
+    safe_radius_factor: float
+    """candidates this close (voxels) to the true match are never negatives (FCGF: 0)"""
     min_positives: int
-    temperature: float  # point_info_nce only (PointContrast: 0.07)
+    """pairs with fewer matches are redrawn"""
+    temperature: float
+    """point_info_nce: softmax temperature (PointContrast: 0.07)"""
 
 
 @dataclass(frozen=True)
@@ -93,14 +108,23 @@ class FcgfTrainConfig:
     """Everything that shapes a training run except the data, the seed and the device."""
 
     model: FcgfModelConfig
+    """the network's shape"""
     optim: OptimConfig
+    """optimiser and learning-rate schedule"""
     loss: LossConfig
+    """training objective"""
     augment: AugmentConfig
+    """random rotation, crop and jitter of each training cloud"""
     iterations: int
+    """training steps (one pair each)"""
     checkpoint_every: int
+    """training state saved every this many iterations (resumable)"""
     val_every: int
-    fmr_inlier_distance: float  # 3DMatch: 0.10 (scene units)
-    fmr_inlier_ratio: float  # 3DMatch: 0.05
+    """validation (feature-match recall) every this many iterations"""
+    fmr_inlier_distance: float
+    """validation: inlier distance of the feature-match recall (3DMatch: 0.10, scene units)"""
+    fmr_inlier_ratio: float
+    """validation: inlier ratio of the feature-match recall (3DMatch: 0.05)"""
 
 
 @dataclass

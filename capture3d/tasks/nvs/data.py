@@ -404,7 +404,7 @@ def _load_llff(folder: Path, label: str, resolution_scale: float) -> NvsScene:
         f = f_full * W / w_full
         K = np.array([[f, 0.0, W / 2.0], [0.0, f, H / 2.0], [0.0, 0.0, 1.0]])
         view = PosedView(path.name, pixels, K, M)
-        if (W, H) != target:
+        if target != (W, H):
             view = _resize_view_to(view, target)
         views.append(view)
     if abs(views[0].width / views[0].height - w_full / h_full) > 0.02 * w_full / h_full:
@@ -446,7 +446,7 @@ def _read_image(path: Path, label: str) -> np.ndarray:
 def _fit_K_to_image(K: np.ndarray, size: tuple[int, int], pixels: np.ndarray, name: str) -> np.ndarray:
     """Scale K (3, 3) from the camera's (W, H) to the image's actual size, warning when they differ."""
     H, W = pixels.shape[:2]
-    if (W, H) == size:
+    if size == (W, H):
         return K
     logger.warning("image %s is %dx%d but its camera is %dx%d; intrinsics scaled to the image", name, W, H, *size)
     return _scale_K(K, W / size[0], H / size[1])

@@ -51,20 +51,35 @@ class GaussianFitConfig:
     """Everything that shapes a 3DGS fit except the data, the seed and the device."""
 
     iterations: int
+    """optimisation steps (one training view each)"""
     sh_degree: int
+    """final spherical-harmonics degree (0-3)"""
     sh_degree_interval: int
+    """one more SH degree every this many steps (3DGS: 1000)"""
     init_opacity: float
-    init_random_points: int  # extra random Gaussians in the points' bounding box (all random if no points)
+    """opacity of the initial Gaussians"""
+    init_random_points: int
+    """extra random Gaussians in the points' box (all random when there are no points)"""
     lambda_dssim: float
+    """weight of the D-SSIM term of the loss (L1 gets 1 - this)"""
     background: Literal["black", "white"]
+    """colour behind the Gaussians"""
     lr: LearningRates
+    """3DGS's Adam learning rates"""
     densify: strategy.DensifyConfig
+    """adaptive density control (3DGS: start 500, stop 15000, every 100, reset 3000)"""
     backend: Backend
+    """rasterizer (auto: gsplat CUDA on a GPU, else ours on the CPU)"""
     tile_size: int
-    cpu_compile: bool  # CPU backend: torch.compile the compositing (needs a C++ compiler)
+    """CPU rasterizer tile, pixels"""
+    cpu_compile: bool
+    """CPU rasterizer through torch.compile (about 2x faster; needs g++)"""
     checkpoint_every: int
+    """fit state saved every this many iterations (resumable)"""
     log_every: int
-    max_seconds: float  # 0: no limit; else stop after this much fitting time (resumes included)
+    """a loss curve row every this many iterations"""
+    max_seconds: float
+    """0: no limit; fitting stops after this long (resumed runs included)"""
 
 
 @dataclass

@@ -73,17 +73,29 @@ class NerfFitConfig:
     """
 
     model: NerfModelConfig = field(default_factory=NerfModelConfig)
-    iterations: int = 2500  # about 5 minutes on one CPU core with these settings
+    """the radiance field's shape"""
+    iterations: int = 2500
+    """optimisation steps (2500: about 5 minutes on one CPU core with these defaults)"""
     rays_per_batch: int = 256
+    """rays per step (GPU: 4096)"""
     num_coarse: int = 16
+    """stratified samples per ray"""
     num_fine: int = 32
+    """importance samples per ray"""
     learning_rate: float = 3e-2
+    """initial Adam learning rate, decaying exponentially ..."""
     lr_final: float = 1e-3
+    """... to this at the last iteration"""
     ndc: Literal["auto", "on", "off"] = "auto"
+    """rays in normalised device coordinates (auto: forward-facing captures with depth bounds)"""
     background: Literal["black", "white"] = "black"
+    """colour behind the scene"""
     checkpoint_every: int = 500
-    max_seconds: float = 0.0  # 0: no limit; else stop (and save) once this call has trained this long
+    """fit state saved every this many iterations (resumable)"""
+    max_seconds: float = 0.0
+    """0: no limit; fitting stops (and saves) after this long"""
     log_every: int = 10
+    """a loss curve row every this many iterations"""
 
 
 @dataclass

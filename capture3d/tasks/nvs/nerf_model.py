@@ -47,22 +47,39 @@ class NerfModelConfig:
     """The radiance field's shape; defaults: Instant-NGP's small network, trimmed for the CPU (module docstring)."""
 
     encoding: Literal["positional", "hash"] = "hash"
-    num_freqs_xyz: int = 10  # positional: NeRF's L = 10 for points
-    num_freqs_dir: int = 4  # NeRF's L = 4 for directions (both encodings)
+    """hash (Instant-NGP hash grid) | positional (NeRF's)"""
+    num_freqs_xyz: int = 10
+    """positional encoding frequencies of points (NeRF: 10)"""
+    num_freqs_dir: int = 4
+    """encoding frequencies of view directions, both encodings (NeRF: 4)"""
     hash_levels: int = 16
-    hash_log2_table_size: int = 17  # Instant-NGP: 19 (2^17 is faster on a CPU, little worse)
+    """hash grid levels"""
+    hash_log2_table_size: int = 17
+    """log2 of the rows per level (Instant-NGP: 19; 17 is faster on a CPU, little worse)"""
     hash_features_per_level: int = 2
+    """features per hash grid level"""
     hash_base_resolution: int = 16
+    """resolution of the coarsest level"""
     hash_finest_resolution: int = 512
+    """resolution of the finest level"""
     width: int = 64
+    """trunk MLP width"""
     depth: int = 1
-    skip: bool = False  # concatenate the encoding again after layer depth // 2 (NeRF)
+    """trunk MLP layers"""
+    skip: bool = False
+    """concatenate the encoding again after layer depth // 2 (NeRF's 8-layer MLP)"""
     geo_feat_dim: int = 15
+    """features passed from the density trunk to the colour head"""
     view_dependent: bool = True
+    """colour depends on the view direction"""
     color_width: int = 64
-    color_depth: int = 1  # Instant-NGP: 2 (1 fits better in a few CPU minutes)
+    """colour head width"""
+    color_depth: int = 1
+    """colour head layers (Instant-NGP: 2; 1 fits better in a few CPU minutes)"""
     density_activation: Literal["softplus", "relu"] = "softplus"
-    coarse_network: bool = False  # a second, separate network for the coarse pass (NeRF)
+    """softplus (mip-NeRF's shifted softplus) | relu (the NeRF paper)"""
+    coarse_network: bool = False
+    """a separate coarse network (NeRF) instead of one for both passes"""
 
 
 def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:

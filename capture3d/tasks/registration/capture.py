@@ -53,20 +53,29 @@ class PreprocessConfig:
     """Voxel size (metres after ``units_scale``, or ``auto``), outlier removal and normals."""
 
     units_scale: float
+    """multiplies input coordinates (0.001 for scans in millimetres)"""
     voxel_size: Literal["auto"] | float
+    """downsampling voxel in metres, or auto (from the bounding box and point density)"""
     auto_target_points: int
+    """voxel_size auto: about this many points per scan after downsampling"""
     outlier_neighbors: int
+    """statistical outlier removal: neighbours considered per point"""
     outlier_std_ratio: float
+    """statistical outlier removal: points beyond this many standard deviations are removed"""
     normal_radius_factor: float
+    """normal estimation radius = factor * voxel"""
     min_points: int
+    """a scan with fewer points after downsampling refuses the capture"""
 
 
 @dataclass(frozen=True)
 class FcgfFeatureConfig:
     """The trained FCGF model used when ``features: fcgf``."""
 
-    checkpoint: str  # capture3d or official FCGF checkpoint (train_fcgf writes models/fcgf/model.pt)
+    checkpoint: str
+    """capture3d or official FCGF checkpoint (train_fcgf writes models/fcgf/model.pt)"""
     device: Literal["auto", "cpu", "cuda"]
+    """where the network extracts features (auto: CUDA when available)"""
 
 
 @dataclass(frozen=True)
@@ -74,12 +83,19 @@ class RegisterScansConfig:
     """The ``register_scans`` section."""
 
     preprocess: PreprocessConfig
-    sensor_origin: OriginMode  # auto (file headers, sensor_origin.json) | scan_frame (origin of each scan) | none
+    """units, voxel size, outlier removal and normals"""
+    sensor_origin: OriginMode
+    """auto (PCD VIEWPOINT, PLY 'comment viewpoint', sensor_origin.json) | scan_frame | none"""
     features: str
+    """descriptor from the feature registry: fpfh | fcgf (learned; needs fcgf.checkpoint)"""
     fcgf: FcgfFeatureConfig
+    """the trained FCGF model used when features is fcgf"""
     pair: PairConfig
+    """pairwise registration"""
     multiway: MultiwayConfig
+    """multiway registration and the verification of its links and poses"""
     fused_voxel_factor: float
+    """fused.ply is downsampled at factor * voxel"""
 
 
 def check_feature_names(names: Sequence[str], key: str) -> None:

@@ -77,18 +77,30 @@ reg = o3d.pipelines.registration
 class MultiwayConfig:
     """Settings of multiway registration and of the verification of its links and poses."""
 
-    pairs: Literal["all", "sequential"]  # all pairs, or neighbours within `window`
-    window: int  # neighbour distance for "sequential"
-    max_all_pairs_scans: int  # "all" falls back to "sequential" above this many scans
-    edge_prune_threshold: float  # line-process weight below which a loop closure is pruned
-    preference_loop_closure: float  # Open3D's loop-closure preference (2.0 here, see module doc)
-    max_correspondence_factor: float  # optimisation max_correspondence_distance = factor * voxel
-    max_edge_rotation_deg: float = 5.0  # optimised vs pairwise relative pose: rotation tolerance
-    max_edge_translation_factor: float = 3.0  # ... and translation tolerance, as a multiple of voxel
-    max_free_fraction: float = 0.03  # free-space test: share of observed points allowed in free space
-    free_space_tolerance_factor: float = 2.0  # free-space test depth tolerance = factor * voxel
-    min_observed_points: int = 100  # points in view of the other sensor the free-space test needs
-    min_colour_correlation: float = 0.5  # coloured scans: intensity correlation of matched points needed
+    pairs: Literal["all", "sequential"]
+    """all pairs, or sequential (neighbours within window)"""
+    window: int
+    """neighbour distance of the sequential pairs"""
+    max_all_pairs_scans: int
+    """pairs all falls back to sequential above this many scans"""
+    edge_prune_threshold: float
+    """line-process weight below which a loop closure is pruned"""
+    preference_loop_closure: float
+    """Open3D's loop-closure preference (2.0 here, see the module docstring)"""
+    max_correspondence_factor: float
+    """pose-graph optimisation max_correspondence_distance = factor * voxel"""
+    max_edge_rotation_deg: float = 5.0
+    """optimised vs pairwise relative pose must agree within this rotation, degrees ..."""
+    max_edge_translation_factor: float = 3.0
+    """... and this many voxels, else the edge is dropped"""
+    max_free_fraction: float = 0.03
+    """free-space test: more observed points in the other sensor's empty space fail"""
+    free_space_tolerance_factor: float = 2.0
+    """free-space test depth tolerance = factor * voxel"""
+    min_observed_points: int = 100
+    """points in view of the other sensor the free-space test needs"""
+    min_colour_correlation: float = 0.5
+    """coloured scans: intensities of matched points must correlate this much"""
 
     def verify(self) -> VerifyConfig:
         return VerifyConfig(self.max_free_fraction, self.free_space_tolerance_factor, self.min_observed_points,

@@ -67,16 +67,27 @@ class PairConfig:
     """Settings of pairwise registration."""
 
     global_method: Literal["fgr", "ransac", "fgr_then_ransac"]
-    ransac_max_iterations: int  # sampled correspondence triplets, e.g. 100000
+    """global registration (fgr_then_ransac: both sets of hypotheses pooled)"""
+    ransac_max_iterations: int
+    """RANSAC: sampled correspondence triplets (repeatable numpy RANSAC), e.g. 100000"""
     mutual_filter: bool
-    distance_factor: float  # global correspondence distance = distance_factor * voxel
+    """keep only mutual nearest-neighbour feature correspondences"""
+    distance_factor: float
+    """global correspondence distance = factor * voxel"""
     icp_method: Literal["point_to_point", "point_to_plane", "colored", "generalized"]
-    icp_scales: tuple[float, ...]  # ICP correspondence distances as multiples of voxel, coarse -> fine
-    icp_max_iterations: int  # per scale
-    min_fitness: float  # below this the pair is not confident
-    max_rmse_factor: float  # inlier RMSE must be below max_rmse_factor * voxel
+    """ICP variant of the refinement"""
+    icp_scales: tuple[float, ...]
+    """multi-scale ICP: correspondence distances as multiples of voxel, coarse to fine"""
+    icp_max_iterations: int
+    """ICP iterations per scale"""
+    min_fitness: float
+    """a pair below this fitness is not confident (no overlap)"""
+    max_rmse_factor: float
+    """a confident pair's inlier RMSE stays below factor * voxel"""
     seed: int
-    num_hypotheses: int = 4  # distinct global modes kept per method (FGR seeds, RANSAC modes)
+    """random seed of FGR and RANSAC"""
+    num_hypotheses: int = 4
+    """distinct global modes kept per method and pair (FGR seeds, RANSAC modes)"""
 
 
 @dataclass(frozen=True)

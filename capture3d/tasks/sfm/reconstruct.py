@@ -38,22 +38,39 @@ class SfmConfig:
     """Settings of the SfM task (the ``sfm`` section of params.yaml)."""
 
     matcher: Literal["exhaustive", "sequential"]
+    """feature matching: exhaustive (every pair) or sequential (video-like captures: neighbours only)"""
     sequential_overlap: int
+    """neighbours matched per image by the sequential matcher"""
     mapper: Literal["incremental", "global"]
+    """incremental, or global (COLMAP's global mapper, GLOMAP)"""
     camera_mode: Literal["single", "per_image", "auto"]
+    """one camera for all images or one per image (auto: single if all images share a size)"""
     intrinsics: Literal["auto", "known", "self_calibrate"]
+    """auto: the capture's intrinsics.json if present; known: required; self_calibrate: estimated"""
     camera_model: str
+    """COLMAP camera model for self-calibration, or of camera_params (PINHOLE, SIMPLE_RADIAL ...)"""
     camera_params: str
+    """known intrinsics for camera_model, e.g. "fx, fy, cx, cy" for PINHOLE ("": none)"""
     max_image_size: int
+    """longer image side used for feature extraction, pixels (larger images are downscaled)"""
     max_num_features: int
+    """SIFT features per image at most"""
     min_num_matches: int
+    """image pairs with fewer verified matches are not used"""
     init_min_num_inliers: int
+    """inliers the mapper's initial image pair needs"""
     abs_pose_min_num_inliers: int
+    """inliers an image needs to be registered (absolute pose)"""
     min_registered_fraction: float
+    """health gate: the largest model must hold this fraction of the images, in one model"""
     fallback: tuple[dict[str, Any], ...]
+    """ladder tried in order when the gate fails; each rung adds its overrides to the ones before"""
     seed: int
+    """random seed of COLMAP's RANSAC and mapper"""
     num_threads: int
+    """CPU threads (-1: all cores)"""
     device: Literal["auto", "cpu", "cuda"]
+    """where SIFT extraction and matching run (auto: the GPU when pycolmap has CUDA)"""
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from collections.abc import Callable
 
 import torch
 
-logger = logging.getLogger(__name__)
-
 from capture3d.tasks.nvs.gaussians.project import ALPHA_MIN
+
+logger = logging.getLogger(__name__)
 
 ALPHA_MAX = 0.999
 T_MIN = 1e-4

@@ -32,12 +32,19 @@ class LearningRates:
     """Per-parameter Adam learning rates (3DGS defaults); ``means`` is scaled by the scene extent."""
 
     means: float
+    """positions (times the scene extent), decaying exponentially ..."""
     means_final: float
+    """... to this at the last iteration"""
     scales: float
+    """log scales"""
     quats: float
+    """rotations (quaternions)"""
     opacities: float
+    """opacity logits"""
     sh0: float
+    """base colour (degree-0 spherical harmonics)"""
     shN: float
+    """higher spherical-harmonics coefficients"""
 
 
 def init_gaussians(

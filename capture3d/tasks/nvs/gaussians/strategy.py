@@ -36,17 +36,29 @@ class DensifyConfig:
     """Hyperparameters of adaptive density control (3DGS: threshold 0.0002, 1 % dense, refine 500-15k every 100, reset every 3000)."""
 
     grad_threshold: float
+    """mean screen-space gradient (NDC units) that triggers clone / split"""
     percent_dense: float
+    """clone below this fraction of the scene extent, split above"""
     split_scale_factor: float
+    """a split Gaussian's two children are this much smaller"""
     prune_opacity: float
+    """Gaussians less opaque than this are pruned"""
     prune_scale3d: float
+    """after the first opacity reset: prune wider than this times the scene extent ..."""
     prune_scale2d: float
+    """... or than this fraction of the image"""
     refine_start: int
+    """first iteration of adaptive density control"""
     refine_stop: int
+    """no densification after this iteration"""
     refine_every: int
+    """densify and prune every this many iterations"""
     reset_every: int
+    """opacities reset every this many iterations"""
     reset_opacity: float
+    """opacities are reset to at most this"""
     max_gaussians: int
+    """growth cap (bounds CPU time per iteration)"""
 
 
 @dataclass
