@@ -4,7 +4,8 @@ Inputs: the fit's output folder (``people.json``), the body capture (``gt/keypoi
 truth in any keypoint format, ``gt/joints3d.json`` 3D ground truth in metres; without 2D ground
 truth the fitted keypoints are the reference) and the ``evaluate_bodies`` section of params.yaml.
 Output folder (written atomically): ``metrics.json`` with per-body 2D error (pixels and per box
-size), PCK, MPJPE and PA-MPJPE (millimetres), and their medians and means.
+size), PCK, MPJPE and PA-MPJPE (millimetres), and their medians and means. A body whose 3D ground
+truth shares fewer than 3 joints with the fit fails the stage with one line naming the body.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def run(inputs: EvaluateBodiesInputs, out: Path, config: EvaluateBodiesConfig) -
         raise CaptureError(inputs.label, f"cannot evaluate '{result}': {exc}") from None
     if gt2d is None and gt3d is None:
         raise CaptureError(inputs.label, f"no ground truth in '{capture}/gt' (keypoints2d or joints3d.json)")
-    metrics = evaluate_records(records, gt2d, gt3d, config.pck_threshold)
+    try:
+        metrics = evaluate_records(records, gt2d, gt3d, config.pck_threshold)
+    except ValueError as exc:  # GroundTruthError: a body's ground truth shares too few joints
+        raise CaptureError(inputs.label, str(exc)) from None
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", {"capture": inputs.label, **metrics["summary"],
                                           "per_body": metrics["per_body"]})

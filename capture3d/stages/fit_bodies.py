@@ -9,6 +9,13 @@ multi-view ``groups``), optional ``gt/keypoints2d.json`` or ``gt/keypoints2d/`` 
 ``--keypoints``, ``--cameras`` which may also be an ``sfm`` stage output). The ``fit_bodies``
 section of params.yaml.
 
+Checks before fitting (each a one-line :class:`CaptureError`): calibrated images that ``groups`` does
+not tie together are separate people unless the views agree on one body (see
+:mod:`capture3d.tasks.body.observations`), or an error asks for ``groups``; every multi-view body's
+cameras are checked against its keypoints (joints triangulated in front of every camera, plausible
+reprojection: :mod:`capture3d.tasks.body.camera_check`), naming the camera that disagrees; 3D ground
+truth must share at least 3 joints with the model for every body it lists.
+
 Output folder (written atomically): ``people.json`` (per body: views, input and reprojected
 keypoints, fitted 3D keypoints, loss terms), ``params/<body>.npz`` and ``.json`` (the model
 parameters), ``meshes/<body>.ply|obj``, ``overlays/<image>.png`` (mesh and skeletons over the
@@ -18,7 +25,6 @@ PCK, and MPJPE / PA-MPJPE when the capture has 3D ground truth; time per iterati
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -34,8 +40,9 @@ from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import Capture3dError, CaptureError, ParamsError
 from capture3d.stages.common import write_curve, write_json
+from capture3d.tasks.body.camera_check import camera_problem
 from capture3d.tasks.body.capture import BodyInputs, load_ground_truth
-from capture3d.tasks.body.evaluate import evaluate_records
+from capture3d.tasks.body.evaluate import check_ground_truth_3d, evaluate_records
 from capture3d.tasks.body.fit import (
     BodyFitConfig,
     BodyFitResult,
@@ -170,6 +177,14 @@ def run(inputs: FitBodiesInputs | BodyInputs, out: Path, config: FitBodiesConfig
     if not batch.rows:
         reasons = "; ".join(f"{s['person']}: {s['reason']}" for s in batch.skipped[:3])
         raise CaptureError(label, f"no person has enough keypoints to fit ({reasons})")
+    problem = _camera_problem(batch)
+    if problem is not None:
+        raise CaptureError(label, problem)
+    if gt3d is not None:
+        try:
+            check_ground_truth_3d([row.body for row in batch.rows], model.keypoint_names, gt3d)
+        except ValueError as exc:
+            raise CaptureError(label, str(exc)) from None
     fit_config = BodyFitConfig(**{f: getattr(config, f) for f in BodyFitConfig.__dataclass_fields__})
     if cameras and not metric:
         fit_config = BodyFitConfig(**{**fit_config.__dict__, "fit_scale": True})
@@ -198,17 +213,32 @@ def run(inputs: FitBodiesInputs | BodyInputs, out: Path, config: FitBodiesConfig
     return out
 
 
-def _cameras(inputs: BodyInputs) -> tuple[dict | None, list[list[str]], bool]:
+def _cameras(inputs: BodyInputs) -> tuple[dict | None, list[list[str]] | None, bool]:
+    """Cameras by image, the ``groups`` of cameras.json (None when it has none, or for an SfM model)
+    and whether the frame is metric."""
     if inputs.cameras is None:
-        return None, [], True
-    from capture3d.tasks.body.cameras_io import load_cameras
+        return None, None, True
+    from capture3d.tasks.body.cameras_io import load_cameras, read_groups
 
     cameras, metric = load_cameras(inputs.cameras)
-    groups: list[list[str]] = []
     path = inputs.cameras if inputs.cameras.is_file() else inputs.cameras / "cameras.json"
-    if path.is_file():
-        groups = [list(g) for g in json.loads(path.read_text()).get("groups", [])]
-    return cameras, groups, metric
+    return cameras, read_groups(path) if path.is_file() else None, metric
+
+
+def _camera_problem(batch: BodyBatch) -> str | None:
+    """The first multi-view body whose cameras disagree with its keypoints, as one line naming the camera."""
+    obs = batch.observations
+    for b, row in enumerate(batch.rows):
+        views = len(row.people)
+        if views < 2:
+            continue
+        problem = camera_problem(obs.xy[b, :views].double().cpu().numpy(), obs.conf[b, :views].double().cpu().numpy(),
+                                 obs.k[b, :views].double().cpu().numpy(), obs.rot[b, :views].double().cpu().numpy(),
+                                 obs.trans[b, :views].double().cpu().numpy(), obs.box[b, :views].double().cpu().numpy(),
+                                 [p.image for p in row.people], row.body)  # conf is already thresholded
+        if problem is not None:
+            return problem
+    return None
 
 
 def _records(model: BodyModel, batch: BodyBatch, result: BodyFitResult) -> list[dict[str, Any]]:

@@ -1,9 +1,11 @@
 """Calibrated views for multi-view body fitting: a ``cameras.json`` file or an SfM result.
 
-Inputs: ``cameras.json`` (``{"images": {name: {"K": 3x3, "R": 3x3, "t": [3], "width", "height"}}}``,
-cam_from_world, OpenCV axes, metric units) or the ``sfm`` stage's output folder / a COLMAP sparse
-model (its frame and units are the reconstruction's; lens distortion is ignored). Output:
-``{image name: PinholeCamera}`` and whether the frame is metric.
+Inputs: ``cameras.json`` (``{"images": {name: {"K": 3x3, "R": 3x3, "t": [3], "width", "height"}},
+"groups": [[name, ...], ...]}``; world-to-camera ``x_cam = R x_world + t``, OpenCV axes x right,
+y down, z forward; t in metres; ``groups`` optional: the images that show one person at one
+instant) or the ``sfm`` stage's output folder / a COLMAP sparse model (its frame and units are the
+reconstruction's; lens distortion is ignored). Output: ``{image name: PinholeCamera}``, whether the
+frame is metric, and the ``groups`` (:func:`read_groups`; None when the file has none).
 """
 
 from __future__ import annotations
@@ -46,6 +48,27 @@ def load_cameras(source: Path) -> tuple[dict[str, PinholeCamera], bool]:
             except Exception as exc:  # noqa: BLE001 - pycolmap raises plain RuntimeErrors on bad files
                 raise CamerasError(f"SfM model '{model}': {exc}") from None
     raise CamerasError(f"cameras '{source}': neither a cameras.json nor a COLMAP/SfM model folder")
+
+
+def read_groups(path: Path) -> list[list[str]] | None:
+    """The ``groups`` of a cameras.json (lists of image names), or None when it has none. A group
+    that is not a list of names raises :class:`CamerasError`; names without a camera are warned of."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CamerasError(f"cameras file '{path}': {exc}") from None
+    if not isinstance(data, dict) or "groups" not in data:
+        return None
+    groups = data["groups"]
+    if not isinstance(groups, list) or not all(
+            isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups):
+        raise CamerasError(f"cameras file '{path}': 'groups' must be a list of lists of image names")
+    known = set(data.get("images") or {})
+    missing = sorted({n for g in groups for n in g} - known)
+    if missing:
+        logger.warning("%s: groups name images without a camera: %s", path, ", ".join(missing[:5]))
+    return [list(g) for g in groups]
 
 
 def _read_json(path: Path) -> dict[str, PinholeCamera]:

@@ -5,6 +5,8 @@ stage: per view the image, the person id, keypoint names, the input keypoints an
 reprojection, the box size; the fitted 3D keypoints), optional 2D ground truth (people by id) and
 optional 3D ground truth (body id -> keypoint name -> point, metres). Output: a metrics dict with
 per-body rows and medians. Without 2D ground truth the reference is the fitted input itself.
+A body the 3D ground truth lists must share at least :data:`MIN_JOINTS_3D` joints (finite points)
+with the fitted keypoints, else :class:`GroundTruthError` names the body and the joints found.
 """
 
 from __future__ import annotations
@@ -18,6 +20,51 @@ from capture3d.tasks.body.keypoint_io import PersonKeypoints
 from capture3d.tasks.body.metrics import keypoint_errors_2d, mpjpe, pa_mpjpe
 
 logger = logging.getLogger(__name__)
+
+MIN_JOINTS_3D = 3
+"""joints a body's 3D ground truth must share with the fit (Procrustes alignment needs 3)"""
+
+
+class GroundTruthError(ValueError):
+    """Ground truth that cannot score a body (one line naming the body)."""
+
+
+def _point(value: object) -> np.ndarray | None:
+    """A ground-truth joint as (3,) float64, or None when it is null or not 3 finite numbers."""
+    try:
+        point = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    return point if point.shape == (3,) and np.isfinite(point).all() else None
+
+
+def shared_joints(truth: Mapping[str, object], names: Sequence[str]) -> list[str]:
+    """The ``names`` (fit order) that ``truth`` gives as finite 3D points."""
+    return [n for n in names if n in truth and _point(truth[n]) is not None]
+
+
+def _too_few(body: str, shared: Sequence[str], truth: Mapping[str, object]) -> str:
+    found = ", ".join(shared) if shared else "none"
+    theirs = ", ".join(list(truth)[:8]) + (", ..." if len(truth) > 8 else "")
+    return (f"body '{body}': 3D ground truth shares {len(shared)} joint(s) with the fitted keypoints ({found}), "
+            f"at least {MIN_JOINTS_3D} are needed (ground truth joints: {theirs or 'none'})")
+
+
+def check_ground_truth_3d(bodies: Sequence[str], names: Sequence[str],
+                          gt3d: Mapping[str, Mapping[str, object]]) -> None:
+    """Raise :class:`GroundTruthError` for the first of ``bodies`` that ``gt3d`` lists with fewer
+    than :data:`MIN_JOINTS_3D` of ``names``; warn when ``gt3d`` lists none of ``bodies``."""
+    listed = [b for b in bodies if b in gt3d]
+    if gt3d and not listed:
+        logger.warning("3D ground truth lists none of the %d fitted bodies (it has %s)", len(bodies),
+                       ", ".join(list(gt3d)[:5]))
+    for body in listed:
+        truth = gt3d[body]
+        if not isinstance(truth, Mapping):
+            raise GroundTruthError(f"body '{body}': 3D ground truth is not a mapping of joint names to points")
+        shared = shared_joints(truth, names)
+        if len(shared) < MIN_JOINTS_3D:
+            raise GroundTruthError(_too_few(body, shared, truth))
 
 
 def _reference(view: Mapping, gt2d: Mapping[str, PersonKeypoints] | None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -36,7 +83,10 @@ def _reference(view: Mapping, gt2d: Mapping[str, PersonKeypoints] | None) -> tup
 def evaluate_records(records: Sequence[Mapping], gt2d: Mapping[str, PersonKeypoints] | None = None,
                      gt3d: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
                      pck_threshold: float = 0.1) -> dict:
-    """Per-body and median metrics (2D per fitted view; 3D per body with ground truth)."""
+    """Per-body and median metrics (2D per fitted view; 3D per body with ground truth).
+
+    Raises :class:`GroundTruthError` when a body's 3D ground truth shares fewer than
+    :data:`MIN_JOINTS_3D` joints with its fitted keypoints."""
     rows = []
     for rec in records:
         row: dict = {"body": rec["body"]}
@@ -51,14 +101,18 @@ def evaluate_records(records: Sequence[Mapping], gt2d: Mapping[str, PersonKeypoi
             row[f"pck_{pck_threshold:g}"] = float(np.mean([e[f"pck_{pck_threshold:g}"] for e in counted]))
         if gt3d is not None and rec["body"] in gt3d:
             truth = gt3d[rec["body"]]
-            names = [n for n in rec["keypoints3d"]["names"] if n in truth]
-            if len(names) >= 3:
-                where = {n: i for i, n in enumerate(rec["keypoints3d"]["names"])}
-                pred = np.array([rec["keypoints3d"]["points"][where[n]] for n in names])[None]
-                gt = np.array([truth[n] for n in names], dtype=np.float64)[None]
-                row["mpjpe_mm"] = float(mpjpe(pred, gt)[0] * 1000)
-                row["pa_mpjpe_mm"] = float(pa_mpjpe(pred, gt)[0] * 1000)
-                row["joints_3d"] = len(names)
+            if not isinstance(truth, Mapping):
+                raise GroundTruthError(f"body '{rec['body']}': 3D ground truth is not a mapping of joint names "
+                                       "to points")
+            names = shared_joints(truth, rec["keypoints3d"]["names"])
+            if len(names) < MIN_JOINTS_3D:
+                raise GroundTruthError(_too_few(rec["body"], names, truth))
+            where = {n: i for i, n in enumerate(rec["keypoints3d"]["names"])}
+            pred = np.array([rec["keypoints3d"]["points"][where[n]] for n in names])[None]
+            gt = np.stack([_point(truth[n]) for n in names])[None]
+            row["mpjpe_mm"] = float(mpjpe(pred, gt)[0] * 1000)
+            row["pa_mpjpe_mm"] = float(pa_mpjpe(pred, gt)[0] * 1000)
+            row["joints_3d"] = len(names)
         rows.append(row)
     summary: dict = {"bodies": len(rows), "reference_2d": "ground truth" if gt2d is not None else "input keypoints"}
     for key in ("error_px", "error_norm", f"pck_{pck_threshold:g}", "mpjpe_mm", "pa_mpjpe_mm"):

@@ -18,12 +18,20 @@ Orders (each checked against its source):
   points each from the palm outwards (the canonical ``{side}_hand_root``, ``{side}_thumb1``...).
 * ``face70``: OpenPose's 70 face points, named ``face00``..``face69``. They are not canonical: no
   model maps them; they are read and carried but unused.
+
+A file that declares its own joint names (COCO ``categories[].keypoints``) is read by name with
+:func:`layout_from_names`: case, separators, camelCase and ``l_``/``left``/``_l`` side spellings are
+normalised (``LShoulder``, ``shoulder_left`` -> ``left_shoulder``), the Human3.6M ``*_foot`` is the
+ankle, and the joints of Human3.6M / MPI-INF-3DHP that no model has (``pelvis`` / ``root``,
+``spine``, ``thorax``, ``neck_base``, ``head``, ``head_top``) are carried under those names but unused.
+Any other name, or two names for one joint, is refused (:class:`LayoutError`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Sequence
 from types import MappingProxyType
 
@@ -79,6 +87,85 @@ def format_for(num_points: int, part: str = "pose") -> str | None:
     """The format of ``num_points`` points of ``part`` (``pose``, ``hand_left``, ``hand_right``,
     ``face``): 17 -> coco17, 18 -> coco18, 25 -> body25 for a pose; None when none fits."""
     return _FORMAT_BY_PART_AND_COUNT.get((part, int(num_points)))
+
+
+class LayoutError(ValueError):
+    """Declared keypoint names that cannot be mapped onto the canonical vocabulary (one line)."""
+
+
+# Joints of other skeletons (Human3.6M, MPI-INF-3DHP) that no model has: carried by these names, unused.
+_EXTRA_JOINTS: MappingProxyType[str, str] = MappingProxyType({
+    "pelvis": "pelvis", "root": "pelvis", "hip": "pelvis", "hips": "pelvis",
+    "spine": "spine", "thorax": "thorax", "chest": "thorax",
+    "neck_base": "neck_base", "neck_nose": "neck_base",
+    "head": "head", "head_top": "head_top", "headtop": "head_top", "top_of_head": "head_top",
+})
+# Sided joints spelt differently in other layouts (the part after the side).
+_PART_ALIASES: MappingProxyType[str, str] = MappingProxyType({
+    "foot": "ankle", "bigtoe": "big_toe", "smalltoe": "small_toe",
+})
+_SIDES = (("left", "l"), ("right", "r"))
+
+
+def _normalise(name: str) -> str:
+    """``LShoulder`` / ``Left Shoulder`` / ``left-shoulder`` -> ``l_shoulder`` / ``left_shoulder``."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", str(name).strip())
+    return re.sub(r"[^a-z0-9]+", "_", spaced.lower()).strip("_")
+
+
+def _known_names() -> dict[str, str]:
+    """Normalised spelling -> canonical name, for every name :func:`layout_from_names` accepts."""
+    known: dict[str, str] = {}
+    for names in FORMATS.values():
+        for name in names:
+            known[_normalise(name)] = name
+    known.update(_EXTRA_JOINTS)
+    for canonical in list(known.values()):
+        for side, short in _SIDES:
+            if canonical.startswith(f"{side}_"):
+                part = canonical[len(side) + 1:]
+                for spelling in (f"{short}_{part}", f"{part}_{side}", f"{part}_{short}", f"{side}{part}"):
+                    known.setdefault(spelling, canonical)
+    for alias, part in _PART_ALIASES.items():
+        for side, short in _SIDES:
+            for spelling in (f"{side}_{alias}", f"{short}_{alias}", f"{alias}_{side}", f"{alias}_{short}"):
+                known.setdefault(spelling, f"{side}_{part}")
+    known.update({"midhip": "mid_hip", "mid_hip": "mid_hip"})
+    return known
+
+
+_KNOWN_NAMES: MappingProxyType[str, str] = MappingProxyType(_known_names())
+
+
+def layout_from_names(declared: Sequence[str]) -> tuple[str, ...]:
+    """The canonical names of a file's declared keypoint names, in the file's order.
+
+    Raises :class:`LayoutError` (one line) for a name that is not a known joint, or two names that
+    are the same joint (e.g. ``right_foot`` and ``right_ankle``)."""
+    out: list[str] = []
+    unknown = [str(n) for n in declared if _normalise(n) not in _KNOWN_NAMES]
+    if unknown:
+        shown = ", ".join(repr(n) for n in unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise LayoutError(f"unknown keypoint name(s) {shown}: known layouts are COCO-17, BODY_25, Human3.6M "
+                          "and MPI-INF-3DHP joint names")
+    first: dict[str, str] = {}
+    for name in declared:
+        canonical = _KNOWN_NAMES[_normalise(name)]
+        if canonical in first:
+            raise LayoutError(f"keypoint names {first[canonical]!r} and {str(name)!r} are the same joint "
+                              f"({canonical!r})")
+        first[canonical] = str(name)
+        out.append(canonical)
+    return tuple(out)
+
+
+def layout_label(names: Sequence[str]) -> str:
+    """``coco17`` (or another format's name) when ``names`` are exactly that format, else ``custom<K>``."""
+    names = tuple(names)
+    for label, fmt in FORMATS.items():
+        if names == fmt:
+            return label
+    return f"custom{len(names)}"
 
 
 def mapping_table(format_names: Sequence[str], model_keypoints: Sequence[str]) -> list[tuple[int, str]]:

@@ -1,8 +1,9 @@
 """2D person keypoints: reading OpenPose and COCO JSON, sanitising, writing.
 
 Inputs: OpenPose JSON files (``people[].pose_keypoints_2d`` and optionally the hand and face
-arrays, flat ``x, y, c``), COCO keypoint annotation JSON (``images`` + ``annotations``, 17
-``x, y, v`` per person), COCO results JSON (a list of ``{image_id, keypoints, score}``), or a
+arrays, flat ``x, y, c``), COCO keypoint annotation JSON (``images`` + ``annotations``, ``x, y, v``
+per person in the order its ``categories[].keypoints`` declares, mapped by name; COCO-17 when the
+category declares none), COCO results JSON (a list of ``{image_id, keypoints, score}``), or a
 folder of such files; optionally the images folder. A SPIN-style ``<image>_bbox.json`` sidecar
 (``{"bbox": [x, y, w, h]}``) in a folder gives the box of that image's person.
 Outputs: :class:`PersonKeypoints`, one per detected or annotated person: canonical names (see
@@ -11,8 +12,10 @@ Outputs: :class:`PersonKeypoints`, one per detected or annotated person: canonic
 annotation JSON, coco17 order) and :func:`write_openpose` (BODY_25 with the feet, plus hands and
 face when the person has them).
 
-Problems with a file (missing, not JSON, neither format, wrong-length arrays) raise
-:class:`KeypointError` with one line naming the file (and the person).
+Problems with a file (missing, not JSON, neither format, wrong-length arrays, declared keypoint
+names that are not known joints) raise :class:`KeypointError` with one line naming the file (and the
+person). An identity given by the file (OpenPose ``person_id`` >= 0, COCO ``track_id`` or
+``person_id``) is kept as ``PersonKeypoints.track``: it ties one person's views across images.
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ from capture3d.tasks.body.keypoint_formats import (
     FACE70,
     HAND21_LEFT,
     HAND21_RIGHT,
+    LayoutError,
     format_for,
     format_names,
+    layout_from_names,
+    layout_label,
 )
 from capture3d.tasks.body.model import derived_keypoint
 
@@ -77,6 +83,8 @@ class PersonKeypoints:
     image_size:   (width, height) in pixels, or None when unknown.
     source_format: the format(s) read, e.g. ``body25+hand21_left+hand21_right+face70``.
     score:        the detector's score of the whole person (COCO results), else None.
+    track:        the identity the file gives (OpenPose ``person_id``, COCO ``track_id``), else None:
+                  people of different images with the same track are the same person.
     """
 
     image: str
@@ -89,6 +97,7 @@ class PersonKeypoints:
     source_format: str = ""
     bbox_derived: bool = False
     score: float | None = None
+    track: str | None = None
 
     def __post_init__(self) -> None:
         self.names = tuple(self.names)
@@ -228,6 +237,7 @@ def _parse_openpose(data: Any, path: Path, image: str | None) -> list[PersonKeyp
         people.append(PersonKeypoints(
             image=image, person=f"{stem}#{index}", names=names, xy=xy, conf=conf,
             bbox=_extent(xy, conf), bbox_derived=True, source_format="+".join(formats),
+            track=_track(entry.get("person_id")),
         ))
     return people
 
@@ -242,11 +252,52 @@ def read_openpose(path: Path, image: str | None = None) -> list[PersonKeypoints]
     return _parse_openpose(_load_json(path), path, image)
 
 
-def _coco_person(path: Path, who: str, values: Any, *, binary: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(K, 2) positions and (K,) confidences of 17 COCO ``x, y, v|score`` triples."""
+def _track(value: Any) -> str | None:
+    """A person identity from a file: an int >= 0 or a non-empty string (OpenPose writes ``[-1]``
+    for none; a one-element list is unwrapped), else None."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+        return str(int(value))
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _coco_layouts(data: Mapping[str, Any], path: Path) -> dict[Any, tuple[str, ...]]:
+    """Canonical keypoint names by category id, from ``categories[].keypoints`` (mapped by name;
+    an unknown name or two names for one joint raise KeypointError). Categories without a
+    ``keypoints`` list are absent (their people are read as COCO-17)."""
+    layouts: dict[Any, tuple[str, ...]] = {}
+    categories = data.get("categories") or []
+    if not isinstance(categories, list):
+        raise KeypointError(path, "'categories' is not a list")
+    for index, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not cat.get("keypoints"):
+            continue
+        declared = cat["keypoints"]
+        if not isinstance(declared, list) or not all(isinstance(n, str) for n in declared):
+            raise KeypointError(path, f"categories[{index}].keypoints is not a list of names")
+        try:
+            names = layout_from_names(declared)
+        except LayoutError as exc:
+            raise KeypointError(path, f"categories[{index}].keypoints: {exc}") from None
+        if names != COCO17:
+            logger.info("%s: category %s declares %d keypoints (%s); mapped by name", path, cat.get("id", index),
+                        len(names), layout_label(names))
+        layouts[cat.get("id", index)] = names
+    return layouts
+
+
+def _coco_person(path: Path, who: str, values: Any, *, binary: bool,
+                 names: Sequence[str] = COCO17) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 2) positions and (K,) confidences of K = len(names) COCO ``x, y, v|score`` triples."""
     pts = _triples(values, path, who, "keypoints")
-    if len(pts) != len(COCO17):
-        raise KeypointError(path, f"{who}: {len(pts)} keypoints, expected {len(COCO17)} (COCO)")
+    if len(pts) != len(names):
+        layout = "COCO" if tuple(names) == COCO17 else "as categories[].keypoints declares"
+        raise KeypointError(path, f"{who}: {len(pts)} keypoints, expected {len(names)} ({layout})")
     xy = pts[:, :2].copy()
     c = np.nan_to_num(pts[:, 2], nan=0.0)
     conf = (c > 0).astype(np.float64) if binary else np.clip(c, 0.0, 1.0)
@@ -282,6 +333,8 @@ def _parse_coco(
                     sizes[im["id"]] = (int(im["width"]), int(im["height"]))
         if not isinstance(data["annotations"], list):
             raise KeypointError(path, "'annotations' is not a list")
+        layouts = _coco_layouts(data, path)
+        only = next(iter(layouts.values())) if len(layouts) == 1 else None
         for index, ann in enumerate(data["annotations"]):
             if not isinstance(ann, dict) or "image_id" not in ann:
                 raise KeypointError(path, f"annotation {index} has no image_id")
@@ -293,12 +346,16 @@ def _parse_coco(
             image = name_of(ann["image_id"])
             person = str(ann["id"]) if "id" in ann else f"{Path(image).stem}#{index}"
             who = f"annotation {person}"
-            xy, conf = _coco_person(path, who, ann["keypoints"], binary=True)
+            category = ann.get("category_id")
+            names = layouts.get(category) or only or COCO17  # one declared layout serves every category
+            xy, conf = _coco_person(path, who, ann["keypoints"], binary=True, names=names)
             given = ann.get("bbox")
             bbox = _box(given, path, who) if given else _extent(xy, conf)
+            track = _track(ann.get("track_id", ann.get("person_id")))
             people.append(PersonKeypoints(
-                image=image, person=person, names=COCO17, xy=xy, conf=conf, bbox=bbox,
-                bbox_derived=not given, image_size=sizes.get(ann["image_id"]), source_format="coco17",
+                image=image, person=person, names=names, xy=xy, conf=conf, bbox=bbox,
+                bbox_derived=not given, image_size=sizes.get(ann["image_id"]), source_format=layout_label(names),
+                track=track,
             ))
         return people
     count: dict[str, int] = {}
@@ -324,7 +381,10 @@ def read_coco(path: Path, images: Mapping[int | str, str] | None = None) -> list
 
     Annotation JSON: one person per non-crowd annotation with keypoints; ``v > 0`` -> conf 1,
     ``v = 0`` -> conf 0; the annotation's box; the image size from ``images``; the person id is the
-    annotation id. Results JSON (a list of ``{image_id, keypoints (x, y, score), score}``):
+    annotation id. Keypoints are read in the order the annotation's category declares in
+    ``categories[].keypoints``, mapped to canonical names by name (COCO-17 when it declares none);
+    an unknown name is refused. ``track_id`` (or ``person_id``) becomes the person's track. Results
+    JSON (a list of ``{image_id, keypoints (x, y, score), score}``):
     conf = the keypoint score clipped to [0, 1]; ids ``<image stem>#<index>``. Image names come
     from ``images`` (image id -> file name), the file's ``images`` table, a string image_id, or
     COCO's ``%012d.jpg``."""
