@@ -5,6 +5,9 @@ stage: per view the image, the person id, keypoint names, the input keypoints an
 reprojection, the box size; the fitted 3D keypoints), optional 2D ground truth (people by id) and
 optional 3D ground truth (body id -> keypoint name -> point, metres). Output: a metrics dict with
 per-body rows and medians. Without 2D ground truth the reference is the fitted input itself.
+3D metrics, over the joints the ground truth shares with the fit (listed as ``joints_compared``):
+MPJPE in the output frame (``mpjpe_mm``), root-aligned MPJPE (protocol 1, ``root_mpjpe_mm``; root
+= mid-hip, the mean of both hips, when both are compared) and PA-MPJPE (protocol 2, ``pa_mpjpe_mm``).
 A body the 3D ground truth lists must share at least :data:`MIN_JOINTS_3D` joints (finite points)
 with the fitted keypoints, else :class:`GroundTruthError` names the body and the joints found.
 """
@@ -17,12 +20,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from capture3d.tasks.body.keypoint_io import PersonKeypoints
-from capture3d.tasks.body.metrics import keypoint_errors_2d, mpjpe, pa_mpjpe
+from capture3d.tasks.body.metrics import keypoint_errors_2d, mpjpe, pa_mpjpe, root_aligned_mpjpe
 
 logger = logging.getLogger(__name__)
 
 MIN_JOINTS_3D = 3
 """joints a body's 3D ground truth must share with the fit (Procrustes alignment needs 3)"""
+
+ROOT_JOINTS = ("left_hip", "right_hip")
+"""the root of the root-aligned MPJPE is their mean (mid-hip), when both are compared"""
 
 
 class GroundTruthError(ValueError):
@@ -112,12 +118,26 @@ def evaluate_records(records: Sequence[Mapping], gt2d: Mapping[str, PersonKeypoi
             gt = np.stack([_point(truth[n]) for n in names])[None]
             row["mpjpe_mm"] = float(mpjpe(pred, gt)[0] * 1000)
             row["pa_mpjpe_mm"] = float(pa_mpjpe(pred, gt)[0] * 1000)
+            if all(r in names for r in ROOT_JOINTS):
+                root = [names.index(r) for r in ROOT_JOINTS]
+                row["root_mpjpe_mm"] = float(root_aligned_mpjpe(pred, gt, root)[0] * 1000)
             row["joints_3d"] = len(names)
+            row["joints_compared"] = list(names)
         rows.append(row)
     summary: dict = {"bodies": len(rows), "reference_2d": "ground truth" if gt2d is not None else "input keypoints"}
-    for key in ("error_px", "error_norm", f"pck_{pck_threshold:g}", "mpjpe_mm", "pa_mpjpe_mm"):
+    for key in ("error_px", "error_norm", f"pck_{pck_threshold:g}", "mpjpe_mm", "pa_mpjpe_mm", "root_mpjpe_mm"):
         values = [r[key] for r in rows if key in r]
         if values:
             summary[f"median_{key}"] = float(np.median(values))
             summary[f"mean_{key}"] = float(np.mean(values))
+    compared = [r["joints_compared"] for r in rows if "joints_compared" in r]
+    if compared:
+        counts: dict[str, int] = {}
+        for names in compared:
+            for n in names:
+                counts[n] = counts.get(n, 0) + 1
+        summary["joints_compared"] = list(counts)  # first-seen (fit) order
+        summary["joints_compared_bodies"] = counts  # how many bodies compared each joint
+        if any(k.startswith("median_root") for k in summary):
+            summary["root_joint"] = "mid_hip (mean of left_hip and right_hip)"
     return {"summary": summary, "per_body": rows}

@@ -3,7 +3,8 @@
 Inputs: predicted and ground-truth keypoints, 2D ``(K, 2)`` pixels with a visibility mask and
 the person box, or 3D ``(N, K, 3)`` in any unit. Outputs: 2D error statistics (pixels, box-size
 normalised, PCK), MPJPE and PA-MPJPE per sample ``(N,)``, in the input's unit, and the
-similarity (Procrustes) alignment used by PA-MPJPE.
+similarity (Procrustes) alignment used by PA-MPJPE, and the root-aligned MPJPE (protocol 1:
+both skeletons translated so that their roots, e.g. the mid-hip, coincide).
 """
 
 from __future__ import annotations
@@ -115,3 +116,17 @@ def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         raise ValueError(f"pa_mpjpe: shapes {pred.shape} and {gt.shape}, expected equal (N, K, 3)")
     aligned = np.stack([procrustes_align(p, g) for p, g in zip(pred, gt)]) if len(pred) else pred
     return mpjpe(aligned, gt)
+
+
+def root_aligned_mpjpe(pred: np.ndarray, gt: np.ndarray, root: Sequence[int]) -> np.ndarray:
+    """(N,) MPJPE after translating ``pred`` (N, K, 3) and ``gt`` (N, K, 3) so that their roots
+    coincide; the root is the mean of the joints ``root`` (indices into K, e.g. both hips for the
+    mid-hip). Protocol 1 of Human3.6M evaluations (no rotation or scale alignment)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape or pred.ndim != 3:
+        raise ValueError(f"root_aligned_mpjpe: shapes {pred.shape} and {gt.shape}, expected equal (N, K, 3)")
+    index = list(root)
+    if not index:
+        raise ValueError("root_aligned_mpjpe: no root joint given")
+    return mpjpe(pred - pred[:, index].mean(axis=1, keepdims=True), gt - gt[:, index].mean(axis=1, keepdims=True))
