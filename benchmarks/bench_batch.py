@@ -119,8 +119,11 @@ class StdoutGuard:
             return
         os.dup2(self.saved, 1)
         self.restored += 1
-        print(f"  [fd 1 (stdout) was left redirected after a {what} (AnnyBody's stdout silencing raced "
-              f"between worker threads); restored]", flush=True)
+        print(
+            f"  [fd 1 (stdout) was left redirected after a {what} (AnnyBody's stdout silencing raced "
+            f"between worker threads); restored]",
+            flush=True,
+        )
 
 
 STDOUT: StdoutGuard  # set in main
@@ -207,14 +210,22 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="batch.max_workers values for table 1")
     parser.add_argument("--noop-captures", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="timed no-op reruns of each kind")
-    parser.add_argument("--best-of", type=int, default=2,
-                        help="runs of the direct loop (and in-process-stage flow) per size; the fastest is kept")
+    parser.add_argument(
+        "--best-of",
+        type=int,
+        default=2,
+        help="runs of the direct loop (and in-process-stage flow) per size; the fastest is kept",
+    )
     parser.add_argument("--params", type=Path, default=PARAMS, help="params file (copied at start)")
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (inboxes, work areas)")
     parser.add_argument("--quick", action="store_true", help="sizes 1,2 and 20 no-op captures")
-    parser.add_argument("--no-dask", dest="dask", action="store_false",
-                        help="skip the Dask rows of table 1 (batch.runner=dask, a LocalCluster)")
+    parser.add_argument(
+        "--no-dask",
+        dest="dask",
+        action="store_false",
+        help="skip the Dask rows of table 1 (batch.runner=dask, a LocalCluster)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.noop_captures = "1,2", 20
@@ -250,15 +261,18 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
     from capture3d.tasks.body.anny_model import AnnyBody
 
     template = root / "template" / "people"
-    config = synthesize_bodies.SynthesizeBodiesConfig(count=1, views=2, width=160, height=120, fov_deg=55.0,
-                                                      noise_px=2.0, seed=0)
+    config = synthesize_bodies.SynthesizeBodiesConfig(
+        count=1, views=2, width=160, height=120, fov_deg=55.0, noise_px=2.0, seed=0
+    )
     synthesize_bodies.run(synthesize_bodies.Inputs(), template, config, AnnyBody())
     nfiles = sum(1 for p in template.rglob("*") if p.is_file())
     nbytes = sum(p.stat().st_size for p in template.rglob("*") if p.is_file())
     code = code_version()
     print(f"capture: 1 body, 2 views, 160x120, {nfiles} files, {nbytes / 1024:.0f} KiB; code version {code}")
-    print(f"Prefect home {os.environ['PREFECT_HOME']}; {os.cpu_count()} CPUs; timings are wall-clock on a "
-          "shared machine (other work may perturb them)")
+    print(
+        f"Prefect home {os.environ['PREFECT_HOME']}; {os.cpu_count()} CPUs; timings are wall-clock on a "
+        "shared machine (other work may perturb them)"
+    )
 
     # Warm-up: Prefect's embedded server start, imports, first model build.
     start = time.perf_counter()
@@ -266,8 +280,10 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
     flow_run(warm, fresh(root, "warmup"), FAST + ["batch.max_workers=1"])
     middle = time.perf_counter()
     direct_run(warm, fresh(root, "warmup-direct"), FAST)
-    print(f"warm-up, not counted: flow run of 1 capture (embedded server start) {middle - start:.1f} s, "
-          f"direct run of 1 capture (first in-process fit) {time.perf_counter() - middle:.1f} s")
+    print(
+        f"warm-up, not counted: flow run of 1 capture (embedded server start) {middle - start:.1f} s, "
+        f"direct run of 1 capture (first in-process fit) {time.perf_counter() - middle:.1f} s"
+    )
 
     # Tables 1 and 2, measured back to back per size.
     isolation = has_isolation()
@@ -284,8 +300,13 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
             with ThreadPoolExecutor(1) as pool:  # the same loop in a worker thread, as the flow runs it
                 threaded.append(pool.submit(direct_run, inbox, fresh(root, f"direct-{n}-t{r}"), FAST).result())
             if isolation:
-                inprocs.append(flow_run(inbox, fresh(root, f"flow-{n}-inproc-{r}"),
-                                        FAST + ["batch.max_workers=1", "batch.isolate_stages=false"])[0])
+                inprocs.append(
+                    flow_run(
+                        inbox,
+                        fresh(root, f"flow-{n}-inproc-{r}"),
+                        FAST + ["batch.max_workers=1", "batch.isolate_stages=false"],
+                    )[0]
+                )
         direct_s[n] = min(directs)
         thread_s[n] = min(threaded)
         if isolation:
@@ -293,13 +314,16 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
         for k in workers:
             flow_s[n, k], _ = flow_run(inbox, fresh(root, f"flow-{n}-{k}"), FAST + [f"batch.max_workers={k}"])
         if args.dask:  # the same with prefect-dask: a LocalCluster of max(workers) single-thread processes
-            dask_s[n], _ = flow_run(inbox, fresh(root, f"flow-{n}-dask"),
-                                    FAST + [f"batch.max_workers={max(workers)}", "batch.runner=dask"])
-        print(f"  N={n}: direct {'/'.join(f'{t:.1f}' for t in directs)} s, "
-              f"direct in a thread {'/'.join(f'{t:.1f}' for t in threaded)} s, "
-              + ", ".join(f"flow K={k} {flow_s[n, k]:.1f} s" for k in workers)
-              + (f", flow K=1 in-process stages {'/'.join(f'{t:.1f}' for t in inprocs)} s" if isolation else ""),
-              flush=True)
+            dask_s[n], _ = flow_run(
+                inbox, fresh(root, f"flow-{n}-dask"), FAST + [f"batch.max_workers={max(workers)}", "batch.runner=dask"]
+            )
+        print(
+            f"  N={n}: direct {'/'.join(f'{t:.1f}' for t in directs)} s, "
+            f"direct in a thread {'/'.join(f'{t:.1f}' for t in threaded)} s, "
+            + ", ".join(f"flow K={k} {flow_s[n, k]:.1f} s" for k in workers)
+            + (f", flow K=1 in-process stages {'/'.join(f'{t:.1f}' for t in inprocs)} s" if isolation else ""),
+            flush=True,
+        )
 
     setting = f", batch.isolate_stages={_batch_config(FAST).isolate_stages}" if isolation else ""
     print(f"\nThroughput against N (batch flow, local inbox, no DVC remote, fresh work folder each{setting})")
@@ -307,20 +331,29 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
     print(header)
     print("-" * len(header))
     for n in sizes:
-        rows = [("threads", k, flow_s[n, k]) for k in workers] + ([("dask", max(workers), dask_s[n])] if n in dask_s else [])
+        rows = [("threads", k, flow_s[n, k]) for k in workers] + (
+            [("dask", max(workers), dask_s[n])] if n in dask_s else []
+        )
         for runner, k, t in rows:
             print(f"{n:>4}{runner:>9}{k:>9}{t:>9.2f}{n / t:>12.3f}{t / n:>11.2f}{flow_s[n, 1] / t:>12.2f}x")
 
-    print("\nDirect vs orchestrated (stage steps in a Python loop vs the batch flow, max_workers=1); "
-          "overhead per capture = (run - direct loop) / N, against the loop in the main thread and in a thread")
-    header = (f"{'N':>4}  {'mode':<33}{'wall s':>8}{'captures/s':>12}{'overhead s/capture':>20}{'%':>8}"
-              f"{'vs thread s/capture':>21}{'%':>8}")
+    print(
+        "\nDirect vs orchestrated (stage steps in a Python loop vs the batch flow, max_workers=1); "
+        "overhead per capture = (run - direct loop) / N, against the loop in the main thread and in a thread"
+    )
+    header = (
+        f"{'N':>4}  {'mode':<33}{'wall s':>8}{'captures/s':>12}{'overhead s/capture':>20}{'%':>8}"
+        f"{'vs thread s/capture':>21}{'%':>8}"
+    )
     print(header)
     print("-" * len(header))
     for n in sizes:
         d, dt = direct_s[n], thread_s[n]
-        modes = [("direct loop (main thread)", d), ("direct loop (one worker thread)", dt),
-                 (f"batch flow{setting.replace(', batch.', ' ')}", flow_s[n, 1])]
+        modes = [
+            ("direct loop (main thread)", d),
+            ("direct loop (one worker thread)", dt),
+            (f"batch flow{setting.replace(', batch.', ' ')}", flow_s[n, 1]),
+        ]
         if isolation:
             modes.append(("batch flow isolate_stages=False", inproc_s[n]))
         for index, (label, t) in enumerate(modes):
@@ -340,23 +373,31 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
     t_first, _ = flow_run(inbox, work, cheap)
     code_after = code_version()
     plans = [plan_run(inbox, work, cheap) for _ in range(args.repeats)]
-    print(f"\nNo-op rerun over {m} captures (cheapest schedule: one 1-iteration stage, no overlays; "
-          f"{_describe(_batch_config(cheap))})")
-    print(f"first pass through the flow: {t_first:.1f} s, {m / t_first:.2f} captures/s, "
-          f"{t_first / m:.2f} s per capture")
+    print(
+        f"\nNo-op rerun over {m} captures (cheapest schedule: one 1-iteration stage, no overlays; "
+        f"{_describe(_batch_config(cheap))})"
+    )
+    print(
+        f"first pass through the flow: {t_first:.1f} s, {m / t_first:.2f} captures/s, {t_first / m:.2f} s per capture"
+    )
     if code_after != code_before or any(p[1] for p in plans):
-        print(f"SKIPPED: the rerun is not a no-op ({plans[0][1]} pending; code version {code_before} -> "
-              f"{code_after}): the checkout changed during the benchmark")
+        print(
+            f"SKIPPED: the rerun is not a no-op ({plans[0][1]} pending; code version {code_before} -> "
+            f"{code_after}): the checkout changed during the benchmark"
+        )
         return
     clis = [cli_run(inbox, work, cheap, timeout=120) for _ in range(args.repeats)]
     header = f"{'how':<44}{'median s':>10}{'worst s':>9}{'per capture ms':>16}{'< 5 s':>7}"
     print(header)
     print("-" * len(header))
-    for label, times in ((f"subprocess: python -m capture3d.cli batch (x{args.repeats})", [c[0] for c in clis]),
-                         (f"in-process: load_params + plan() (x{args.repeats})", [p[0] for p in plans])):
+    for label, times in (
+        (f"subprocess: python -m capture3d.cli batch (x{args.repeats})", [c[0] for c in clis]),
+        (f"in-process: load_params + plan() (x{args.repeats})", [p[0] for p in plans]),
+    ):
         med, worst = statistics.median(times), max(times)
-        print(f"{label:<44}{med:>10.3f}{worst:>9.3f}{1000 * med / m:>16.2f}"
-              f"{'yes' if worst < NOOP_TARGET_S else 'NO':>7}")
+        print(
+            f"{label:<44}{med:>10.3f}{worst:>9.3f}{1000 * med / m:>16.2f}{'yes' if worst < NOOP_TARGET_S else 'NO':>7}"
+        )
     for _seconds, rc, line in clis:
         if rc != 0 or "nothing to do" not in line:
             print(f"WARNING: the subprocess rerun did not report a no-op (exit {rc}): {line}")

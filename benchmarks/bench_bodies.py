@@ -42,9 +42,15 @@ from capture3d.tasks.synthesis.bodies import synthesize_bodies  # noqa: E402
 def observations(syn, rows: slice) -> BodyObservations:
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a[rows]), dtype=torch.float32)  # noqa: E731
     b, v = syn.xy[rows].shape[:2]
-    return BodyObservations(syn.names, t(syn.xy), torch.ones(b, v, len(syn.names)), t(syn.rot), t(syn.trans),
-                            torch.as_tensor(np.broadcast_to(syn.k, (b, v, 3, 3)).copy(), dtype=torch.float32),
-                            torch.full((b, v), 300.0))
+    return BodyObservations(
+        syn.names,
+        t(syn.xy),
+        torch.ones(b, v, len(syn.names)),
+        t(syn.rot),
+        t(syn.trans),
+        torch.as_tensor(np.broadcast_to(syn.k, (b, v, 3, 3)).copy(), dtype=torch.float32),
+        torch.full((b, v), 300.0),
+    )
 
 
 def errors(model, result, syn, rows: slice) -> np.ndarray:
@@ -87,15 +93,20 @@ def main() -> None:
     print(f"{'batched':<10}{args.frames:>8}{t_batch:>10.2f}{fps_batch:>10.2f}{np.median(batch_err):>21.1f}")
     print(f"{'loop':<10}{args.loop_frames:>8}{t_loop:>10.2f}{fps_loop:>10.2f}{np.median(loop_err):>21.1f}")
     same = np.abs(batch_err[: args.loop_frames] - np.array(loop_err))
-    print(f"speed-up (frames/s batched / loop): {fps_batch / fps_loop:.1f}x   "
-          f"max |PA-MPJPE batched - loop| on the shared frames: {same.max():.2f} mm")
+    print(
+        f"speed-up (frames/s batched / loop): {fps_batch / fps_loop:.1f}x   "
+        f"max |PA-MPJPE batched - loop| on the shared frames: {same.max():.2f} mm"
+    )
 
     print("\nScaling: seconds per iteration against batch size (frames; x2 rows with facing hypotheses)")
     print(f"{'frames':>8}{'s / iteration':>15}{'ms / frame / iteration':>25}")
     short = BodyFitConfig(stages=(FitStage(5, 0.05, body=False), FitStage(15, 0.03)))
     for size in (1, 4, 16, 64, 256):
-        syn_s = syn if size <= args.frames else synthesize_bodies(model, count=size, views=1, names=COCO17 + FEET,
-                                                                  seed=1, noise_px=2.0)
+        syn_s = (
+            syn
+            if size <= args.frames
+            else synthesize_bodies(model, count=size, views=1, names=COCO17 + FEET, seed=1, noise_px=2.0)
+        )
         if args.quick and size > 16:
             break
         start = time.perf_counter()

@@ -58,20 +58,21 @@ SETS = (
 )
 
 
-def run_set(data: Path, dataset: str, views: int, preferred, frames: int, seed: int, config, model,
-            work: Path) -> dict:
+def run_set(data: Path, dataset: str, views: int, preferred, frames: int, seed: int, config, model, work: Path) -> dict:
     poses = load_dataset(data, dataset, frames=frames, seed=seed, views=views)
     rng = np.random.default_rng(seed)
     bodies = [(p, choose_views(p, views, rng, preferred)) for p in poses]
     capture = work / f"{dataset}_{views}v"
     write_capture(capture, bodies, calibrated=views > 1)
-    out = fit_bodies.run(fit_bodies.BodyInputs.from_capture(capture), work / f"fit_{dataset}_{views}v", config,
-                         model)
+    out = fit_bodies.run(fit_bodies.BodyInputs.from_capture(capture), work / f"fit_{dataset}_{views}v", config, model)
     metrics = json.loads((out / "metrics.json").read_text())
     rows = metrics["per_body"]
     compared = metrics.get("joints_compared", [])
     return {
-        "dataset": dataset, "views": views, "joints": len(compared), "frames": len(rows),
+        "dataset": dataset,
+        "views": views,
+        "joints": len(compared),
+        "frames": len(rows),
         "pa": float(np.median([r["pa_mpjpe_mm"] for r in rows])),
         "root": float(np.median([r["root_mpjpe_mm"] for r in rows])),
         "abs": float(np.median([r["mpjpe_mm"] for r in rows])),
@@ -111,24 +112,34 @@ def main() -> None:
         for dataset, views, preferred in SETS:
             if args.only and dataset not in args.only:
                 continue
-            results.append(run_set(args.data, dataset, views, preferred, args.frames, args.seed, config, model,
-                                   Path(tmp)))
+            results.append(
+                run_set(args.data, dataset, views, preferred, args.frames, args.seed, config, model, Path(tmp))
+            )
             r = results[-1]
-            print(f"  {dataset} {views}v: {r['frames']} frames, PA-MPJPE {r['pa']:.1f} mm "
-                  f"(range {r['pa_range'][0]:.0f}-{r['pa_range'][1]:.0f}), root MPJPE {r['root']:.1f} mm, "
-                  f"2D {r['px']:.2f} px, {r['s_per_frame']:.2f} s/frame", flush=True)
+            print(
+                f"  {dataset} {views}v: {r['frames']} frames, PA-MPJPE {r['pa']:.1f} mm "
+                f"(range {r['pa_range'][0]:.0f}-{r['pa_range'][1]:.0f}), root MPJPE {r['root']:.1f} mm, "
+                f"2D {r['px']:.2f} px, {r['s_per_frame']:.2f} s/frame",
+                flush=True,
+            )
     iters = sum(s["iterations"] for s in section["stages"])
-    print(f"\nReal-data body fit: Anny, ground-truth 2D input, {iters} iterations, {args.threads} threads, "
-          f"seed {args.seed}, {time.perf_counter() - start:.0f} s in all")
+    print(
+        f"\nReal-data body fit: Anny, ground-truth 2D input, {iters} iterations, {args.threads} threads, "
+        f"seed {args.seed}, {time.perf_counter() - start:.0f} s in all"
+    )
     print(f"joints compared: {', '.join(LIMB_JOINTS)}; root = mid-hip (mean of the hips)\n")
-    head = ("| dataset | views | joints compared | frames | median PA-MPJPE mm | median root-aligned MPJPE mm "
-            "| median MPJPE mm (world) | s / frame |")
+    head = (
+        "| dataset | views | joints compared | frames | median PA-MPJPE mm | median root-aligned MPJPE mm "
+        "| median MPJPE mm (world) | s / frame |"
+    )
     print(head)
     print("|" + "---|" * 8)
     for r in results:
         world = f"{r['abs']:.1f}" if r["views"] > 1 else "-"
-        print(f"| {r['dataset']} | {r['views']} | {r['joints']} limb | {r['frames']} | {r['pa']:.1f} | "
-              f"{r['root']:.1f} | {world} | {r['s_per_frame']:.2f} |")
+        print(
+            f"| {r['dataset']} | {r['views']} | {r['joints']} limb | {r['frames']} | {r['pa']:.1f} | "
+            f"{r['root']:.1f} | {world} | {r['s_per_frame']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DATA = Path(os.environ.get("BENCH_FRAGMENT", REPO.parent / "shared" / "data" / "registration" / "3dmatch_pair" / "src.npy"))
+DATA = Path(
+    os.environ.get("BENCH_FRAGMENT", REPO.parent / "shared" / "data" / "registration" / "3dmatch_pair" / "src.npy")
+)
 CHANNELS = ((32, 32), (32, 64), (64, 64))
 
 logger = logging.getLogger("bench_fcgf")
@@ -121,13 +123,27 @@ def one_conv(kind: str, cin: int, cout: int, device: str, voxel: float, repeats:
 
 
 def conv_table(device: str, voxel: float, repeats: int) -> list[str]:
-    lines = ["| C_in -> C_out | variant | voxels / grid | fwd s | fwd+bwd s | peak MiB | fwd+bwd vs dense |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| C_in -> C_out | variant | voxels / grid | fwd s | fwd+bwd s | peak MiB | fwd+bwd vs dense |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for cin, cout in CHANNELS:
         res = {}
         for kind in ("dense", "sparse"):
-            cmd = [sys.executable, __file__, "--one", kind, str(cin), str(cout), "--device", device,
-                   "--voxel", str(voxel), "--repeats", str(repeats)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                kind,
+                str(cin),
+                str(cout),
+                "--device",
+                device,
+                "--voxel",
+                str(voxel),
+                "--repeats",
+                str(repeats),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
             if proc.returncode != 0:
                 res[kind] = None
@@ -140,9 +156,11 @@ def conv_table(device: str, voxel: float, repeats: int) -> list[str]:
                 lines.append(f"| {cin} -> {cout} | {kind} | failed (out of memory?) | | | | |")
                 continue
             size = f"{r['voxels']}" if kind == "sparse" else "x".join(map(str, r["grid"]))
-            ratio = (f"{r['fwd_bwd_s'] / res['dense']['fwd_bwd_s']:.3f}" if res.get("dense") else "n/a")
-            lines.append(f"| {cin} -> {cout} | {kind} | {size} | {r['fwd_s']:.4f} | {r['fwd_bwd_s']:.4f} | "
-                         f"{r['peak_mb']:.0f} | {ratio} |")
+            ratio = f"{r['fwd_bwd_s'] / res['dense']['fwd_bwd_s']:.3f}" if res.get("dense") else "n/a"
+            lines.append(
+                f"| {cin} -> {cout} | {kind} | {size} | {r['fwd_s']:.4f} | {r['fwd_bwd_s']:.4f} | "
+                f"{r['peak_mb']:.0f} | {ratio} |"
+            )
     return lines
 
 
@@ -185,8 +203,12 @@ def extraction_table(device: str, voxel: float, repeats: int) -> list[str]:
             times.append(time.perf_counter() - t)
         timings[name] = statistics.median(times)
     ref = timings.get("FPFH (Open3D, cpu)")
-    lines = [f"{len(down)} points after {voxel} m downsampling", "", "| descriptor | s per fragment | vs FPFH |",
-             "|---|---|---|"]
+    lines = [
+        f"{len(down)} points after {voxel} m downsampling",
+        "",
+        "| descriptor | s per fragment | vs FPFH |",
+        "|---|---|---|",
+    ]
     lines += [f"| {k} | {v:.4f} | {f'{v / ref:.2f}' if ref else 'n/a'} |" for k, v in timings.items()]
     return lines
 

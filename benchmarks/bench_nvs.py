@@ -105,9 +105,14 @@ def table_reference(repeats: int) -> None:
     splats, cam = scene(20_000, 252, 189)
     proj, _, _ = _project(splats, cam)
     gid, _, _, _ = tile_pairs(proj, cam.width, cam.height, 8)
-    print(f"\n## Tile rasterizer vs dense reference: 252x189, 20,000 Gaussians, {len(gid):,} Gaussian-tile pairs "
-          f"(tile 8), torch threads {torch.get_num_threads()}\n")
-    print("| pass | dense reference s | tile eager s | tile compiled s | speed-up eager | speed-up compiled | max |diff| |")
+    print(
+        f"\n## Tile rasterizer vs dense reference: 252x189, 20,000 Gaussians, {len(gid):,} Gaussian-tile pairs "
+        f"(tile 8), torch threads {torch.get_num_threads()}\n"
+    )
+    print(
+        "| pass | dense reference s | tile eager s | tile compiled s | speed-up eager | speed-up compiled "
+        "| max |diff| |"
+    )
     print("|---|---|---|---|---|---|---|")
     for backward in (False, True):
         t_dense, ref = timed(lambda b=backward: dense_step(splats, cam, b), max(1, repeats // 3))
@@ -115,8 +120,10 @@ def table_reference(repeats: int) -> None:
         t_comp, img_c = timed(lambda b=backward: tile_step(splats, cam, b, True), repeats)
         diff = max(float((img_e - ref).abs().max()), float((img_c - ref).abs().max()))
         name = "forward + backward" if backward else "forward"
-        print(f"| {name} | {t_dense:.3f} | {t_eager:.3f} | {t_comp:.3f} | {t_dense / t_eager:.1f}x | "
-              f"{t_dense / t_comp:.1f}x | {diff:.2e} |")
+        print(
+            f"| {name} | {t_dense:.3f} | {t_eager:.3f} | {t_comp:.3f} | {t_dense / t_eager:.1f}x | "
+            f"{t_dense / t_comp:.1f}x | {diff:.2e} |"
+        )
 
 
 def table_scaling(repeats: int, quick: bool) -> None:

@@ -122,8 +122,14 @@ def prepare(scans: Sequence[Any], voxel: float, params: dict[str, Any]) -> dict[
     pp = params["register_scans"]["preprocess"]
     out = {}
     for scan in scans:
-        p = preprocess(scan, voxel, pp["outlier_neighbors"], pp["outlier_std_ratio"], pp["normal_radius_factor"],
-                       min_points=pp["min_points"])
+        p = preprocess(
+            scan,
+            voxel,
+            pp["outlier_neighbors"],
+            pp["outlier_std_ratio"],
+            pp["normal_radius_factor"],
+            min_points=pp["min_points"],
+        )
         features = fpfh(np.asarray(p.pcd.points), np.asarray(p.pcd.normals), voxel)  # (N, 33)
         out[scan.name] = Prepared(scan.name, p.pcd, features)
     return out
@@ -137,11 +143,20 @@ def load_3dmatch(params: dict[str, Any]) -> Dataset | None:
     src, ref = read_scan(folder / "src.npy"), read_scan(folder / "ref.npy")
     gt = np.load(folder / "gt.npy")  # (4, 4) maps src into ref
     ev = params["evaluate_registration"]
-    overlap = overlap_ratio(fuse([src.points], [np.eye(4)], MATCH_VOXEL), fuse([ref.points], [np.eye(4)], MATCH_VOXEL),
-                            gt, MATCH_VOXEL)
+    overlap = overlap_ratio(
+        fuse([src.points], [np.eye(4)], MATCH_VOXEL), fuse([ref.points], [np.eye(4)], MATCH_VOXEL), gt, MATCH_VOXEL
+    )
     logger.info("3DMatch pair: ground-truth overlap %.2f", overlap)
-    return Dataset("3DMatch", MATCH_VOXEL, prepare([src, ref], MATCH_VOXEL, params), [("src", "ref", gt)],
-                   ev["rotation_threshold_deg"], ev["translation_threshold"], ("cm", 100.0), None)
+    return Dataset(
+        "3DMatch",
+        MATCH_VOXEL,
+        prepare([src, ref], MATCH_VOXEL, params),
+        [("src", "ref", gt)],
+        ev["rotation_threshold_deg"],
+        ev["translation_threshold"],
+        ("cm", 100.0),
+        None,
+    )
 
 
 def load_bunny(params: dict[str, Any], voxel: float, max_pairs: int | None) -> Dataset | None:
@@ -163,9 +178,16 @@ def load_bunny(params: dict[str, Any], voxel: float, max_pairs: int | None) -> D
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
     ev = params["evaluate_registration"]
-    return Dataset(f"bunny @{voxel * 1000:g}mm", voxel, prepare(scans, voxel, params), pairs,
-                   ev["rotation_threshold_deg"], ev["translation_threshold"] * BUNNY_SCALE, ("mm", 1000.0),
-                   (STRICT_ROT_DEG, STRICT_TRANS))
+    return Dataset(
+        f"bunny @{voxel * 1000:g}mm",
+        voxel,
+        prepare(scans, voxel, params),
+        pairs,
+        ev["rotation_threshold_deg"],
+        ev["translation_threshold"] * BUNNY_SCALE,
+        ("mm", 1000.0),
+        (STRICT_ROT_DEG, STRICT_TRANS),
+    )
 
 
 def run_pairs(data: Dataset, config: PairConfig) -> list[PairRun]:
@@ -183,14 +205,33 @@ def run_pairs(data: Dataset, config: PairConfig) -> list[PairRun]:
 
 def methods_table(datasets: list[Dataset], base: PairConfig) -> tuple[list[str], list[list[str]]]:
     """Table 1: per dataset and global method, recall, median errors and times."""
-    header = ["dataset", "method", "pairs", "recall", "strict recall", "med rot deg", "med trans",
-              "RANSAC ran", "total s", "med s/pair", "time / fgr"]
+    header = [
+        "dataset",
+        "method",
+        "pairs",
+        "recall",
+        "strict recall",
+        "med rot deg",
+        "med trans",
+        "RANSAC ran",
+        "total s",
+        "med s/pair",
+        "time / fgr",
+    ]
     rows: list[list[str]] = []
     for data in datasets:
         first_source, first_target, _ = data.pairs[0]  # warm-up (first Open3D calls), not timed
         s, t = data.scans[first_source], data.scans[first_target]
-        register_pair(first_source, s.pcd, s.features, first_target, t.pcd, t.features, data.voxel,
-                      dataclasses.replace(base, global_method="fgr"))
+        register_pair(
+            first_source,
+            s.pcd,
+            s.features,
+            first_target,
+            t.pcd,
+            t.features,
+            data.voxel,
+            dataclasses.replace(base, global_method="fgr"),
+        )
         totals: dict[str, float] = {}
         for method in METHODS:
             runs = run_pairs(data, dataclasses.replace(base, global_method=method))  # type: ignore[arg-type]
@@ -203,14 +244,21 @@ def methods_table(datasets: list[Dataset], base: PairConfig) -> tuple[list[str],
             if data.strict is not None:
                 strict_ok = sum(r.rot_deg < data.strict[0] and r.trans < data.strict[1] for r in runs)
                 strict = f"{strict_ok}/{n} {strict_ok / n:.2f}"
-            rows.append([
-                data.name, method, str(n), f"{ok}/{n} {ok / n:.2f}", strict,
-                f"{statistics.median(r.rot_deg for r in runs):.3f}",
-                f"{statistics.median(r.trans for r in runs) * factor:.3f} {unit}",
-                str(sum(r.ransac_ran for r in runs)),
-                f"{total:.2f}", f"{statistics.median(r.seconds for r in runs):.3f}",
-                f"{total / totals['fgr']:.2f}",
-            ])
+            rows.append(
+                [
+                    data.name,
+                    method,
+                    str(n),
+                    f"{ok}/{n} {ok / n:.2f}",
+                    strict,
+                    f"{statistics.median(r.rot_deg for r in runs):.3f}",
+                    f"{statistics.median(r.trans for r in runs) * factor:.3f} {unit}",
+                    str(sum(r.ransac_ran for r in runs)),
+                    f"{total:.2f}",
+                    f"{statistics.median(r.seconds for r in runs):.3f}",
+                    f"{total / totals['fgr']:.2f}",
+                ]
+            )
             logger.info("%s %s: %d/%d in %.2f s", data.name, method, ok, n, total)
     return header, rows
 
@@ -235,8 +283,12 @@ def direct_reference(scan_paths: list[Path], out: Path, params: dict[str, Any], 
     clouds = []
     for pcd in raw:
         down = pcd.voxel_down_sample(voxel)
-        kept, _ = down.remove_statistical_outlier(nb_neighbors=pp["outlier_neighbors"], std_ratio=pp["outlier_std_ratio"])
-        kept.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=pp["normal_radius_factor"] * voxel, max_nn=30))
+        kept, _ = down.remove_statistical_outlier(
+            nb_neighbors=pp["outlier_neighbors"], std_ratio=pp["outlier_std_ratio"]
+        )
+        kept.estimate_normals(
+            o3d.geometry.KDTreeSearchParamHybrid(radius=pp["normal_radius_factor"] * voxel, max_nn=30)
+        )
         kept.normalize_normals()
         points = np.asarray(kept.points)
         if (points.min(axis=0) > 0).any() or (points.max(axis=0) < 0).any():  # origin outside: sensor frame
@@ -251,8 +303,9 @@ def direct_reference(scan_paths: list[Path], out: Path, params: dict[str, Any], 
     seconds["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    feats = [reg.compute_fpfh_feature(c, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * voxel, max_nn=100))
-             for c in clouds]
+    feats = [
+        reg.compute_fpfh_feature(c, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * voxel, max_nn=100)) for c in clouds
+    ]
     seconds["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -263,13 +316,23 @@ def direct_reference(scan_paths: list[Path], out: Path, params: dict[str, Any], 
     for i, j in itertools.combinations(range(n), 2):
         o3d.utility.random.seed(pair["seed"])
         guess = reg.registration_fgr_based_on_feature_matching(
-            clouds[i], clouds[j], feats[i], feats[j],
-            reg.FastGlobalRegistrationOption(maximum_correspondence_distance=distance)).transformation
+            clouds[i],
+            clouds[j],
+            feats[i],
+            feats[j],
+            reg.FastGlobalRegistrationOption(maximum_correspondence_distance=distance),
+        ).transformation
         for scale in pair["icp_scales"]:
             result = reg.registration_icp(
-                clouds[i], clouds[j], scale * voxel, guess, reg.TransformationEstimationPointToPlane(),
-                reg.ICPConvergenceCriteria(relative_fitness=1e-6, relative_rmse=1e-6,
-                                           max_iteration=pair["icp_max_iterations"]))
+                clouds[i],
+                clouds[j],
+                scale * voxel,
+                guess,
+                reg.TransformationEstimationPointToPlane(),
+                reg.ICPConvergenceCriteria(
+                    relative_fitness=1e-6, relative_rmse=1e-6, max_iteration=pair["icp_max_iterations"]
+                ),
+            )
             guess = result.transformation
         info = reg.get_information_matrix_from_point_clouds(clouds[i], clouds[j], finest, guess)
         gate = pair["max_rmse_factor"] * voxel
@@ -298,10 +361,13 @@ def direct_reference(scan_paths: list[Path], out: Path, params: dict[str, Any], 
     option = reg.GlobalOptimizationOption(
         max_correspondence_distance=mw["max_correspondence_factor"] * voxel,
         edge_prune_threshold=mw["edge_prune_threshold"],
-        preference_loop_closure=mw["preference_loop_closure"], reference_node=node[0])
+        preference_loop_closure=mw["preference_loop_closure"],
+        reference_node=node[0],
+    )
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-        reg.global_optimization(graph, reg.GlobalOptimizationLevenbergMarquardt(),
-                                reg.GlobalOptimizationConvergenceCriteria(), option)
+        reg.global_optimization(
+            graph, reg.GlobalOptimizationLevenbergMarquardt(), reg.GlobalOptimizationConvergenceCriteria(), option
+        )
     final = {names[k]: np.asarray(graph.nodes[node[k]].pose) for k in order}
     seconds["optimize"] = time.perf_counter() - t
 
@@ -326,14 +392,24 @@ def stage(capture: Path, out: Path, config: RegisterScansConfig) -> dict[str, An
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu
     timings = json.loads((out / "metrics.json").read_text())["timings"]
-    phases = {"read": timings["read_s"], "preprocess": timings["preprocess_s"], "features": timings["features_s"],
-              "pairs": timings["multiway_pairs_s"], "optimize": timings["multiway_optimize_s"],
-              "fuse": timings["fuse_s"]}
+    phases = {
+        "read": timings["read_s"],
+        "preprocess": timings["preprocess_s"],
+        "features": timings["features_s"],
+        "pairs": timings["multiway_pairs_s"],
+        "optimize": timings["multiway_optimize_s"],
+        "fuse": timings["fuse_s"],
+    }
     registration = sum(timings[k] for k in ("read_s", "preprocess_s", "features_s", "multiway_total_s", "fuse_s"))
     phases["write+other"] = wall - sum(phases.values())
     data = json.loads((out / "poses.json").read_text())["poses"]
-    return {"wall": wall, "cpu": cpu, "phases": phases, "own": wall - registration,
-            "poses": {k: np.asarray(v) for k, v in data.items()}}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "phases": phases,
+        "own": wall - registration,
+        "poses": {k: np.asarray(v) for k, v in data.items()},
+    }
 
 
 def pose_agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> str:
@@ -351,9 +427,14 @@ def overhead_table(voxel: float, repeats: int) -> list[tuple[str, str]] | None:
     if not folder.is_dir():
         logger.warning("%s missing: overhead table skipped", folder)
         return None
-    params = load_params(REPO / "params.yaml", [f"register_scans.preprocess.voxel_size={voxel}",
-                                                "register_scans.pair.global_method=fgr",
-                                                "register_scans.pair.num_hypotheses=1"])  # as the reference
+    params = load_params(
+        REPO / "params.yaml",
+        [
+            f"register_scans.preprocess.voxel_size={voxel}",
+            "register_scans.pair.global_method=fgr",
+            "register_scans.pair.num_hypotheses=1",
+        ],
+    )  # as the reference
     config = register_stage.load_config(params)
     scan_paths = sorted(folder.glob("*.ply"))
     refs, stages = [], []
@@ -379,9 +460,11 @@ def overhead_table(voxel: float, repeats: int) -> list[tuple[str, str]] | None:
         ("ratio stage / direct (medians)", f"{st / ref:.3f}"),
         ("ratio stage / direct (minima)", f"{min(stage_walls) / min(ref_walls):.3f}"),
         ("CPU time direct / stage, median s", f"{ref_cpu:.2f} / {stage_cpu:.2f}  (ratio {stage_cpu / ref_cpu:.3f})"),
-        ("1-min load avg before / after (incl. this run)", f"{load_before:.2f} / {load_after:.2f}  ({os.cpu_count()} CPUs)"),
-        ("stage time outside its Open3D steps, median s",
-         f"{own:.3f}  ({own / ref * 100:.1f} % of direct)"),
+        (
+            "1-min load avg before / after (incl. this run)",
+            f"{load_before:.2f} / {load_after:.2f}  ({os.cpu_count()} CPUs)",
+        ),
+        ("stage time outside its Open3D steps, median s", f"{own:.3f}  ({own / ref * 100:.1f} % of direct)"),
     ]
     for phase in PHASES:
         r = statistics.median(x["phases"][phase] for x in refs)
@@ -409,28 +492,55 @@ def trust_rows(num_seeds: int) -> tuple[list[str], list[list[str]]]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for label, num, seed, extra in cases:
-            params = load_params(REPO / "params.yaml", [f"synthesize_scans.num_scans={num}",
-                                                        f"synthesize_scans.seed={seed}", *extra])
-            capture = synthesize_scans.run(synthesize_scans.Inputs(), tmp / f"{num}_{seed}_{len(extra)}",
-                                           synthesize_scans.load_config(params))
+            params = load_params(
+                REPO / "params.yaml", [f"synthesize_scans.num_scans={num}", f"synthesize_scans.seed={seed}", *extra]
+            )
+            capture = synthesize_scans.run(
+                synthesize_scans.Inputs(), tmp / f"{num}_{seed}_{len(extra)}", synthesize_scans.load_config(params)
+            )
             t = time.perf_counter()
             try:
-                out = register_stage.run(register_stage.RegisterScansInputs(capture), tmp / "reg",
-                                         register_stage.load_config(params))
+                out = register_stage.run(
+                    register_stage.RegisterScansInputs(capture), tmp / "reg", register_stage.load_config(params)
+                )
             except Exception as exc:  # noqa: BLE001 - a refused capture is a row
-                rows.append([label, "0", "0", "0", str(num), "0", f"refused: {str(exc)[:40]}",
-                             f"{time.perf_counter() - t:.1f}", "-"])
+                rows.append(
+                    [
+                        label,
+                        "0",
+                        "0",
+                        "0",
+                        str(num),
+                        "0",
+                        f"refused: {str(exc)[:40]}",
+                        f"{time.perf_counter() - t:.1f}",
+                        "-",
+                    ]
+                )
                 continue
             seconds = time.perf_counter() - t
             reg_m = json.loads((out / "metrics.json").read_text())
-            ev = evaluate_stage.read_metrics(evaluate_stage.run(
-                evaluate_stage.EvaluateRegistrationInputs(out, capture, None), tmp / "eval",
-                evaluate_stage.load_config(params)))
+            ev = evaluate_stage.read_metrics(
+                evaluate_stage.run(
+                    evaluate_stage.EvaluateRegistrationInputs(out, capture, None),
+                    tmp / "eval",
+                    evaluate_stage.load_config(params),
+                )
+            )
             verify = reg_m["timings"]["range_images_s"] + reg_m["timings"]["multiway_verify_s"]
-            rows.append([label, str(reg_m["num_placed"]), str(ev["num_within_tolerance"]),
-                         str(len(ev["placed_beyond_tolerance"])), str(len(reg_m["unplaced"])),
-                         str(reg_m["num_low_confidence"]), reg_m["status"], f"{seconds:.1f}",
-                         f"{1000 * verify / max(1, reg_m['num_pairs']):.1f}"])
+            rows.append(
+                [
+                    label,
+                    str(reg_m["num_placed"]),
+                    str(ev["num_within_tolerance"]),
+                    str(len(ev["placed_beyond_tolerance"])),
+                    str(len(reg_m["unplaced"])),
+                    str(reg_m["num_low_confidence"]),
+                    reg_m["status"],
+                    f"{seconds:.1f}",
+                    f"{1000 * verify / max(1, reg_m['num_pairs']):.1f}",
+                ]
+            )
     return header, rows
 
 
@@ -457,19 +567,26 @@ def main() -> int:
     parser.add_argument("--trust-seeds", type=int, default=10, help="courtyard seeds in table 3 (default 10)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     start = time.perf_counter()
     params = load_params(REPO / "params.yaml")
     base = register_stage.load_config(params).pair
-    datasets = [d for d in (load_3dmatch(params),
-                            load_bunny(params, args.bunny_voxel, QUICK_BUNNY_PAIRS if args.quick else None))
-                if d is not None and d.pairs]
+    datasets = [
+        d
+        for d in (load_3dmatch(params), load_bunny(params, args.bunny_voxel, QUICK_BUNNY_PAIRS if args.quick else None))
+        if d is not None and d.pairs
+    ]
     out = []
     if datasets:
         header, rows = methods_table(datasets, base)
-        out.append("Global registration + ICP per pair (register_pair, params.yaml pair settings; "
-                   "success: 3DMatch 15 deg / 30 cm, bunny 15 deg / 3 mm, strict 2 deg / 2 mm)")
+        out.append(
+            "Global registration + ICP per pair (register_pair, params.yaml pair settings; "
+            "success: 3DMatch 15 deg / 30 cm, bunny 15 deg / 3 mm, strict 2 deg / 2 mm)"
+        )
         out.append(format_columns(header, rows))
     overhead = overhead_table(args.bunny_voxel, args.repeats)
     if overhead is not None:

@@ -96,8 +96,10 @@ def main() -> int:
         ("sfm stage, median s", f"{st:.2f}  ({', '.join(f'{t:.2f}' for t in stage_times)})"),
         ("ratio stage / direct (medians)", f"{st / ref:.3f}"),
         ("ratio stage / direct (minima)", f"{min(stage_times) / min(ref_times):.3f}"),
-        ("stage time outside COLMAP, median s", f"{statistics.median(own_times):.3f}  "
-         f"({statistics.median(own_times) / ref * 100:.1f} % of direct)"),
+        (
+            "stage time outside COLMAP, median s",
+            f"{statistics.median(own_times):.3f}  ({statistics.median(own_times) / ref * 100:.1f} % of direct)",
+        ),
         ("overhead", f"{(st / ref - 1) * 100:+.1f} %  (target <= +5 %)"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -129,105 +129,299 @@ def _m(**keys: str) -> Mapping[str, str]:
 
 
 _SFM_DISPLAY = (
-    "registered_fraction", "num_registered", "num_images", "num_models", "num_points3d", "mean_track_length",
-    "mean_reprojection_error_px", "rotation_error_deg_median", "rotation_error_deg_max", "position_error_median",
-    "position_error_max", "auc_rel_pose_5deg",
+    "registered_fraction",
+    "num_registered",
+    "num_images",
+    "num_models",
+    "num_points3d",
+    "mean_track_length",
+    "mean_reprojection_error_px",
+    "rotation_error_deg_median",
+    "rotation_error_deg_max",
+    "position_error_median",
+    "position_error_max",
+    "auc_rel_pose_5deg",
 )
 _REGISTRATION_DISPLAY = (
-    "num_scans", "num_placed", "num_low_confidence", "num_within_tolerance", "ape_rotation_deg_median",
-    "ape_rotation_deg_max", "ape_translation_median", "ape_translation_max", "registration_recall", "num_pairs",
-    "fused_chamfer", "fused_precision", "fused_recall", "fused_fscore", "voxel_size", "num_confident_pairs",
-    "mean_pair_fitness", "mean_pair_inlier_rmse",
+    "num_scans",
+    "num_placed",
+    "num_low_confidence",
+    "num_within_tolerance",
+    "ape_rotation_deg_median",
+    "ape_rotation_deg_max",
+    "ape_translation_median",
+    "ape_translation_max",
+    "registration_recall",
+    "num_pairs",
+    "fused_chamfer",
+    "fused_precision",
+    "fused_recall",
+    "fused_fscore",
+    "voxel_size",
+    "num_confident_pairs",
+    "mean_pair_fitness",
+    "mean_pair_inlier_rmse",
 )
-_NVS_DISPLAY = ("psnr", "ssim", "psnr_init", "ssim_init", "num_train_views", "num_test_views", "resolution",
-                "num_init_points", "num_gaussians", "iterations", "stopped", "fit_s", "wall_s", "peak_memory_mb",
-                "device", "backend")
-_BODY_DISPLAY = ("people_fitted", "people_skipped", "bodies", "reference_2d", "median_error_px",
-                 "median_error_norm", "median_pck_0.1", "median_mpjpe_mm", "median_pa_mpjpe_mm",
-                 "mean_mpjpe_mm", "mean_pa_mpjpe_mm", "iterations", "fit_seconds", "seconds_per_iteration")
-_BODY_SUMMARY = _m(people_fitted="bodies_fitted", people_skipped="bodies_skipped",
-                   median_error_norm="body_error_norm", median_mpjpe_mm="body_mpjpe_mm",
-                   median_pa_mpjpe_mm="body_pa_mpjpe_mm")
-_SFM_SUMMARY = _m(registered_fraction="registered_fraction", num_points3d="num_points3d",
-                  mean_reprojection_error_px="mean_reprojection_error_px")
+_NVS_DISPLAY = (
+    "psnr",
+    "ssim",
+    "psnr_init",
+    "ssim_init",
+    "num_train_views",
+    "num_test_views",
+    "resolution",
+    "num_init_points",
+    "num_gaussians",
+    "iterations",
+    "stopped",
+    "fit_s",
+    "wall_s",
+    "peak_memory_mb",
+    "device",
+    "backend",
+)
+_BODY_DISPLAY = (
+    "people_fitted",
+    "people_skipped",
+    "bodies",
+    "reference_2d",
+    "median_error_px",
+    "median_error_norm",
+    "median_pck_0.1",
+    "median_mpjpe_mm",
+    "median_pa_mpjpe_mm",
+    "mean_mpjpe_mm",
+    "mean_pa_mpjpe_mm",
+    "iterations",
+    "fit_seconds",
+    "seconds_per_iteration",
+)
+_BODY_SUMMARY = _m(
+    people_fitted="bodies_fitted",
+    people_skipped="bodies_skipped",
+    median_error_norm="body_error_norm",
+    median_mpjpe_mm="body_mpjpe_mm",
+    median_pa_mpjpe_mm="body_pa_mpjpe_mm",
+)
+_SFM_SUMMARY = _m(
+    registered_fraction="registered_fraction",
+    num_points3d="num_points3d",
+    mean_reprojection_error_px="mean_reprojection_error_px",
+)
 _NVS_OUT = ("heldout", "orbit")
 _CURVE = (Plot("train_log.csv", "iteration", "loss"),)
 
-PHOTOS = Pipeline("photos", "captures", "data/captures", (
-    Step("synthesize", {}, outs=(".",), metrics="", per_capture=False, out="{data}/demo",
-         command=("synthesize",), help="write the deterministic synthetic photo capture"),
-    Step("sfm", _m(capture="{capture}"),
-         outs=("sparse", "undistorted", "points.ply", "transforms.json"), heavy=True, summary=_SFM_SUMMARY,
-         display=_SFM_DISPLAY, command=("sfm",), help="Structure-from-Motion on a folder of photos"),
-    Step("evaluate_sfm", _m(model="{results}/sfm", capture="{capture}"),
-         deps=("{results}/sfm/sparse", "{results}/sfm/metrics.json"),
-         summary=_m(registered_fraction="registered_fraction", num_points3d="num_points3d",
-                    mean_reprojection_error_px="mean_reprojection_error_px",
-                    rotation_error_deg_median="rotation_error_deg_median",
-                    position_error_median="position_error_median", auc_rel_pose_5deg="auc_rel_pose_5deg"),
-         display=_SFM_DISPLAY, command=("evaluate", "sfm"), needs_ground_truth=True,
-         help="SfM metrics, against ground truth when given"),
-    Step("fit_gaussians", _m(capture="{results}/sfm"),
-         deps=("{results}/sfm/sparse", "{results}/sfm/undistorted"), outs=("gaussians.ply", *_NVS_OUT),
-         plots=_CURVE, device="gpu", heavy=True, summary=_m(psnr="gaussians_psnr", ssim="gaussians_ssim"),
-         display=_NVS_DISPLAY, command=("fit", "gaussians"),
-         help="3D Gaussian Splatting, evaluated on every 8th view held out",
-         dvc_comment="Novel-view synthesis from each capture's SfM output (undistorted pinhole images and\n"
-                     "points), evaluated on every 8th view held out."),
-    Step("fit_nerf", _m(capture="{results}/sfm"),
-         deps=("{results}/sfm/sparse", "{results}/sfm/undistorted"), outs=("nerf.pt", *_NVS_OUT),
-         plots=_CURVE, device="gpu", heavy=True, summary=_m(psnr="nerf_psnr", ssim="nerf_ssim"),
-         display=_NVS_DISPLAY, command=("fit", "nerf"), help="NeRF, evaluated on every 8th view held out"),
-))
+PHOTOS = Pipeline(
+    "photos",
+    "captures",
+    "data/captures",
+    (
+        Step(
+            "synthesize",
+            {},
+            outs=(".",),
+            metrics="",
+            per_capture=False,
+            out="{data}/demo",
+            command=("synthesize",),
+            help="write the deterministic synthetic photo capture",
+        ),
+        Step(
+            "sfm",
+            _m(capture="{capture}"),
+            outs=("sparse", "undistorted", "points.ply", "transforms.json"),
+            heavy=True,
+            summary=_SFM_SUMMARY,
+            display=_SFM_DISPLAY,
+            command=("sfm",),
+            help="Structure-from-Motion on a folder of photos",
+        ),
+        Step(
+            "evaluate_sfm",
+            _m(model="{results}/sfm", capture="{capture}"),
+            deps=("{results}/sfm/sparse", "{results}/sfm/metrics.json"),
+            summary=_m(
+                registered_fraction="registered_fraction",
+                num_points3d="num_points3d",
+                mean_reprojection_error_px="mean_reprojection_error_px",
+                rotation_error_deg_median="rotation_error_deg_median",
+                position_error_median="position_error_median",
+                auc_rel_pose_5deg="auc_rel_pose_5deg",
+            ),
+            display=_SFM_DISPLAY,
+            command=("evaluate", "sfm"),
+            needs_ground_truth=True,
+            help="SfM metrics, against ground truth when given",
+        ),
+        Step(
+            "fit_gaussians",
+            _m(capture="{results}/sfm"),
+            deps=("{results}/sfm/sparse", "{results}/sfm/undistorted"),
+            outs=("gaussians.ply", *_NVS_OUT),
+            plots=_CURVE,
+            device="gpu",
+            heavy=True,
+            summary=_m(psnr="gaussians_psnr", ssim="gaussians_ssim"),
+            display=_NVS_DISPLAY,
+            command=("fit", "gaussians"),
+            help="3D Gaussian Splatting, evaluated on every 8th view held out",
+            dvc_comment="Novel-view synthesis from each capture's SfM output (undistorted pinhole images and\n"
+            "points), evaluated on every 8th view held out.",
+        ),
+        Step(
+            "fit_nerf",
+            _m(capture="{results}/sfm"),
+            deps=("{results}/sfm/sparse", "{results}/sfm/undistorted"),
+            outs=("nerf.pt", *_NVS_OUT),
+            plots=_CURVE,
+            device="gpu",
+            heavy=True,
+            summary=_m(psnr="nerf_psnr", ssim="nerf_ssim"),
+            display=_NVS_DISPLAY,
+            command=("fit", "nerf"),
+            help="NeRF, evaluated on every 8th view held out",
+        ),
+    ),
+)
 
-SCANS = Pipeline("scans", "scan_captures", "data/scan_captures", (
-    Step("synthesize_scans", {}, outs=(".",), metrics="", per_capture=False, out="{data}/demo_scans",
-         command=("synthesize-scans",), help="write the deterministic synthetic scan capture"),
-    Step("register_scans", _m(capture="{capture}"), outs=("poses.json", "pairs.json", "fused.ply"), heavy=True,
-         summary=_m(num_placed="num_placed", num_low_confidence="num_low_confidence", partial="partial"),
-         display=(*_REGISTRATION_DISPLAY, "num_points_fused"), command=("register",),
-         help="multiway registration of a folder of scans",
-         dvc_comment="With register_scans.features: fcgf the stage also reads ${register_scans.fcgf.checkpoint}\n"
-                     "(train_fcgf's model); add that path to its deps so DVC orders and invalidates it."),
-    Step("evaluate_registration", _m(result="{results}/register_scans", capture="{capture}"),
-         deps=tuple(f"{{results}}/register_scans/{f}" for f in ("poses.json", "pairs.json", "fused.ply",
-                                                                 "metrics.json")),
-         summary=_m(num_within_tolerance="num_within_tolerance", ape_rotation_deg_max="ape_rotation_deg_max",
-                    ape_translation_max="ape_translation_max", registration_recall="registration_recall",
-                    fused_fscore="fused_fscore"),
-         display=_REGISTRATION_DISPLAY, command=("evaluate", "registration"), needs_ground_truth=True,
-         help="registration metrics against ground-truth poses"),
-))
+SCANS = Pipeline(
+    "scans",
+    "scan_captures",
+    "data/scan_captures",
+    (
+        Step(
+            "synthesize_scans",
+            {},
+            outs=(".",),
+            metrics="",
+            per_capture=False,
+            out="{data}/demo_scans",
+            command=("synthesize-scans",),
+            help="write the deterministic synthetic scan capture",
+        ),
+        Step(
+            "register_scans",
+            _m(capture="{capture}"),
+            outs=("poses.json", "pairs.json", "fused.ply"),
+            heavy=True,
+            summary=_m(num_placed="num_placed", num_low_confidence="num_low_confidence", partial="partial"),
+            display=(*_REGISTRATION_DISPLAY, "num_points_fused"),
+            command=("register",),
+            help="multiway registration of a folder of scans",
+            dvc_comment="With register_scans.features: fcgf the stage also reads ${register_scans.fcgf.checkpoint}\n"
+            "(train_fcgf's model); add that path to its deps so DVC orders and invalidates it.",
+        ),
+        Step(
+            "evaluate_registration",
+            _m(result="{results}/register_scans", capture="{capture}"),
+            deps=tuple(
+                f"{{results}}/register_scans/{f}" for f in ("poses.json", "pairs.json", "fused.ply", "metrics.json")
+            ),
+            summary=_m(
+                num_within_tolerance="num_within_tolerance",
+                ape_rotation_deg_max="ape_rotation_deg_max",
+                ape_translation_max="ape_translation_max",
+                registration_recall="registration_recall",
+                fused_fscore="fused_fscore",
+            ),
+            display=_REGISTRATION_DISPLAY,
+            command=("evaluate", "registration"),
+            needs_ground_truth=True,
+            help="registration metrics against ground-truth poses",
+        ),
+    ),
+)
 
-FCGF = Pipeline("fcgf", "scan_captures", "data/scan_captures", (
-    Step("train_fcgf", {}, outs=("model.pt",), per_capture=False, out="models/fcgf",
-         plots=(Plot("train_log.csv", "iteration", "loss"), Plot("validation.csv", "iteration", "fmr")),
-         device="gpu", display=("iterations", "resumed_from", "num_train_pairs", "num_val_pairs", "loss_first_50",
-                                "loss_last_50", "val_fmr_initial", "val_fmr", "val_inlier_ratio_initial",
-                                "val_inlier_ratio", "seconds_per_iteration", "wall_s", "device"),
-         command=("train", "fcgf"),
-         help="train FCGF (PointInfoNCE or hardest-contrastive) on synthetic and given scan pairs"),
-    Step("evaluate_features", _m(capture="{capture}", checkpoint="{param:register_scans.fcgf.checkpoint}"),
-         deps=("{param:register_scans.fcgf.checkpoint}",), sections=("evaluate_features", "register_scans"),
-         summary=_m(**{"features.*.feature_match_recall": "*_feature_match_recall",
-                       "features.*.registration_recall": "*_registration_recall"}),
-         command=("evaluate", "features"), needs_ground_truth=True,
-         help="FCGF vs FPFH: feature-match recall, inlier ratio, registration recall"),
-), batch=False)
+FCGF = Pipeline(
+    "fcgf",
+    "scan_captures",
+    "data/scan_captures",
+    (
+        Step(
+            "train_fcgf",
+            {},
+            outs=("model.pt",),
+            per_capture=False,
+            out="models/fcgf",
+            plots=(Plot("train_log.csv", "iteration", "loss"), Plot("validation.csv", "iteration", "fmr")),
+            device="gpu",
+            display=(
+                "iterations",
+                "resumed_from",
+                "num_train_pairs",
+                "num_val_pairs",
+                "loss_first_50",
+                "loss_last_50",
+                "val_fmr_initial",
+                "val_fmr",
+                "val_inlier_ratio_initial",
+                "val_inlier_ratio",
+                "seconds_per_iteration",
+                "wall_s",
+                "device",
+            ),
+            command=("train", "fcgf"),
+            help="train FCGF (PointInfoNCE or hardest-contrastive) on synthetic and given scan pairs",
+        ),
+        Step(
+            "evaluate_features",
+            _m(capture="{capture}", checkpoint="{param:register_scans.fcgf.checkpoint}"),
+            deps=("{param:register_scans.fcgf.checkpoint}",),
+            sections=("evaluate_features", "register_scans"),
+            summary=_m(
+                **{
+                    "features.*.feature_match_recall": "*_feature_match_recall",
+                    "features.*.registration_recall": "*_registration_recall",
+                }
+            ),
+            command=("evaluate", "features"),
+            needs_ground_truth=True,
+            help="FCGF vs FPFH: feature-match recall, inlier ratio, registration recall",
+        ),
+    ),
+    batch=False,
+)
 
-BODIES = Pipeline("bodies", "body_captures", "data/body_captures", (
-    Step("synthesize_bodies", {}, outs=(".",), metrics="", per_capture=False, out="{data}/demo_bodies",
-         command=("synthesize-bodies",), help="write the synthetic body capture (Anny bodies, keypoints, truth)"),
-    Step("fit_bodies", _m(capture="{capture}"), outs=("people.json", "params", "meshes", "overlays"),
-         plots=(Plot("fit_log.csv", "iteration", "loss"),), device="gpu", heavy=True, summary=_BODY_SUMMARY,
-         display=_BODY_DISPLAY, command=("fit", "bodies"),
-         help="SMPLify-style body fitting to 2D keypoints (single or multi-view, batched)",
-         dvc_comment="Body fitting of every person in each body capture (one batched optimisation per capture)."),
-    Step("evaluate_bodies", _m(result="{results}/fit_bodies", capture="{capture}"),
-         deps=("{results}/fit_bodies/people.json",), summary=_BODY_SUMMARY, display=_BODY_DISPLAY,
-         command=("evaluate", "bodies"), needs_ground_truth=True,
-         help="body fits against 2D / 3D ground truth: error, PCK, MPJPE, PA-MPJPE"),
-))
+BODIES = Pipeline(
+    "bodies",
+    "body_captures",
+    "data/body_captures",
+    (
+        Step(
+            "synthesize_bodies",
+            {},
+            outs=(".",),
+            metrics="",
+            per_capture=False,
+            out="{data}/demo_bodies",
+            command=("synthesize-bodies",),
+            help="write the synthetic body capture (Anny bodies, keypoints, truth)",
+        ),
+        Step(
+            "fit_bodies",
+            _m(capture="{capture}"),
+            outs=("people.json", "params", "meshes", "overlays"),
+            plots=(Plot("fit_log.csv", "iteration", "loss"),),
+            device="gpu",
+            heavy=True,
+            summary=_BODY_SUMMARY,
+            display=_BODY_DISPLAY,
+            command=("fit", "bodies"),
+            help="SMPLify-style body fitting to 2D keypoints (single or multi-view, batched)",
+            dvc_comment="Body fitting of every person in each body capture (one batched optimisation per capture).",
+        ),
+        Step(
+            "evaluate_bodies",
+            _m(result="{results}/fit_bodies", capture="{capture}"),
+            deps=("{results}/fit_bodies/people.json",),
+            summary=_BODY_SUMMARY,
+            display=_BODY_DISPLAY,
+            command=("evaluate", "bodies"),
+            needs_ground_truth=True,
+            help="body fits against 2D / 3D ground truth: error, PCK, MPJPE, PA-MPJPE",
+        ),
+    ),
+)
 
 PIPELINES: tuple[Pipeline, ...] = (PHOTOS, SCANS, FCGF, BODIES)
 """Every pipeline, in dvc.yaml order."""
@@ -279,9 +473,9 @@ def fill(template: str, **values: object) -> str:
     while "{param:" in text:
         start = text.index("{param:")
         end = text.index("}", start)
-        key = text[start + len("{param:"):end]
+        key = text[start + len("{param:") : end]
         value = param(key) if callable(param) else str(param).format(key)
-        text = text[:start] + value + text[end + 1:]
+        text = text[:start] + value + text[end + 1 :]
     for key, value in values.items():
         text = text.replace("{" + key + "}", str(value))
     return text

@@ -28,11 +28,16 @@ from capture3d.stages.common import add_params_arguments, configure_logging, err
 
 logger = logging.getLogger(__name__)
 
-GROUPS = {"evaluate": "evaluate a stage's result", "train": "train a learned model",
-          "fit": "fit 3D Gaussians or a NeRF to a posed capture, or bodies to keypoints"}
-FOLDER_RUNS = {"reconstruct": ("photos", "reconstruct: photo captures"),
-               "register-batch": ("scans", "register_scans: scan captures"),
-               "bodies-batch": ("bodies", "fit_bodies: body captures")}
+GROUPS = {
+    "evaluate": "evaluate a stage's result",
+    "train": "train a learned model",
+    "fit": "fit 3D Gaussians or a NeRF to a posed capture, or bodies to keypoints",
+}
+FOLDER_RUNS = {
+    "reconstruct": ("photos", "reconstruct: photo captures"),
+    "register-batch": ("scans", "register_scans: scan captures"),
+    "bodies-batch": ("bodies", "fit_bodies: body captures"),
+}
 """command -> (capture kind, status table title): the batch flow over a folder of captures"""
 
 
@@ -68,8 +73,9 @@ def _train_flow(args: argparse.Namespace, call: stage_cli.Invocation) -> int:
     _prefect_environment()
     from capture3d.flows.train_fcgf import train_fcgf
 
-    trained, statuses = train_fcgf(call.out, args.captures, args.results, _names(args.names), args.params,
-                                   call.overrides)
+    trained, statuses = train_fcgf(
+        call.out, args.captures, args.results, _names(args.names), args.params, call.overrides
+    )
     print_metrics("train fcgf", trained, catalog.step("train_fcgf").display)
     print_statuses([s.row() for s in statuses], "evaluate_features: scan captures")
     return 0 if all(s.ok for s in statuses) else 1
@@ -99,8 +105,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     _prefect_environment()
     from capture3d.flows.batch import run_batch_flow
 
-    rows, regressions = run_batch_flow(args.source, args.work, args.params, args.overrides, args.endpoint_url,
-                                       args.remote, _names(args.names))
+    rows, regressions = run_batch_flow(
+        args.source, args.work, args.params, args.overrides, args.endpoint_url, args.remote, _names(args.names)
+    )
     print_statuses(rows, "batch: captures")
     report = sorted(Path(args.work, "runs").glob("*.html"))
     print(f"report: {report[-1]}" if report else "report: none")
@@ -117,8 +124,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     latest = (load_run(runs[-1]) or {}).get("run_id") if runs else None
     previous = args.previous or last_good_run(Path(args.work, "runs"), exclude=latest)
     result = build_report(args.work, args.out or Path(args.work, "report.html"), previous=previous)
-    print(f"report: {result.path} ({result.num_captures} captures, {result.num_figures} figures, "
-          f"{len(result.regressions)} regression(s) against {result.previous_run_id or 'no baseline'})")
+    print(
+        f"report: {result.path} ({result.num_captures} captures, {result.num_figures} figures, "
+        f"{len(result.regressions)} regression(s) against {result.previous_run_id or 'no baseline'})"
+    )
     for r in result.regressions:
         print(f"  regression {r.capture}: {r.metric} {r.old:.4g} -> {r.new:.4g}")
     return 1 if result.regressions or result.newly_failed else 0
@@ -128,9 +137,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     _prefect_environment()
     from capture3d.flows.deploy import deploy_batch
 
-    for name in deploy_batch(args.source, args.work, args.params, args.overrides, cron=args.cron,
-                             interval_s=args.interval, endpoint_url=args.endpoint_url, remote=args.remote,
-                             run_now=args.run_now):
+    for name in deploy_batch(
+        args.source,
+        args.work,
+        args.params,
+        args.overrides,
+        cron=args.cron,
+        interval_s=args.interval,
+        endpoint_url=args.endpoint_url,
+        remote=args.remote,
+        run_now=args.run_now,
+    ):
         print(f"deployment {name}")
     return 0
 
@@ -150,8 +167,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     samples = []  # (title, sample capture name) per kind
     for kind, title in FOLDER_RUNS.values():
         spec = catalog.pipeline(kind)
-        samples += [(title, Path(catalog.fill(s.out_template, data=spec.captures_dir)).name)
-                    for s in spec.steps if not s.per_capture]
+        samples += [
+            (title, Path(catalog.fill(s.out_template, data=spec.captures_dir)).name)
+            for s in spec.steps
+            if not s.per_capture
+        ]
     print_demo(statuses, samples)
     return 0 if all(s.ok for s in statuses) else 1
 
@@ -169,12 +189,13 @@ def _stage_commands(sub: argparse._SubParsersAction, words: Sequence[str] | None
                 groups[group[0]] = g.add_subparsers(dest=f"{group[0]}_command", required=True)
             parent = groups[group[0]]
         p = parent.add_parser(word, help=step.help, description=step.help)
-        if words is None or list(words[:len(step.command)]) == list(step.command):
+        if words is None or list(words[: len(step.command)]) == list(step.command):
             stage_cli.add_stage_arguments(p, importlib.import_module(step.module), step, default_out=True)
             if step.name == "train_fcgf":
                 p.add_argument("--captures", type=Path, help="then evaluate on these scan captures (Prefect flow)")
-                p.add_argument("--results", type=Path,
-                               help="results root for --captures (default: the captures folder)")
+                p.add_argument(
+                    "--results", type=Path, help="results root for --captures (default: the captures folder)"
+                )
                 p.add_argument("--names", default="", help="comma-separated captures for --captures (default: all)")
         p.set_defaults(func=cmd_stage, stage=step.name)
 
@@ -197,11 +218,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         add_params_arguments(p)
         p.set_defaults(func=cmd_folder)
 
-    p = sub.add_parser("batch", help="process an inbox of captures (folder or s3://bucket/prefix): fetch new or "
-                       "changed ones, run their flows, push artifacts to the DVC remote, write manifests")
+    p = sub.add_parser(
+        "batch",
+        help="process an inbox of captures (folder or s3://bucket/prefix): fetch new or "
+        "changed ones, run their flows, push artifacts to the DVC remote, write manifests",
+    )
     p.add_argument("source", help="inbox: a folder or s3://BUCKET/PREFIX with one sub-folder per capture")
-    p.add_argument("--work", type=Path, required=True,
-                   help="work area: inbox/ mirror, results/, manifests/, runs/ (a DVC store when pushing)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        required=True,
+        help="work area: inbox/ mirror, results/, manifests/, runs/ (a DVC store when pushing)",
+    )
     p.add_argument("--endpoint-url", default=None, help="S3 API endpoint (default: params batch.endpoint_url)")
     p.add_argument("--remote", default=None, help="DVC remote URL for the artifacts (default: params batch.remote)")
     p.add_argument("--names", default="", help="comma-separated captures (default: all)")
@@ -229,8 +257,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="HTML quality report of a batch work area (runs, captures, regressions)")
     p.add_argument("--work", type=Path, required=True, help="the work area of `capture3d batch`")
     p.add_argument("--out", type=Path, default=None, help="HTML file (default: <work>/report.html)")
-    p.add_argument("--previous", type=Path, default=None,
-                   help="baseline run JSON (default: the last good run before the latest)")
+    p.add_argument(
+        "--previous", type=Path, default=None, help="baseline run JSON (default: the last good run before the latest)"
+    )
     p.set_defaults(func=cmd_report)
     return parser
 

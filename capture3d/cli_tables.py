@@ -22,8 +22,16 @@ from capture3d.catalog import Step
 
 logger = logging.getLogger(__name__)
 
-FEATURE_TABLE_KEYS = ("num_pairs", "feature_match_recall", "inlier_ratio", "registration_recall",
-                      "median_rotation_error_deg", "median_translation_error", "extract_s_per_scan", "dimension")
+FEATURE_TABLE_KEYS = (
+    "num_pairs",
+    "feature_match_recall",
+    "inlier_ratio",
+    "registration_recall",
+    "median_rotation_error_deg",
+    "median_translation_error",
+    "extract_s_per_scan",
+    "dimension",
+)
 BODY_COLUMNS = ("body", "error_px", "error_norm", "pck_0.1", "mpjpe_mm", "pa_mpjpe_mm")
 BODY_STATUS_KEYS = ("bodies_fitted", "bodies_skipped", "body_error_norm", "body_mpjpe_mm", "body_pa_mpjpe_mm")
 
@@ -93,8 +101,9 @@ def _body_rows(metrics: dict[str, Any]) -> None:
 def _features(metrics: dict[str, Any]) -> None:
     """One row per metric, one column per descriptor."""
     features = metrics["features"]
-    table = Table(title=f"features on {metrics['capture']} (voxel {metrics['voxel_size']:.3g}, "
-                        f"{metrics['global_method']})")
+    table = Table(
+        title=f"features on {metrics['capture']} (voxel {metrics['voxel_size']:.3g}, {metrics['global_method']})"
+    )
     table.add_column("metric")
     for name in features:
         table.add_column(name, justify="right")
@@ -104,8 +113,12 @@ def _features(metrics: dict[str, Any]) -> None:
 
 
 EXTRAS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "register_scans": _register_lines, "fit_gaussians": _per_view, "fit_nerf": _per_view,
-    "fit_bodies": _body_rows, "evaluate_bodies": _body_rows, "evaluate_features": _features,
+    "register_scans": _register_lines,
+    "fit_gaussians": _per_view,
+    "fit_nerf": _per_view,
+    "fit_bodies": _body_rows,
+    "evaluate_bodies": _body_rows,
+    "evaluate_features": _features,
 }
 """step name -> what its subcommand prints after the metrics table"""
 

@@ -62,8 +62,14 @@ def rich_progress(console: object | None = None) -> Iterator[object]:
         TimeElapsedColumn,
     )
 
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console or Console(stderr=True), transient=False)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console or Console(stderr=True),
+        transient=False,
+    )
     package = logging.getLogger("capture3d")
     saved_level = package.level
     quiet = _WithoutProgress()

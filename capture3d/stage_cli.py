@@ -48,8 +48,8 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 README_START = "<!-- params-reference:start -->"
 README_END = "<!-- params-reference:end -->"
-_SET = "set:"      # argparse dest prefix of the config flags
-_ADD = "add:"      # ... and of the repeatable legacy flags that add to a list
+_SET = "set:"  # argparse dest prefix of the config flags
+_ADD = "add:"  # ... and of the repeatable legacy flags that add to a list
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = node.body if isinstance(node, ast.ClassDef) else []
         for stmt, after in itertools.pairwise(body):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                    and isinstance(after.value.value, str)):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
                 docs[stmt.target.id] = " ".join(after.value.value.split())
     return docs
 
@@ -206,8 +210,9 @@ def _results_field(step: Step) -> str | None:
 
 
 def _fill_out(step: Step, results: str, name: str, capture: str) -> str:
-    return catalog.fill(step.out_template, results=results, name=name, capture=capture,
-                        data=catalog.pipeline_of(step.name).captures_dir)
+    return catalog.fill(
+        step.out_template, results=results, name=name, capture=capture, data=catalog.pipeline_of(step.name).captures_dir
+    )
 
 
 def out_hint(step: Step) -> str:
@@ -216,8 +221,9 @@ def out_hint(step: Step) -> str:
     return _fill_out(step, f"<{field}>/.." if field else "results/<name>", "<name>", "<capture>")
 
 
-def add_stage_arguments(parser: argparse.ArgumentParser, module: types.ModuleType, step: Step,
-                        default_out: bool = False) -> None:
+def add_stage_arguments(
+    parser: argparse.ArgumentParser, module: types.ModuleType, step: Step, default_out: bool = False
+) -> None:
     """Add the stage's flags to ``parser``; with ``default_out`` ``--out`` defaults to the step's
     output template (the ``capture3d`` subcommand) instead of being required."""
     section = step.params_sections[0]
@@ -229,19 +235,34 @@ def add_stage_arguments(parser: argparse.ArgumentParser, module: types.ModuleTyp
     for f in fields:
         names = [f"--{f.name.replace('_', '-')}", *(f"--{a}" for a, t in input_aliases.items() if t == f.name)]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        parser.add_argument(*names, dest=f.name, type=_input_type(hints[f.name]), required=required, default=None,
-                            metavar=f.name.upper(), help=_help(docs.get(f.name, "")))
+        parser.add_argument(
+            *names,
+            dest=f.name,
+            type=_input_type(hints[f.name]),
+            required=required,
+            default=None,
+            metavar=f.name.upper(),
+            help=_help(docs.get(f.name, "")),
+        )
     out_help = "output folder (replaced atomically)" + (f"; default: {out_hint(step)}" if default_out else "")
     parser.add_argument("--out", type=Path, required=not default_out, default=None, help=_help(out_help))
     if "name" not in {f.name for f in fields}:
         parser.add_argument("--name", default="", help="name used in messages")
     add_params_arguments(parser)
-    group = parser.add_argument_group(f"params.yaml section '{section}'",
-                                      f"each flag overrides one setting, as --set {section}.KEY=VALUE")
+    group = parser.add_argument_group(
+        f"params.yaml section '{section}'", f"each flag overrides one setting, as --set {section}.KEY=VALUE"
+    )
     leaves = {leaf.key: leaf for leaf in config_leaves(config_class(module))}
     for leaf in leaves.values():
-        names = [leaf.flag, *(f"--{a}" for a, t in aliases.items() if f"--{a}" != leaf.flag and (
-            t == leaf.key or (isinstance(t, Flag) and t.key == leaf.key and t.const is None and not t.append)))]
+        names = [
+            leaf.flag,
+            *(
+                f"--{a}"
+                for a, t in aliases.items()
+                if f"--{a}" != leaf.flag
+                and (t == leaf.key or (isinstance(t, Flag) and t.key == leaf.key and t.const is None and not t.append))
+            ),
+        ]
         if leaf.hint is bool:
             kind: dict[str, Any] = {"choices": ["true", "false"]}
         elif _is_text(leaf.hint) and typing.get_origin(leaf.hint) is typing.Literal:
@@ -256,19 +277,31 @@ def add_stage_arguments(parser: argparse.ArgumentParser, module: types.ModuleTyp
             continue
         leaf = leaves[target.key]
         if target.const is not None:
-            group.add_argument(f"--{alias}", dest=leaf.dest, action="store_const", const=target.const,
-                               help=_help(target.help or f"{leaf.key}: {target.const}"))
+            group.add_argument(
+                f"--{alias}",
+                dest=leaf.dest,
+                action="store_const",
+                const=target.const,
+                help=_help(target.help or f"{leaf.key}: {target.const}"),
+            )
         elif target.append:
-            group.add_argument(f"--{alias}", dest=_ADD + leaf.key, action="append", default=[], metavar="VALUE",
-                               help=_help(target.help or f"{leaf.doc} (repeatable: adds one)"))
+            group.add_argument(
+                f"--{alias}",
+                dest=_ADD + leaf.key,
+                action="append",
+                default=[],
+                metavar="VALUE",
+                help=_help(target.help or f"{leaf.doc} (repeatable: adds one)"),
+            )
 
 
 def build_parser(module: types.ModuleType | str) -> argparse.ArgumentParser:
     """The parser of ``python -m capture3d.stages.<name>`` (``--out`` required)."""
     module = _module(module)
     step = step_of(module)
-    parser = argparse.ArgumentParser(prog=f"python -m {step.module}",
-                                     description=(module.__doc__ or step.help).strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {step.module}", description=(module.__doc__ or step.help).strip().splitlines()[0]
+    )
     add_stage_arguments(parser, module, step)
     return parser
 
@@ -299,8 +332,11 @@ def default_out(step: Step, inputs: Any, label: str) -> Path:
 
 def invocation(module: types.ModuleType, step: Step, args: argparse.Namespace) -> Invocation:
     """The stage's inputs, output folder (``--out``, else :func:`default_out`) and overrides."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(module.Inputs)
-             if getattr(args, f.name, None) is not None}
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(module.Inputs)
+        if getattr(args, f.name, None) is not None
+    }
     inputs = module.Inputs(**given)
     label = str(getattr(inputs, "label", "") or getattr(args, "name", "") or "")
     out = args.out if args.out is not None else default_out(step, inputs, label)
@@ -363,12 +399,15 @@ def params_reference(params_file: Path | None = None) -> str:
     """Markdown: one table per stage's params section (key, type or choices, the params.yaml
     value, the field's docstring), in pipeline order."""
     params = load_params(params_file or ROOT / "params.yaml")
-    lines = ["## Params reference", "",
-             "Generated from the stages' config dataclasses (`python -m capture3d.stage_cli --write-readme`;",
-             "a test fails when it is stale). Every key is also a flag of its stage's command: `pair.global_method`",
-             "of `register_scans` is `capture3d register --pair.global-method` and",
-             "`python -m capture3d.stages.register_scans --pair.global-method`, the same as",
-             "`--set register_scans.pair.global_method=...`."]
+    lines = [
+        "## Params reference",
+        "",
+        "Generated from the stages' config dataclasses (`python -m capture3d.stage_cli --write-readme`;",
+        "a test fails when it is stale). Every key is also a flag of its stage's command: `pair.global_method`",
+        "of `register_scans` is `capture3d register --pair.global-method` and",
+        "`python -m capture3d.stages.register_scans --pair.global-method`, the same as",
+        "`--set register_scans.pair.global_method=...`.",
+    ]
     for step in catalog.steps():
         module = importlib.import_module(step.module)
         cls = config_class(module)
@@ -404,8 +443,9 @@ def readme_main(argv: Sequence[str] | None = None) -> int:
         args.readme.write_text(new)
         return 0
     if new != text:
-        sys.stderr.write(f"error: the params reference in {args.readme} is stale: "
-                         "run python -m capture3d.stage_cli --write-readme\n")
+        sys.stderr.write(
+            f"error: the params reference in {args.readme} is stale: run python -m capture3d.stage_cli --write-readme\n"
+        )
         return 1
     return 0
 

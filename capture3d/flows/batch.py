@@ -82,8 +82,16 @@ from capture3d.ops.s3 import S3Settings
 logger = logging.getLogger(__name__)
 
 
-def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, params: dict[str, Any],
-                    config: BatchConfig, code: str, run_id: str, wait: bool) -> dict[str, Any]:
+def process_capture(
+    inbox: Inbox,
+    planned: PlannedCapture,
+    layout: WorkLayout,
+    params: dict[str, Any],
+    config: BatchConfig,
+    code: str,
+    run_id: str,
+    wait: bool,
+) -> dict[str, Any]:
     """Steps 1-5 of the module docstring for one capture; returns its status row. Raises
     :class:`CaptureError` (naming the stage) when the capture fails."""
     capture = planned.listing
@@ -96,7 +104,9 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
         if is_current(read_json(layout.manifests / f"{name}.json"), planned.key):
             return {"capture": name, "kind": capture.kind, "status": "current"}
         if capture.kind not in batch_kinds():
-            raise CaptureError(name, "no keypoints/, scans/ or images/ (nor point clouds or photos): unknown capture kind")
+            raise CaptureError(
+                name, "no keypoints/, scans/ or images/ (nor point clouds or photos): unknown capture kind"
+            )
         steps = pipeline(capture.kind).capture_steps
         started, t0 = now(), time.perf_counter()
         out = layout.results / name
@@ -114,44 +124,89 @@ def process_capture(inbox: Inbox, planned: PlannedCapture, layout: WorkLayout, p
         for step in steps:
             stamp_path = layout.state(name) / "stages" / f"{step.name}.json"
             stamp = read_json(stamp_path)
-            if stamp and stamp.get("work_key") == planned.key and (not stamp.get("produced") or (out / step.name).is_dir()):
+            if (
+                stamp
+                and stamp.get("work_key") == planned.key
+                and (not stamp.get("produced") or (out / step.name).is_dir())
+            ):
                 metrics.update(stamp.get("metrics") or {})
                 stages.append({"name": step.name, "reused": True, "seconds": stamp.get("seconds", 0.0)})
                 continue
             s0 = time.perf_counter()
             try:
-                result = stage_task(step.name)(capture.kind, step.name, name, folder, out, params,
-                                               config.isolate_stages) or {}
+                result = (
+                    stage_task(step.name)(capture.kind, step.name, name, folder, out, params, config.isolate_stages)
+                    or {}
+                )
             except Exception as exc:
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 text = text.removeprefix(f"capture '{name}': ")
                 raise CaptureError(name, f"stage {step.name}: {text}") from exc
             seconds = time.perf_counter() - s0
             metrics.update(result)
-            write_json(stamp_path, {"work_key": planned.key, "produced": (out / step.name).is_dir(),
-                                    "metrics": result, "seconds": seconds, "finished": now()})
+            write_json(
+                stamp_path,
+                {
+                    "work_key": planned.key,
+                    "produced": (out / step.name).is_dir(),
+                    "metrics": result,
+                    "seconds": seconds,
+                    "finished": now(),
+                },
+            )
             stages.append({"name": step.name, "reused": False, "seconds": round(seconds, 3)})
         outputs = [out / s.name for s in steps if (out / s.name).is_dir()]
         stored = push_outputs(layout.root, outputs, config.remote) if config.remote else []
         manifest = {
-            "manifest_version": MANIFEST_VERSION, "capture": name, "kind": capture.kind, "status": finished_status(metrics),
-            "work_key": planned.key, "run_id": run_id, "started": started, "finished": now(),
-            "seconds": round(time.perf_counter() - t0, 3), "code_version": code, "git_commit": git_commit(),
+            "manifest_version": MANIFEST_VERSION,
+            "capture": name,
+            "kind": capture.kind,
+            "status": finished_status(metrics),
+            "work_key": planned.key,
+            "run_id": run_id,
+            "started": started,
+            "finished": now(),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "code_version": code,
+            "git_commit": git_commit(),
             "params": {"hash": planned.params_digest, "sections": list(kind_sections(capture.kind))},
-            "source": {"url": capture.source, "input_hash": capture.input_hash, "files": len(capture.files),
-                       "bytes": capture.total_bytes, "fetched": fetched.fetched, "reused": fetched.reused},
+            "source": {
+                "url": capture.source,
+                "input_hash": capture.input_hash,
+                "files": len(capture.files),
+                "bytes": capture.total_bytes,
+                "fetched": fetched.fetched,
+                "reused": fetched.reused,
+            },
             "inputs": [{"key": f.key, "etag": f.etag, "size": f.size} for f in capture.files],
             "dvc": {"remote": config.remote, "outputs": [s.as_dict() for s in stored]},
-            "stages": stages, "metrics": metrics,
+            "stages": stages,
+            "metrics": metrics,
         }
         write_json(layout.manifests / f"{name}.json", manifest)
-        return {"capture": name, "kind": capture.kind, "status": manifest["status"], "seconds": manifest["seconds"],
-                "fetched": fetched.fetched, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        return {
+            "capture": name,
+            "kind": capture.kind,
+            "status": manifest["status"],
+            "seconds": manifest["seconds"],
+            "fetched": fetched.fetched,
+            **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        }
 
 
 @task(name="capture", task_run_name="capture-{name}", cache_policy=NO_CACHE)
-def capture_task(name: str, source: str, settings: S3Settings, planned: PlannedCapture, layout: WorkLayout,
-                 params: dict[str, Any], config: BatchConfig, code: str, run_id: str, wait: bool) -> dict[str, Any]:
+def capture_task(
+    name: str,
+    source: str,
+    settings: S3Settings,
+    planned: PlannedCapture,
+    layout: WorkLayout,
+    params: dict[str, Any],
+    config: BatchConfig,
+    code: str,
+    run_id: str,
+    wait: bool,
+) -> dict[str, Any]:
     """:func:`process_capture` as a Prefect task. It opens the inbox itself, so its inputs pickle
     (a Dask worker in another process or machine can run it)."""
     inbox = LocalInbox(Path(source)) if layout.in_place else open_inbox(source, settings)
@@ -172,17 +227,31 @@ def task_runner(config: BatchConfig) -> TaskRunner:
     from prefect.client.orchestration import get_client
 
     api_url = str(get_client(sync_client=True).api_url)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": max(1, config.max_workers), "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None,
-                                          "env": {"PREFECT_API_URL": api_url}})
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": max(1, config.max_workers),
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "env": {"PREFECT_API_URL": api_url},
+        },
+    )
 
 
 @flow(name="batch", validate_parameters=False)
-def batch(source: str, work: str, params_file: str | None = None, overrides: list[str] | None = None,
-          endpoint_url: str | None = None, remote: str | None = None, names: list[str] | None = None,
-          kinds: list[str] | None = None, folder_kind: str | None = None,
-          results: str | None = None) -> list[dict[str, Any]] | State:
+def batch(
+    source: str,
+    work: str,
+    params_file: str | None = None,
+    overrides: list[str] | None = None,
+    endpoint_url: str | None = None,
+    remote: str | None = None,
+    names: list[str] | None = None,
+    kinds: list[str] | None = None,
+    folder_kind: str | None = None,
+    results: str | None = None,
+) -> list[dict[str, Any]] | State:
     """Process every pending capture of ``source`` (of ``kinds``, default all) into ``work``; one
     row per capture. Captures run on :func:`task_runner`. ``folder_kind``: a folder run (see the
     module docstring): every sub-folder of the local ``source`` is a capture of that kind, read in
@@ -203,8 +272,14 @@ def batch(source: str, work: str, params_file: str | None = None, overrides: lis
     return table
 
 
-def record_folder_run(kind: str, captures_root: Path, results: Path, rows: Sequence[dict[str, Any]],
-                      params_file: str | None, overrides: Sequence[str]) -> None:
+def record_folder_run(
+    kind: str,
+    captures_root: Path,
+    results: Path,
+    rows: Sequence[dict[str, Any]],
+    params_file: str | None,
+    overrides: Sequence[str],
+) -> None:
     """Inside the DVC project on its own paths: ``dvc commit`` the finished captures' stages (only
     when the run used params.yaml as is: overrides make outputs that differ from it)."""
     if overrides:
@@ -215,8 +290,9 @@ def record_folder_run(kind: str, captures_root: Path, results: Path, rows: Seque
     record_stages(repo, dvc_targets(repo, captures_root, results, done, kind))
 
 
-def run_plan(source: str, todo: Plan, layout: WorkLayout, params: dict[str, Any],
-             config: BatchConfig) -> tuple[list[dict[str, Any]], list[str]]:
+def run_plan(
+    source: str, todo: Plan, layout: WorkLayout, params: dict[str, Any], config: BatchConfig
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Submit the pending captures (those another run holds again at the end, waiting for them)
     and write the run summary (``runs/<run id>.json`` and ``.md``, a Prefect markdown artifact)
     and the HTML report (``runs/<run id>.html``), compared with the last good run. Returns the
@@ -230,10 +306,24 @@ def run_plan(source: str, todo: Plan, layout: WorkLayout, params: dict[str, Any]
     with task_runner(config) as runner:
         for wait in (False, True):  # a capture another run holds is retried at the end, waiting for it
             batch_todo = [p for p in todo.pending if rows.get(p.listing.name, {}).get("status") in (None, "busy")]
-            futures = {p.listing.name: runner.submit(capture_task, parameters={
-                "name": p.listing.name, "source": source, "settings": settings, "planned": p, "layout": layout,
-                "params": params, "config": config, "code": todo.code, "run_id": run_id, "wait": wait})
-                for p in batch_todo}
+            futures = {
+                p.listing.name: runner.submit(
+                    capture_task,
+                    parameters={
+                        "name": p.listing.name,
+                        "source": source,
+                        "settings": settings,
+                        "planned": p,
+                        "layout": layout,
+                        "params": params,
+                        "config": config,
+                        "code": todo.code,
+                        "run_id": run_id,
+                        "wait": wait,
+                    },
+                )
+                for p in batch_todo
+            }
             for name, future in futures.items():
                 future.wait()
                 state = future.state
@@ -255,28 +345,50 @@ def run_plan(source: str, todo: Plan, layout: WorkLayout, params: dict[str, Any]
     write_json(layout.runs / f"{run_id}.json", summary)
     markdown = rows_markdown(table)
     if flagged:
-        markdown += f"\n\n**Regressions against run {report.previous_run_id}:**\n" + "\n".join(f"- {f}" for f in flagged)
+        markdown += f"\n\n**Regressions against run {report.previous_run_id}:**\n" + "\n".join(
+            f"- {f}" for f in flagged
+        )
     (layout.runs / f"{run_id}.md").write_text(markdown + "\n")
     create_markdown_artifact(markdown=markdown, key="batch-summary", description=f"capture3d batch {run_id}")
     run_logger.info("batch %s finished (report %s):\n%s", run_id, report.path, markdown)
     return table, flagged
 
 
-def run_batch_flow(source: str, work: Path, params_file: Path | None, overrides: Sequence[str],
-                   endpoint_url: str | None, remote: str | None,
-                   names: Sequence[str] | None) -> tuple[list[dict[str, Any]], str]:
+def run_batch_flow(
+    source: str,
+    work: Path,
+    params_file: Path | None,
+    overrides: Sequence[str],
+    endpoint_url: str | None,
+    remote: str | None,
+    names: Sequence[str] | None,
+) -> tuple[list[dict[str, Any]], str]:
     """Run the ``batch`` flow (from the command line): the rows, and the failure message of a run
     that found regressions ("" otherwise)."""
-    state = batch(source, str(work), str(params_file) if params_file else None, list(overrides), endpoint_url,
-                  remote, list(names) if names else None, return_state=True)
+    state = batch(
+        source,
+        str(work),
+        str(params_file) if params_file else None,
+        list(overrides),
+        endpoint_url,
+        remote,
+        list(names) if names else None,
+        return_state=True,
+    )
     rows = state.result(raise_on_failure=False)
     if isinstance(rows, BaseException):
         raise rows
     return rows, "" if state.is_completed() else (state.message or state.name)
 
 
-def run_folder(kind: str, captures_root: Path, out_root: Path, names: Sequence[str] | None = None,
-               params_file: Path | None = None, overrides: Sequence[str] = ()) -> list[CaptureStatus]:
+def run_folder(
+    kind: str,
+    captures_root: Path,
+    out_root: Path,
+    names: Sequence[str] | None = None,
+    params_file: Path | None = None,
+    overrides: Sequence[str] = (),
+) -> list[CaptureStatus]:
     """A folder run of the ``batch`` flow (``capture3d reconstruct`` / ``register-batch`` /
     ``bodies-batch``, the demo): every sub-folder of ``captures_root`` (or ``names``) is a capture of
     ``kind``; results in ``<out_root>/<capture>/<step>``, work area in ``<out_root>/.capture3d``."""
@@ -284,8 +396,16 @@ def run_folder(kind: str, captures_root: Path, out_root: Path, names: Sequence[s
     work = out_root / ".capture3d"
     work.mkdir(parents=True, exist_ok=True)
     (work / ".gitignore").write_text("*\n")  # the work area is never versioned
-    state = batch(str(captures_root), str(work), str(params_file) if params_file else None, list(overrides),
-                  names=list(names) if names else None, folder_kind=kind, results=str(out_root), return_state=True)
+    state = batch(
+        str(captures_root),
+        str(work),
+        str(params_file) if params_file else None,
+        list(overrides),
+        names=list(names) if names else None,
+        folder_kind=kind,
+        results=str(out_root),
+        return_state=True,
+    )
     rows = state.result(raise_on_failure=False)
     if isinstance(rows, BaseException):
         raise rows

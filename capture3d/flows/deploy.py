@@ -42,15 +42,27 @@ def ensure_work_pool(name: str) -> bool:
             client.read_work_pool(name)
             return False
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=name, type="process",
-                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
             logger.info("created work pool %s", name)
             return True
 
 
-def deploy_batch(source: str, work: Path, params_file: Path | None, overrides: Sequence[str], *,
-                 cron: str | None = None, interval_s: float | None = None, endpoint_url: str | None = None,
-                 remote: str | None = None, run_now: bool = False) -> list[str]:
+def deploy_batch(
+    source: str,
+    work: Path,
+    params_file: Path | None,
+    overrides: Sequence[str],
+    *,
+    cron: str | None = None,
+    interval_s: float | None = None,
+    endpoint_url: str | None = None,
+    remote: str | None = None,
+    run_now: bool = False,
+) -> list[str]:
     """Create or update the deployments of :func:`batch` (one per device pool). The schedule is
     ``cron`` or ``interval_s`` when given, else params ``batch.schedule_cron`` /
     ``batch.schedule_interval_s`` (both empty: run on demand only); ``run_now`` also schedules one
@@ -71,13 +83,24 @@ def deploy_batch(source: str, work: Path, params_file: Path | None, overrides: S
             continue
         ensure_work_pool(pool)
         deployment = batch.to_deployment(
-            name=f"batch-{device}", cron=cron, interval=timedelta(seconds=interval) if interval else None,
-            parameters={"source": source, "work": str(Path(work).resolve()),
-                        "params_file": str(Path(params_file).resolve()) if params_file else None,
-                        "overrides": list(overrides), "endpoint_url": endpoint_url, "remote": remote, "kinds": kinds},
-            work_pool_name=pool, work_queue_name=device, tags=["capture3d", device],
+            name=f"batch-{device}",
+            cron=cron,
+            interval=timedelta(seconds=interval) if interval else None,
+            parameters={
+                "source": source,
+                "work": str(Path(work).resolve()),
+                "params_file": str(Path(params_file).resolve()) if params_file else None,
+                "overrides": list(overrides),
+                "endpoint_url": endpoint_url,
+                "remote": remote,
+                "kinds": kinds,
+            },
+            work_pool_name=pool,
+            work_queue_name=device,
+            tags=["capture3d", device],
             description=f"capture3d batch of {', '.join(kinds)} captures from {source}",
-            entrypoint_type=EntrypointType.MODULE_PATH)
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
         deployment_id = deployment.apply(work_pool_name=pool)
         names.append(f"batch/batch-{device}")
         if run_now:

@@ -22,8 +22,16 @@ from capture3d.ops.steps import run_step
 logger = logging.getLogger(__name__)
 
 
-def _run(kind: str, step_name: str, name: str, capture: Path, results: Path, params: Mapping[str, Any],
-         isolate: bool = False, out: Path | None = None) -> dict[str, Any]:
+def _run(
+    kind: str,
+    step_name: str,
+    name: str,
+    capture: Path,
+    results: Path,
+    params: Mapping[str, Any],
+    isolate: bool = False,
+    out: Path | None = None,
+) -> dict[str, Any]:
     return run_step(kind, step_name, name, capture, results, params, isolate, out)
 
 

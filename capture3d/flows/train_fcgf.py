@@ -50,6 +50,7 @@ def train_fcgf(
     # the evaluation reads the model just trained: register_scans.fcgf.checkpoint points at it
     params = load_params(params_file, [*overrides, f"register_scans.fcgf.checkpoint={model_out / 'model.pt'}"])
     evaluate = stage_task("evaluate_features")
-    futures = {name: evaluate.submit(KIND, "evaluate_features", name, root / name, results / name, params)
-               for name in todo}
+    futures = {
+        name: evaluate.submit(KIND, "evaluate_features", name, root / name, results / name, params) for name in todo
+    }
     return trained, [CaptureStatus.from_futures(name, [("evaluate_features", futures[name])]) for name in todo]

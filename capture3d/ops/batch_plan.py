@@ -32,29 +32,29 @@ from capture3d.ops.s3 import S3Settings
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class BatchConfig:
     """The ``batch`` section of params.yaml."""
 
-    remote: str               # DVC remote for the artifacts (s3://bucket/path or a folder); "" = none
-    endpoint_url: str         # S3 API endpoint (MinIO, moto ...); "" = AWS or AWS_ENDPOINT_URL
-    max_attempts: int         # tries per S3 operation
-    retry_base_s: float       # first backoff, doubling, full jitter
-    max_workers: int          # captures processed at once (threads, or Dask worker processes)
-    record_dvc: bool          # inside the DVC project on its own paths: `dvc commit` the stages that ran
-    lock_timeout_s: float     # how long to wait for a capture another run holds
-    runner: str               # "threads" | "dask"
-    dask_address: str         # a Dask scheduler (tcp://host:8786); "" = a LocalCluster
-    isolate_stages: bool      # heavy stages in a child process (memory freed between captures)
-    gpu_pool: str             # `capture3d deploy`: work pool of the GPU stages' kinds
-    cpu_pool: str             # ... and of the CPU-only kinds
-    schedule_cron: str        # deployments' schedule: a cron line, or
+    remote: str  # DVC remote for the artifacts (s3://bucket/path or a folder); "" = none
+    endpoint_url: str  # S3 API endpoint (MinIO, moto ...); "" = AWS or AWS_ENDPOINT_URL
+    max_attempts: int  # tries per S3 operation
+    retry_base_s: float  # first backoff, doubling, full jitter
+    max_workers: int  # captures processed at once (threads, or Dask worker processes)
+    record_dvc: bool  # inside the DVC project on its own paths: `dvc commit` the stages that ran
+    lock_timeout_s: float  # how long to wait for a capture another run holds
+    runner: str  # "threads" | "dask"
+    dask_address: str  # a Dask scheduler (tcp://host:8786); "" = a LocalCluster
+    isolate_stages: bool  # heavy stages in a child process (memory freed between captures)
+    gpu_pool: str  # `capture3d deploy`: work pool of the GPU stages' kinds
+    cpu_pool: str  # ... and of the CPU-only kinds
+    schedule_cron: str  # deployments' schedule: a cron line, or
     schedule_interval_s: float  # an interval in seconds (0 with an empty cron: on demand)
 
     def s3(self) -> S3Settings:
-        return S3Settings(self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", ""), self.max_attempts,
-                          self.retry_base_s)
+        return S3Settings(
+            self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", ""), self.max_attempts, self.retry_base_s
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,9 @@ class Plan:
         return sorted(rows, key=lambda r: r["capture"])
 
 
-def load_batch_config(params: dict[str, Any], endpoint_url: str | None = None, remote: str | None = None) -> BatchConfig:
+def load_batch_config(
+    params: dict[str, Any], endpoint_url: str | None = None, remote: str | None = None
+) -> BatchConfig:
     """The ``batch`` section, with the command line's endpoint and remote taking precedence."""
     config = section(params, "batch", BatchConfig)
     updates = {k: v for k, v in (("endpoint_url", endpoint_url), ("remote", remote)) if v is not None}
@@ -127,8 +129,14 @@ def kind_sections(kind: str) -> tuple[str, ...]:
     return pipeline(kind).sections if kind in batch_kinds() else ()
 
 
-def plan(inbox: Inbox, work: Path, params: dict[str, Any], names: Sequence[str] | None = None,
-         kinds: Sequence[str] | None = None, force_kind: str | None = None) -> Plan:
+def plan(
+    inbox: Inbox,
+    work: Path,
+    params: dict[str, Any],
+    names: Sequence[str] | None = None,
+    kinds: Sequence[str] | None = None,
+    force_kind: str | None = None,
+) -> Plan:
     """List the inbox and compare each capture's work key with its manifest (no Prefect, no
     download); only ``names`` / ``kinds`` when given. ``force_kind``: every capture is of that
     kind (a folder of photo captures: an empty or unreadable one fails in its first stage with

@@ -37,8 +37,9 @@ def dvc_targets(repo: Path, captures_root: Path, out_root: Path, names: Sequence
     listed = set(params.get(spec.captures_key) or [])
     skipped = [n for n in names if n not in listed]
     if skipped:
-        logger.info("captures not listed in params.yaml '%s', not recorded in DVC: %s", spec.captures_key,
-                    ", ".join(skipped))
+        logger.info(
+            "captures not listed in params.yaml '%s', not recorded in DVC: %s", spec.captures_key, ", ".join(skipped)
+        )
     return [f"{step.name}@{name}" for name in names if name in listed for step in spec.capture_steps]
 
 

@@ -45,8 +45,14 @@ class StoredOutput:
     remote: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "dvcfile": self.dvcfile, "md5": self.md5, "nfiles": self.nfiles,
-                "size": self.size, "remote": self.remote}
+        return {
+            "path": self.path,
+            "dvcfile": self.dvcfile,
+            "md5": self.md5,
+            "nfiles": self.nfiles,
+            "size": self.size,
+            "remote": self.remote,
+        }
 
 
 def ensure_store(root: Path, remote_url: str, endpoint_url: str = "") -> None:
@@ -74,8 +80,16 @@ def push_outputs(root: Path, outputs: Sequence[Path], remote_url: str) -> list[S
     stored = []
     for r in rel:
         out = (yaml.safe_load((root / f"{r}.dvc").read_text()) or {}).get("outs", [{}])[0]
-        stored.append(StoredOutput(r, f"{r}.dvc", str(out.get("md5", "")), int(out.get("nfiles", 0) or 0),
-                                   int(out.get("size", 0) or 0), remote_url))
+        stored.append(
+            StoredOutput(
+                r,
+                f"{r}.dvc",
+                str(out.get("md5", "")),
+                int(out.get("nfiles", 0) or 0),
+                int(out.get("size", 0) or 0),
+                remote_url,
+            )
+        )
     logger.info("pushed %s to %s", ", ".join(rel), REMOTE_NAME)
     return stored
 
@@ -83,9 +97,9 @@ def push_outputs(root: Path, outputs: Sequence[Path], remote_url: str) -> list[S
 def _dvc(root: Path, args: Sequence[str]) -> None:
     """Run ``dvc ARGS`` in ``root``; :class:`StoreError` with DVC's last message line on failure."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
         raise StoreError(f"dvc {args[0]} failed: {lines[-1] if lines else proc.returncode}")
-

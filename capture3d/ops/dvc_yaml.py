@@ -35,8 +35,13 @@ HEADER = """\
 def _paths(pipeline: Pipeline, step: Step) -> dict[str, str]:
     """Template values in DVC's syntax (``${item}`` for per-capture steps)."""
     item = "${item}"
-    return {"capture": f"{pipeline.captures_dir}/{item}", "results": f"results/{item}", "name": item,
-            "data": pipeline.captures_dir, "param": "${{{}}}"}
+    return {
+        "capture": f"{pipeline.captures_dir}/{item}",
+        "results": f"results/{item}",
+        "name": item,
+        "data": pipeline.captures_dir,
+        "param": "${{{}}}",
+    }
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
@@ -99,8 +104,12 @@ def stage_lines(pipeline: Pipeline, step: Step, root: Path) -> list[str]:
     if step.plots:
         lines.append(f"{indent}plots:")
         for plot in step.plots:
-            lines += [f"{indent}  - {out_dir}/{plot.file}:", f"{indent}      x: {plot.x}",
-                      f"{indent}      y: {plot.y}", f"{indent}      cache: false"]
+            lines += [
+                f"{indent}  - {out_dir}/{plot.file}:",
+                f"{indent}      x: {plot.x}",
+                f"{indent}      y: {plot.y}",
+                f"{indent}      cache: false",
+            ]
     return lines
 
 

@@ -55,8 +55,8 @@ class CaptureListing:
 
     name: str
     files: tuple[SourceFile, ...]
-    kind: str                      # one of KINDS, or "" when nothing tells
-    source: str                    # where it lives (URL or folder), for the manifest
+    kind: str  # one of KINDS, or "" when nothing tells
+    source: str  # where it lives (URL or folder), for the manifest
 
     @property
     def input_hash(self) -> str:
@@ -156,8 +156,9 @@ class LocalInbox(Inbox):
                     continue
                 path = Path(dirpath) / filename
                 stat = path.stat()
-                entries.append((path.relative_to(self.root).as_posix(), f"{stat.st_size}-{stat.st_mtime_ns}",
-                                stat.st_size))
+                entries.append(
+                    (path.relative_to(self.root).as_posix(), f"{stat.st_size}-{stat.st_mtime_ns}", stat.st_size)
+                )
         listing = _group(entries, self.url)
         if self.include_empty:
             listed = {c.name for c in listing.captures} | set(listing.refused)
@@ -183,7 +184,7 @@ class S3Inbox(Inbox):
 
     def list(self) -> Listing:
         objects = list_objects(self.client, self.bucket, self.prefix, self.settings)
-        return _group(((o.key[len(self.prefix):], o.etag, o.size) for o in objects), self.url)
+        return _group(((o.key[len(self.prefix) :], o.etag, o.size) for o in objects), self.url)
 
     def fetch(self, name: str, file: SourceFile, dest: Path) -> None:
         obj = RemoteObject(f"{self.prefix}{name}/{file.key}", file.etag, file.size)

@@ -45,10 +45,20 @@ def git_commit() -> str:
     package), or "" when it is not a git checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "capture3d"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "capture3d"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
     return f"{commit}{'.dirty' if dirty else ''}"
@@ -88,11 +98,15 @@ FINISHED = ("ok", "partial")  # statuses of finished work; partial: some result 
 
 
 def finished_status(metrics: Mapping[str, Any]) -> str:
-    """"partial" when a stage flagged part of its result as unverified (``metrics["partial"]``), else "ok"."""
+    """ "partial" when a stage flagged part of its result as unverified (``metrics["partial"]``), else "ok"."""
     return "partial" if metrics.get("partial") else "ok"
 
 
 def is_current(manifest: Mapping[str, Any] | None, key: str) -> bool:
     """Whether ``manifest`` records finished work (ok or partial) under ``key``."""
-    return bool(manifest) and manifest.get("status") in FINISHED and manifest.get("work_key") == key \
+    return (
+        bool(manifest)
+        and manifest.get("status") in FINISHED
+        and manifest.get("work_key") == key
         and manifest.get("manifest_version") == MANIFEST_VERSION
+    )

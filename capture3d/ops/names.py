@@ -28,8 +28,9 @@ def check_capture_name(name: str) -> str:
     """``name`` if it is a safe capture folder name (letters, digits, ``._-``, not starting with a
     dot or dash, at most 128 characters), else :class:`UnsafeNameError`."""
     if not _NAME.fullmatch(name) or name in {".", ".."}:
-        raise UnsafeNameError(f"capture name {name!r} refused: use letters, digits, '.', '_', '-' "
-                              "(not first), at most 128 characters")
+        raise UnsafeNameError(
+            f"capture name {name!r} refused: use letters, digits, '.', '_', '-' (not first), at most 128 characters"
+        )
     return name
 
 

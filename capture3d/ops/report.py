@@ -71,15 +71,60 @@ from capture3d.ops.manifest import FINISHED
 logger = logging.getLogger(__name__)
 
 Better = Literal["higher", "lower"]
-LOWER_BETTER = frozenset({"error", "errors", "mpjpe", "chamfer", "rmse", "ape", "seconds", "s", "time", "memory",
-                          "mb", "skipped", "unplaced", "outliers"})
-HIGHER_BETTER = frozenset({"psnr", "ssim", "recall", "fscore", "precision", "fraction", "auc", "pck", "fitness",
-                           "fitted", "placed", "registered", "within", "accuracy"})
+LOWER_BETTER = frozenset(
+    {
+        "error",
+        "errors",
+        "mpjpe",
+        "chamfer",
+        "rmse",
+        "ape",
+        "seconds",
+        "s",
+        "time",
+        "memory",
+        "mb",
+        "skipped",
+        "unplaced",
+        "outliers",
+    }
+)
+HIGHER_BETTER = frozenset(
+    {
+        "psnr",
+        "ssim",
+        "recall",
+        "fscore",
+        "precision",
+        "fraction",
+        "auc",
+        "pck",
+        "fitness",
+        "fitted",
+        "placed",
+        "registered",
+        "within",
+        "accuracy",
+    }
+)
 DEFAULT_THRESHOLDS: dict[str, float] = {
-    "*psnr*": 0.5, "*ssim*": 0.02,  # dB; SSIM
-    "*recall*": 0.05, "*fscore*": 0.05, "*precision*": 0.05, "*fraction*": 0.05, "auc_*": 0.05, "*pck*": 0.05,
-    "*_deg_*": 1.0, "*_deg": 1.0, "*_mm": 10.0, "*_px": 0.5, "*error_norm*": 0.01,  # degrees, mm, px, box size
-    "bodies_fitted": 0.0, "bodies_skipped": 0.0, "num_placed": 0.0, "num_within_tolerance": 0.0,  # counts
+    "*psnr*": 0.5,
+    "*ssim*": 0.02,  # dB; SSIM
+    "*recall*": 0.05,
+    "*fscore*": 0.05,
+    "*precision*": 0.05,
+    "*fraction*": 0.05,
+    "auc_*": 0.05,
+    "*pck*": 0.05,
+    "*_deg_*": 1.0,
+    "*_deg": 1.0,
+    "*_mm": 10.0,
+    "*_px": 0.5,
+    "*error_norm*": 0.01,  # degrees, mm, px, box size
+    "bodies_fitted": 0.0,
+    "bodies_skipped": 0.0,
+    "num_placed": 0.0,
+    "num_within_tolerance": 0.0,  # counts
 }
 
 
@@ -147,8 +192,9 @@ def threshold_for(name: str, thresholds: Mapping[str, float]) -> float | None:
     return next((float(v) for k, v in thresholds.items() if fnmatch.fnmatchcase(name, k)), None)
 
 
-def diff_metrics(current: Mapping[str, Mapping[str, float]],
-                 previous: Mapping[str, Mapping[str, float]]) -> list[MetricDiff]:
+def diff_metrics(
+    current: Mapping[str, Mapping[str, float]], previous: Mapping[str, Mapping[str, float]]
+) -> list[MetricDiff]:
     """Every (capture, metric) in either run, sorted, with its old and new value."""
     out = []
     for capture in sorted(set(current) | set(previous)):
@@ -158,8 +204,9 @@ def diff_metrics(current: Mapping[str, Mapping[str, float]],
     return out
 
 
-def compare_metrics(current: dict[str, dict[str, float]], previous: dict[str, dict[str, float]],
-                    thresholds: Mapping[str, float]) -> list[Regression]:
+def compare_metrics(
+    current: dict[str, dict[str, float]], previous: dict[str, dict[str, float]], thresholds: Mapping[str, float]
+) -> list[Regression]:
     """The metrics (present in both runs, with a known direction and a threshold) that regressed."""
     found = []
     for d in diff_metrics(current, previous):
@@ -182,8 +229,14 @@ def load_run(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def build_report(work: Path, out: Path, *, previous: Path | None = None,
-                 thresholds: Mapping[str, float] | None = None, results_root: Path | None = None) -> ReportResult:
+def build_report(
+    work: Path,
+    out: Path,
+    *,
+    previous: Path | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    results_root: Path | None = None,
+) -> ReportResult:
     """Write the HTML report of the work area ``work`` to ``out``; see the module docstring.
     ``results_root``: where the captures' results are when not in ``work/results`` (a folder run)."""
     work, out = Path(work), Path(out)
@@ -203,13 +256,17 @@ def build_report(work: Path, out: Path, *, previous: Path | None = None,
     newly_failed: list[str] = []
     diffs: list[MetricDiff] = []
     if base is not None and latest is not None:
-        current = {n: figs.numeric_metrics(r if r.get("status") in FINISHED else (manifests.get(n) or {}).get("metrics"))
-                   for n, r in rows.items() if r.get("status") in (*FINISHED, "current")}
+        current = {
+            n: figs.numeric_metrics(r if r.get("status") in FINISHED else (manifests.get(n) or {}).get("metrics"))
+            for n, r in rows.items()
+            if r.get("status") in (*FINISHED, "current")
+        }
         old = {str(r["capture"]): figs.numeric_metrics(r) for r in base["captures"] if r.get("status") in FINISHED}
         regressions, diffs = compare_metrics(current, old, thresholds), diff_metrics(current, old)
         good_before = {str(r["capture"]) for r in base["captures"] if r.get("status") in (*FINISHED, "current")}
-        newly_failed = sorted(n for n, r in rows.items()
-                              if n in good_before and r.get("status") in ("failed", "refused"))
+        newly_failed = sorted(
+            n for n, r in rows.items() if n in good_before and r.get("status") in ("failed", "refused")
+        )
     counts: dict[str, int] = {}
     for row in rows.values():
         counts[str(row.get("status", "?"))] = counts.get(str(row.get("status", "?")), 0) + 1
@@ -221,21 +278,50 @@ def build_report(work: Path, out: Path, *, previous: Path | None = None,
     sections = [page_html.capture_section(page, n, rows.get(n), manifests.get(n), results.get(n)) for n in captures]
     title = f"capture3d quality report: {latest['run_id']}" if latest else "capture3d quality report"
     toc = " · ".join(f'<a href="#{page_html.anchor(n)}">{page_html.esc(n)}</a>' for n in captures)
-    body = [f"<h1>{page_html.esc(title)}</h1>", page_html.kv_table({
-                "work area": str(work), "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-                "latest run": (latest or {}).get("run_id"), "code version": (latest or {}).get("code_version"),
+    body = [
+        f"<h1>{page_html.esc(title)}</h1>",
+        page_html.kv_table(
+            {
+                "work area": str(work),
+                "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+                "latest run": (latest or {}).get("run_id"),
+                "code version": (latest or {}).get("code_version"),
                 "compared with": base["run_id"] if base and latest else None,
-                "captures": ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))}),
-            page_html.regression_section(regressions, newly_failed, diffs, base["run_id"] if base and latest else None,
-                                         thresholds),
-            '<section id="runs"><h2>Runs</h2>', *run_tables, "</section>",
-            f'<section id="captures"><h2>Captures</h2><p>{toc}</p>', *sections, "</section>"]
+                "captures": ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+            }
+        ),
+        page_html.regression_section(
+            regressions, newly_failed, diffs, base["run_id"] if base and latest else None, thresholds
+        ),
+        '<section id="runs"><h2>Runs</h2>',
+        *run_tables,
+        "</section>",
+        f'<section id="captures"><h2>Captures</h2><p>{toc}</p>',
+        *sections,
+        "</section>",
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page.document(title, body))
-    logger.info("report: %d captures, %d figures, %d images, %d regressions -> %s", len(captures), page.figures,
-                page.images, len(regressions), out)
-    return ReportResult(out, regressions, (latest or {}).get("run_id"), base["run_id"] if base and latest else None,
-                        len(runs), len(captures), counts, newly_failed, page.figures, page.images)
+    logger.info(
+        "report: %d captures, %d figures, %d images, %d regressions -> %s",
+        len(captures),
+        page.figures,
+        page.images,
+        len(regressions),
+        out,
+    )
+    return ReportResult(
+        out,
+        regressions,
+        (latest or {}).get("run_id"),
+        base["run_id"] if base and latest else None,
+        len(runs),
+        len(captures),
+        counts,
+        newly_failed,
+        page.figures,
+        page.images,
+    )
 
 
 def last_good_run(runs_dir: Path, exclude: str | None = None) -> Path | None:

@@ -34,9 +34,24 @@ logger = logging.getLogger(__name__)
 
 THUMBNAIL_PX = 256  # longest side of an embedded image
 MAX_POINTS = 3000  # sparse points drawn per SfM view
-_PLY_TYPES = {"char": "i1", "uchar": "u1", "int8": "i1", "uint8": "u1", "short": "i2", "ushort": "u2",
-              "int16": "i2", "uint16": "u2", "int": "i4", "uint": "u4", "int32": "i4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+_PLY_TYPES = {
+    "char": "i1",
+    "uchar": "u1",
+    "int8": "i1",
+    "uint8": "u1",
+    "short": "i2",
+    "ushort": "u2",
+    "int16": "i2",
+    "uint16": "u2",
+    "int": "i4",
+    "uint": "u4",
+    "int32": "i4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
+}
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=40), height=380)
 
 
@@ -139,12 +154,23 @@ def sfm_figure(sfm: Path, max_points: int = MAX_POINTS, title: str = "") -> go.F
         return None
     fig = go.Figure()
     if len(xyz):
-        keep = np.sort(np.random.default_rng(0).choice(len(xyz), max_points, replace=False)) \
-            if len(xyz) > max_points else np.arange(len(xyz))
+        keep = (
+            np.sort(np.random.default_rng(0).choice(len(xyz), max_points, replace=False))
+            if len(xyz) > max_points
+            else np.arange(len(xyz))
+        )
         colors = [f"rgb({r},{g},{b})" for r, g, b in rgb[keep]] if rgb is not None else "#555"
-        fig.add_trace(go.Scatter3d(x=xyz[keep, 0], y=xyz[keep, 1], z=xyz[keep, 2], mode="markers",
-                                   marker=dict(size=1.5, color=colors), name=f"points ({len(keep)} of {len(xyz)})",
-                                   hoverinfo="skip"))
+        fig.add_trace(
+            go.Scatter3d(
+                x=xyz[keep, 0],
+                y=xyz[keep, 1],
+                z=xyz[keep, 2],
+                mode="markers",
+                marker=dict(size=1.5, color=colors),
+                name=f"points ({len(keep)} of {len(xyz)})",
+                hoverinfo="skip",
+            )
+        )
     if cams:
         centres = np.array([c.center for c in cams])  # (C, 3)
         spread = np.linalg.norm(centres - centres.mean(0), axis=1)
@@ -156,19 +182,47 @@ def sfm_figure(sfm: Path, max_points: int = MAX_POINTS, title: str = "") -> go.F
             rays = (np.linalg.inv(cam.K) @ corners.T).T * depth  # (4, 3) camera axes
             world = (cam.R.T @ (rays - cam.t).T).T  # (4, 3)
             c = cam.center
-            for a, b in ((c, world[0]), (c, world[1]), (c, world[2]), (c, world[3]), (world[0], world[1]),
-                         (world[1], world[2]), (world[2], world[3]), (world[3], world[0])):
+            for a, b in (
+                (c, world[0]),
+                (c, world[1]),
+                (c, world[2]),
+                (c, world[3]),
+                (world[0], world[1]),
+                (world[1], world[2]),
+                (world[2], world[3]),
+                (world[3], world[0]),
+            ):
                 for k in range(3):
                     lines[k] += [a[k], b[k], None]
-        fig.add_trace(go.Scatter3d(x=lines[0], y=lines[1], z=lines[2], mode="lines",
-                                   line=dict(color="#d62728", width=2), name=f"cameras ({len(cams)})",
-                                   hoverinfo="skip"))
-        fig.add_trace(go.Scatter3d(x=centres[:, 0], y=centres[:, 1], z=centres[:, 2], mode="markers",
-                                   marker=dict(size=3, color="#d62728"), text=[c.name for c in cams],
-                                   hoverinfo="text", showlegend=False))
-    fig.update_layout(**{**_LAYOUT, "height": 520}, title=title,
-                      scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"),
-                      legend=dict(x=0, y=1))
+        fig.add_trace(
+            go.Scatter3d(
+                x=lines[0],
+                y=lines[1],
+                z=lines[2],
+                mode="lines",
+                line=dict(color="#d62728", width=2),
+                name=f"cameras ({len(cams)})",
+                hoverinfo="skip",
+            )
+        )
+        fig.add_trace(
+            go.Scatter3d(
+                x=centres[:, 0],
+                y=centres[:, 1],
+                z=centres[:, 2],
+                mode="markers",
+                marker=dict(size=3, color="#d62728"),
+                text=[c.name for c in cams],
+                hoverinfo="text",
+                showlegend=False,
+            )
+        )
+    fig.update_layout(
+        **{**_LAYOUT, "height": 520},
+        title=title,
+        scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"),
+        legend=dict(x=0, y=1),
+    )
     return fig
 
 
@@ -186,8 +240,14 @@ def registration_figure(metrics: Mapping[str, Any], title: str = "") -> go.Figur
     limits = metrics.get("thresholds") if isinstance(metrics.get("thresholds"), dict) else {}
     for col, key in ((1, "ape_rotation_deg"), (2, "ape_translation")):
         if is_number(limits.get(key)):
-            fig.add_vline(x=float(limits[key]), line_dash="dash", line_color="#d62728", row=1, col=col,
-                          annotation_text="tolerance")
+            fig.add_vline(
+                x=float(limits[key]),
+                line_dash="dash",
+                line_color="#d62728",
+                row=1,
+                col=col,
+                annotation_text="tolerance",
+            )
     fig.update_layout(**_LAYOUT, title=title, showlegend=False, bargap=0.05)
     fig.update_yaxes(dtick=1)
     fig.update_yaxes(title_text="scans", row=1, col=1)
@@ -200,13 +260,25 @@ def psnr_figure(fits: Mapping[str, Mapping[str, Any]], title: str = "") -> go.Fi
     for stage, metrics in fits.items():
         rows = [r for r in metrics.get("per_view") or [] if isinstance(r, dict) and is_number(r.get("psnr"))]
         if rows:
-            fig.add_trace(go.Bar(x=[str(r.get("view", i)) for i, r in enumerate(rows)],
-                                 y=[float(r["psnr"]) for r in rows], name=stage,
-                                 text=[f"{float(r['psnr']):.2f}" for r in rows], textposition="outside"))
+            fig.add_trace(
+                go.Bar(
+                    x=[str(r.get("view", i)) for i, r in enumerate(rows)],
+                    y=[float(r["psnr"]) for r in rows],
+                    name=stage,
+                    text=[f"{float(r['psnr']):.2f}" for r in rows],
+                    textposition="outside",
+                )
+            )
     if not fig.data:
         return None
-    fig.update_layout(**_LAYOUT, title=title, barmode="group", yaxis_title="PSNR (dB)", xaxis_title="held-out view",
-                      xaxis_type="category")
+    fig.update_layout(
+        **_LAYOUT,
+        title=title,
+        barmode="group",
+        yaxis_title="PSNR (dB)",
+        xaxis_title="held-out view",
+        xaxis_type="category",
+    )
     return fig
 
 
@@ -219,7 +291,7 @@ def read_curve(path: Path) -> dict[str, list[float]]:
         logger.warning("report: cannot read %s (%s)", path, exc)
         return {}
     columns: dict[str, list[float]] = {}
-    for name in (rows[0].keys() if rows else ()):
+    for name in rows[0].keys() if rows else ():
         try:
             columns[name] = [float(r[name]) for r in rows]
         except (TypeError, ValueError):
@@ -241,8 +313,10 @@ def curve_figure(path: Path, title: str = "") -> go.Figure | None:
     for name in terms:
         fig.add_trace(go.Scatter(x=x, y=columns[name], mode="lines", name=name), secondary_y=False)
     if "psnr" in columns:
-        fig.add_trace(go.Scatter(x=x, y=columns["psnr"], mode="lines", name="training PSNR (dB)",
-                                 line=dict(dash="dot")), secondary_y=True)
+        fig.add_trace(
+            go.Scatter(x=x, y=columns["psnr"], mode="lines", name="training PSNR (dB)", line=dict(dash="dot")),
+            secondary_y=True,
+        )
     stages = columns.get("stage")
     if stages:
         for i in range(1, len(stages)):

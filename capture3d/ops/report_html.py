@@ -68,9 +68,12 @@ class Page:
         """The whole page: head with the CSS and plotly.js (inlined once), then ``body``."""
         from plotly.offline import get_plotlyjs
 
-        return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{CSS}</style>'
-                f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>\n'
-                + "\n".join(body) + "\n</body></html>\n")
+        return (
+            f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{CSS}</style>'
+            f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>\n'
+            + "\n".join(body)
+            + "\n</body></html>\n"
+        )
 
 
 def esc(value: Any) -> str:
@@ -116,8 +119,9 @@ def metrics_grid(values: Mapping[str, float]) -> str:
     return f'<div class="metrics">{cells}</div>' if cells else ""
 
 
-def run_table(run: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]], open_: bool,
-              label: str = "run") -> str:
+def run_table(
+    run: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]], open_: bool, label: str = "run"
+) -> str:
     """A run's rows (status, kind, reason, the summary metrics present) in a collapsible block."""
     rows = run["captures"]
     keys = [k for k in SUMMARY_KEYS if any(k in r for r in rows)]
@@ -128,48 +132,80 @@ def run_table(run: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]]
     text = table(["capture", "status", "kind", "reason", *keys], cells, numeric_from=4)
     text = re.sub(r'<td class="">(ok|partial|current|failed|refused|busy)</td>', r'<td class="\1">\1</td>', text)
     summary = f"{label} {esc(run['run_id'])} · finished {esc(run.get('finished', '?'))} · {len(rows)} captures"
-    return (f'<details class="run"{" open" if open_ else ""}><summary>{summary}</summary>'
-            f'<div class="wide">{text}</div></details>')
+    return (
+        f'<details class="run"{" open" if open_ else ""}><summary>{summary}</summary>'
+        f'<div class="wide">{text}</div></details>'
+    )
 
 
-def regression_section(regressions: Sequence[Regression], newly_failed: Sequence[str], diffs: Sequence[MetricDiff],
-                       base_id: str | None, thresholds: Mapping[str, float]) -> str:
+def regression_section(
+    regressions: Sequence[Regression],
+    newly_failed: Sequence[str],
+    diffs: Sequence[MetricDiff],
+    base_id: str | None,
+    thresholds: Mapping[str, float],
+) -> str:
     """The highlighted regression section (red when anything regressed); ``base_id`` None: nothing compared."""
     if base_id is None:
-        return ('<section id="regressions"><h2>Regressions</h2>'
-                '<p class="note">no previous run given: nothing compared</p></section>')
+        return (
+            '<section id="regressions"><h2>Regressions</h2>'
+            '<p class="note">no previous run given: nothing compared</p></section>'
+        )
     bad = bool(regressions or newly_failed)
-    parts = [f'<section id="regressions" class="{"bad" if bad else "good"}">',
-             f"<h2>Regressions against {esc(base_id)}: {len(regressions)} metric(s), "
-             f"{len(newly_failed)} newly failed capture(s)</h2>"]
+    parts = [
+        f'<section id="regressions" class="{"bad" if bad else "good"}">',
+        f"<h2>Regressions against {esc(base_id)}: {len(regressions)} metric(s), "
+        f"{len(newly_failed)} newly failed capture(s)</h2>",
+    ]
     if newly_failed:
         parts.append("<p>ok before, failed or refused now: " + ", ".join(esc(n) for n in newly_failed) + "</p>")
     if regressions:
-        parts.append(table(["capture", "metric", "better", "old", "new", "change", "relative", "threshold"],
-                           [[r.capture, r.metric, r.better, r.old, r.new, r.change, _pct(r.relative_change),
-                             r.threshold] for r in regressions], numeric_from=3))
+        parts.append(
+            table(
+                ["capture", "metric", "better", "old", "new", "change", "relative", "threshold"],
+                [
+                    [r.capture, r.metric, r.better, r.old, r.new, r.change, _pct(r.relative_change), r.threshold]
+                    for r in regressions
+                ],
+                numeric_from=3,
+            )
+        )
     elif not bad:
         parts.append("<p>no metric moved the bad way by more than its threshold</p>")
     changed = [d for d in diffs if d.change != 0]
-    parts.append(f"<details><summary>all changed metrics ({len(changed)}, as dvc metrics diff)</summary>"
-                 + table(["capture", "metric", "old", "new", "change", "relative"],
-                         [[d.capture, d.metric, d.old, d.new, d.change, _pct(d.relative_change)] for d in changed],
-                         numeric_from=2) + "</details>")
-    parts.append("<details><summary>thresholds</summary>" + table(
-        ["metric or pattern", "threshold"], [[k, float(v)] for k, v in thresholds.items()], 1) + "</details>")
+    parts.append(
+        f"<details><summary>all changed metrics ({len(changed)}, as dvc metrics diff)</summary>"
+        + table(
+            ["capture", "metric", "old", "new", "change", "relative"],
+            [[d.capture, d.metric, d.old, d.new, d.change, _pct(d.relative_change)] for d in changed],
+            numeric_from=2,
+        )
+        + "</details>"
+    )
+    parts.append(
+        "<details><summary>thresholds</summary>"
+        + table(["metric or pattern", "threshold"], [[k, float(v)] for k, v in thresholds.items()], 1)
+        + "</details>"
+    )
     return "".join(parts) + "</section>"
 
 
-def capture_section(page: Page, name: str, row: Mapping[str, Any] | None, manifest: Mapping[str, Any] | None,
-                    folder: Path | None) -> str:
+def capture_section(
+    page: Page, name: str, row: Mapping[str, Any] | None, manifest: Mapping[str, Any] | None, folder: Path | None
+) -> str:
     """One capture: status, reason, provenance, and a part per stage output found in ``folder``."""
     row, manifest = row or {}, manifest or {}
     stages = {p.name for p in folder.iterdir() if p.is_dir()} if folder else set()
-    kind = row.get("kind") or manifest.get("kind") or next(
-        (k for k, names in KIND_STAGES.items() if stages & set(names)), "")
+    kind = (
+        row.get("kind")
+        or manifest.get("kind")
+        or next((k for k, names in KIND_STAGES.items() if stages & set(names)), "")
+    )
     status = row.get("status", manifest.get("status", "?"))
-    parts = [f'<section class="capture" id="{anchor(name)}"><h3>{esc(name)} <small>{esc(kind)} · '
-             f'<span class="{esc(status)}">{esc(status)}</span></small></h3>']
+    parts = [
+        f'<section class="capture" id="{anchor(name)}"><h3>{esc(name)} <small>{esc(kind)} · '
+        f'<span class="{esc(status)}">{esc(status)}</span></small></h3>'
+    ]
     if row.get("reason"):
         parts.append(f"<p><b>reason:</b> {esc(row['reason'])}</p>")
     if manifest:
@@ -189,25 +225,39 @@ def capture_section(page: Page, name: str, row: Mapping[str, Any] | None, manife
         overlays = sorted((folder / "fit_bodies" / "overlays").glob("*.png"))
         thumbs = "".join(page.thumbnail(p, p.stem) for p in overlays[:MAX_OVERLAYS])
         more = len(overlays) - MAX_OVERLAYS
-        metrics = {**(figs.read_json(folder / "fit_bodies" / "metrics.json") or {}),
-                   **(figs.read_json(folder / "evaluate_bodies" / "metrics.json") or {})}
-        parts.append('<div class="overlays"><h4>Body fit overlays</h4>' + (thumbs or '<p class="note">no overlays</p>')
-                     + (f'<p class="note">{more} more not shown</p>' if more > 0 else "")
-                     + metrics_grid(figs.numeric_metrics(metrics)) + "</div>")
-    curves = [c for p in figs.find_curves(folder)
-              if (c := page.figure(figs.curve_figure(p, title=esc(f"{name}: {p.relative_to(folder)}"))))]
+        metrics = {
+            **(figs.read_json(folder / "fit_bodies" / "metrics.json") or {}),
+            **(figs.read_json(folder / "evaluate_bodies" / "metrics.json") or {}),
+        }
+        parts.append(
+            '<div class="overlays"><h4>Body fit overlays</h4>'
+            + (thumbs or '<p class="note">no overlays</p>')
+            + (f'<p class="note">{more} more not shown</p>' if more > 0 else "")
+            + metrics_grid(figs.numeric_metrics(metrics))
+            + "</div>"
+        )
+    curves = [
+        c
+        for p in figs.find_curves(folder)
+        if (c := page.figure(figs.curve_figure(p, title=esc(f"{name}: {p.relative_to(folder)}"))))
+    ]
     if curves:
         parts.append('<div class="curves"><h4>Loss curves</h4>' + "".join(curves) + "</div>")
     return "".join(parts) + "</section>"
 
 
 def _sfm_part(page: Page, name: str, folder: Path) -> str:
-    metrics = {**(figs.read_json(folder / "sfm" / "metrics.json") or {}),
-               **(figs.read_json(folder / "evaluate_sfm" / "metrics.json") or {})}
+    metrics = {
+        **(figs.read_json(folder / "sfm" / "metrics.json") or {}),
+        **(figs.read_json(folder / "evaluate_sfm" / "metrics.json") or {}),
+    }
     fig = page.figure(figs.sfm_figure(folder / "sfm", title=f"SfM cameras and sparse points: {esc(name)}"))
-    return ('<div class="sfm-view"><h4>SfM cameras and sparse points</h4>'
-            + (fig or '<p class="note">no cameras or points readable</p>')
-            + metrics_grid(figs.numeric_metrics(metrics)) + "</div>")
+    return (
+        '<div class="sfm-view"><h4>SfM cameras and sparse points</h4>'
+        + (fig or '<p class="note">no cameras or points readable</p>')
+        + metrics_grid(figs.numeric_metrics(metrics))
+        + "</div>"
+    )
 
 
 def _registration_part(page: Page, name: str, folder: Path) -> str:
@@ -215,18 +265,22 @@ def _registration_part(page: Page, name: str, folder: Path) -> str:
     reg = figs.read_json(folder / "register_scans" / "metrics.json") or {}
     fig = page.figure(figs.registration_figure(metrics, title=f"Registration errors: {esc(name)}"))
     unplaced = {**(reg.get("unplaced") or {}), **(metrics.get("unplaced") or {})}
-    return ('<div class="registration"><h4>Registration error per scan</h4>'
-            + (fig or '<p class="note">no evaluate_registration per-scan errors</p>')
-            + metrics_grid(figs.numeric_metrics({**reg, **metrics}))
-            + (table(["unplaced scan", "reason"], [[k, v] for k, v in unplaced.items()]) if unplaced else "")
-            + "</div>")
+    return (
+        '<div class="registration"><h4>Registration error per scan</h4>'
+        + (fig or '<p class="note">no evaluate_registration per-scan errors</p>')
+        + metrics_grid(figs.numeric_metrics({**reg, **metrics}))
+        + (table(["unplaced scan", "reason"], [[k, v] for k, v in unplaced.items()]) if unplaced else "")
+        + "</div>"
+    )
 
 
 def _nvs_part(page: Page, name: str, folder: Path, stages: Sequence[str]) -> str:
     fits = {s: m for s in stages if (m := figs.read_json(folder / s / "metrics.json"))}
-    parts = ['<div class="nvs"><h4>Held-out PSNR per view</h4>',
-             page.figure(figs.psnr_figure(fits, title=f"Held-out PSNR: {esc(name)}"))
-             or '<p class="note">no held-out scores</p>']
+    parts = [
+        '<div class="nvs"><h4>Held-out PSNR per view</h4>',
+        page.figure(figs.psnr_figure(fits, title=f"Held-out PSNR: {esc(name)}"))
+        or '<p class="note">no held-out scores</p>',
+    ]
     for stage in stages:
         rows = [r for r in (fits.get(stage) or {}).get("per_view") or [] if isinstance(r, dict)]
         by_stem = {Path(str(r.get("view"))).stem: r for r in rows}
@@ -241,12 +295,30 @@ def _nvs_part(page: Page, name: str, folder: Path, stages: Sequence[str]) -> str
 
 def _provenance(manifest: Mapping[str, Any]) -> str:
     source, dvc = manifest.get("source") or {}, manifest.get("dvc") or {}
-    outputs = ", ".join(f"{o.get('path')} ({str(o.get('md5', ''))[:12]})" for o in dvc.get("outputs") or []
-                        if isinstance(o, dict))
-    stages = ", ".join(f"{s.get('name')} {_fmt(s.get('seconds'))} s{' (reused)' if s.get('reused') else ''}"
-                       for s in manifest.get("stages") or [] if isinstance(s, dict))
-    return "<details><summary>provenance</summary>" + kv_table({
-        "code version": manifest.get("code_version"), "params hash": (manifest.get("params") or {}).get("hash"),
-        "source": source.get("url"), "input hash": source.get("input_hash"), "files": source.get("files"),
-        "bytes": source.get("bytes"), "dvc remote": dvc.get("remote"), "dvc outputs": outputs, "stages": stages,
-        "started": manifest.get("started"), "finished": manifest.get("finished")}) + "</details>"
+    outputs = ", ".join(
+        f"{o.get('path')} ({str(o.get('md5', ''))[:12]})" for o in dvc.get("outputs") or [] if isinstance(o, dict)
+    )
+    stages = ", ".join(
+        f"{s.get('name')} {_fmt(s.get('seconds'))} s{' (reused)' if s.get('reused') else ''}"
+        for s in manifest.get("stages") or []
+        if isinstance(s, dict)
+    )
+    return (
+        "<details><summary>provenance</summary>"
+        + kv_table(
+            {
+                "code version": manifest.get("code_version"),
+                "params hash": (manifest.get("params") or {}).get("hash"),
+                "source": source.get("url"),
+                "input hash": source.get("input_hash"),
+                "files": source.get("files"),
+                "bytes": source.get("bytes"),
+                "dvc remote": dvc.get("remote"),
+                "dvc outputs": outputs,
+                "stages": stages,
+                "started": manifest.get("started"),
+                "finished": manifest.get("finished"),
+            }
+        )
+        + "</details>"
+    )

@@ -30,9 +30,23 @@ from capture3d.errors import Capture3dError
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RETRYABLE_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
-                   "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
-                   "TooManyRequestsException", "RequestLimitExceeded", "BadDigest", "IncompleteBody"}
+RETRYABLE_CODES = {
+    "500",
+    "502",
+    "503",
+    "504",
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BadDigest",
+    "IncompleteBody",
+}
 
 
 class S3Error(Capture3dError):
@@ -44,8 +58,8 @@ class S3Settings:
     """How to reach the S3 API. ``endpoint_url`` empty: AWS (or ``AWS_ENDPOINT_URL``)."""
 
     endpoint_url: str = ""
-    max_attempts: int = 8         # per operation, botocore's and ours alike
-    retry_base_s: float = 0.2     # first backoff; doubles per attempt, with full jitter
+    max_attempts: int = 8  # per operation, botocore's and ours alike
+    retry_base_s: float = 0.2  # first backoff; doubles per attempt, with full jitter
     retry_max_s: float = 5.0
 
 
@@ -74,11 +88,16 @@ def make_client(settings: S3Settings) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"mode": "standard", "max_attempts": settings.max_attempts},
-                    connect_timeout=5, read_timeout=30, signature_version="s3v4")
+    config = Config(
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        connect_timeout=5,
+        read_timeout=30,
+        signature_version="s3v4",
+    )
     session = boto3.session.Session()
-    return session.client("s3", endpoint_url=settings.endpoint_url or None, config=config,
-                          region_name=session.region_name or "us-east-1")
+    return session.client(
+        "s3", endpoint_url=settings.endpoint_url or None, config=config, region_name=session.region_name or "us-east-1"
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -98,9 +117,21 @@ def is_transient(exc: BaseException) -> bool:
         err = exc.response.get("Error", {})
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         return str(err.get("Code", "")) in RETRYABLE_CODES or status >= 500
-    return isinstance(exc, (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, IncompleteReadError,
-                            ReadTimeoutError, ResponseStreamingError, Urllib3Error, ConnectionError, TimeoutError,
-                            _ShortRead))
+    return isinstance(
+        exc,
+        (
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            IncompleteReadError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+            Urllib3Error,
+            ConnectionError,
+            TimeoutError,
+            _ShortRead,
+        ),
+    )
 
 
 class _ShortRead(IOError):
@@ -119,10 +150,18 @@ def retrying(operation: Callable[[], T], settings: S3Settings, what: str, rng: r
             if not is_transient(exc):
                 raise S3Error(f"{what}: {_describe(exc)}") from None
             if attempt == settings.max_attempts - 1:
-                raise S3Error(f"{what}: still failing after {settings.max_attempts} attempts ({_describe(exc)})") from None
+                raise S3Error(
+                    f"{what}: still failing after {settings.max_attempts} attempts ({_describe(exc)})"
+                ) from None
             delay = rng.uniform(0.0, min(settings.retry_max_s, settings.retry_base_s * 2**attempt))
-            logger.warning("%s: transient fault (%s), retry %d/%d in %.2f s", what, _describe(exc),
-                           attempt + 1, settings.max_attempts - 1, delay)
+            logger.warning(
+                "%s: transient fault (%s), retry %d/%d in %.2f s",
+                what,
+                _describe(exc),
+                attempt + 1,
+                settings.max_attempts - 1,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 

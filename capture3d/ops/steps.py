@@ -33,14 +33,26 @@ def _param(params: Mapping[str, Any], key: str) -> str:
     return str(node)
 
 
-def step_inputs(kind: str, name: str, capture: Path, results: Path, params: Mapping[str, Any],
-                step_name: str, out: Path | None = None) -> tuple[Any, Path]:
+def step_inputs(
+    kind: str,
+    name: str,
+    capture: Path,
+    results: Path,
+    params: Mapping[str, Any],
+    step_name: str,
+    out: Path | None = None,
+) -> tuple[Any, Path]:
     """The stage's ``Inputs`` and output folder (``out``, default from the step's template) for one
     capture, from the step's path templates."""
     spec = step(step_name)
     module = importlib.import_module(spec.module)
-    values = {"capture": str(capture), "results": str(results), "name": name,
-              "data": str(Path(capture).parent), "param": lambda key: _param(params, key)}
+    values = {
+        "capture": str(capture),
+        "results": str(results),
+        "name": name,
+        "data": str(Path(capture).parent),
+        "param": lambda key: _param(params, key),
+    }
     fields = {field: Path(fill(t, **dict(values))) for field, t in spec.inputs.items()}
     out = Path(out) if out is not None else Path(fill(spec.out_template, **dict(values)))
     if spec.per_capture:
@@ -63,8 +75,15 @@ def summarize(spec: Step, metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_in_process(kind: str, step_name: str, name: str, capture: Path, results: Path,
-                   params: Mapping[str, Any], out: Path | None = None) -> dict[str, Any]:
+def run_in_process(
+    kind: str,
+    step_name: str,
+    name: str,
+    capture: Path,
+    results: Path,
+    params: Mapping[str, Any],
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Run the step here (into ``out``, default from the catalog's template); its summary metrics
     ({} when skipped for lack of ground truth)."""
     spec = step(step_name)
@@ -81,18 +100,41 @@ def run_in_process(kind: str, step_name: str, name: str, capture: Path, results:
     return summarize(spec, json.loads((result / spec.metrics).read_text()))
 
 
-def run_step(kind: str, step_name: str, name: str, capture: Path, results: Path, params: Mapping[str, Any],
-             isolate: bool = False, out: Path | None = None) -> dict[str, Any]:
+def run_step(
+    kind: str,
+    step_name: str,
+    name: str,
+    capture: Path,
+    results: Path,
+    params: Mapping[str, Any],
+    isolate: bool = False,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """:func:`run_in_process`, or for a heavy step with ``isolate`` the same in a child process."""
     if not (isolate and step(step_name).heavy):
         return run_in_process(kind, step_name, name, capture, results, params, out)
     with tempfile.TemporaryDirectory(prefix="capture3d-step-") as tmp:
         request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        request.write_text(json.dumps({"kind": kind, "step": step_name, "name": name, "capture": str(capture),
-                                       "results": str(results), "params": params,
-                                       "out": str(out) if out is not None else None}, default=str))
-        proc = subprocess.run([sys.executable, "-m", "capture3d.ops.steps", str(request), str(result)],
-                              capture_output=True, text=True, check=False)
+        request.write_text(
+            json.dumps(
+                {
+                    "kind": kind,
+                    "step": step_name,
+                    "name": name,
+                    "capture": str(capture),
+                    "results": str(results),
+                    "params": params,
+                    "out": str(out) if out is not None else None,
+                },
+                default=str,
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "capture3d.ops.steps", str(request), str(result)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             raise RuntimeError(lines[-1].removeprefix("error: ") if lines else f"exit status {proc.returncode}")
@@ -104,9 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     request_path, result_path = (argv if argv is not None else sys.argv[1:])[:2]
     request = json.loads(Path(request_path).read_text())
     try:
-        metrics = run_in_process(request["kind"], request["step"], request["name"], Path(request["capture"]),
-                                 Path(request["results"]), request["params"],
-                                 Path(request["out"]) if request.get("out") else None)
+        metrics = run_in_process(
+            request["kind"],
+            request["step"],
+            request["name"],
+            Path(request["capture"]),
+            Path(request["results"]),
+            request["params"],
+            Path(request["out"]) if request.get("out") else None,
+        )
     except Exception as exc:  # noqa: BLE001 - one line to the parent
         sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
         return 1

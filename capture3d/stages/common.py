@@ -54,15 +54,22 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--params`` and ``--set`` to a stage's argument parser."""
     parser.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one setting for this run (repeatable), as in `dvc exp run -S`",
     )
 
 
 def configure_logging(verbose: bool = False) -> None:
     """Log to stderr at INFO (DEBUG with ``verbose``), once per process."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import pycolmap  # COLMAP's glog lines: warnings and errors only unless verbose

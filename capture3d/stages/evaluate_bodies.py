@@ -80,8 +80,9 @@ def run(inputs: EvaluateBodiesInputs, out: Path, config: EvaluateBodiesConfig) -
     except ValueError as exc:  # GroundTruthError: a body's ground truth shares too few joints
         raise CaptureError(inputs.label, str(exc)) from None
     with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", {"capture": inputs.label, **metrics["summary"],
-                                          "per_body": metrics["per_body"]})
+        write_json(
+            tmp / "metrics.json", {"capture": inputs.label, **metrics["summary"], "per_body": metrics["per_body"]}
+        )
     logger.info("%s: %s", inputs.label, metrics["summary"])
     return out
 

@@ -125,8 +125,15 @@ def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeatur
         features[name] = compute_features(label, kept, voxel, get_feature(name, registry))
         timing[name] = (time.perf_counter() - t) / len(kept)
     clouds = [p.pcd for p in kept]
-    rows, summary = evaluate_descriptors([names[i] for i in keep], clouds, features, [gt[names[i]] for i in keep],
-                                         voxel, with_global_method(reg.pair, config.global_method), config)
+    rows, summary = evaluate_descriptors(
+        [names[i] for i in keep],
+        clouds,
+        features,
+        [gt[names[i]] for i in keep],
+        voxel,
+        with_global_method(reg.pair, config.global_method),
+        config,
+    )
     if not rows:
         raise CaptureError(label, f"no scan pair overlaps at least {config.min_overlap:.0%} under the ground truth")
     for name in config.features:
@@ -134,14 +141,27 @@ def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeatur
         summary[name]["dimension"] = int(features[name][0].shape[1])
     with atomic_dir(out) as tmp:
         write_json(tmp / "pairs.json", {"pairs": rows})
-        write_json(tmp / "metrics.json", {
-            "capture": label, "status": "ok", "voxel_size": voxel, "num_scans": len(keep),
-            "global_method": config.global_method, "inlier_distance": config.inlier_distance * config.threshold_scale,
-            "inlier_ratio_threshold": config.inlier_ratio, "checkpoint": str(inputs.checkpoint or ""),
-            "features": summary,
-        })
-    logger.info("capture '%s': %s", label, ", ".join(
-        f"{n} FMR {s['feature_match_recall']:.2f} RR {s['registration_recall']:.2f}" for n, s in summary.items()))
+        write_json(
+            tmp / "metrics.json",
+            {
+                "capture": label,
+                "status": "ok",
+                "voxel_size": voxel,
+                "num_scans": len(keep),
+                "global_method": config.global_method,
+                "inlier_distance": config.inlier_distance * config.threshold_scale,
+                "inlier_ratio_threshold": config.inlier_ratio,
+                "checkpoint": str(inputs.checkpoint or ""),
+                "features": summary,
+            },
+        )
+    logger.info(
+        "capture '%s': %s",
+        label,
+        ", ".join(
+            f"{n} FMR {s['feature_match_recall']:.2f} RR {s['registration_recall']:.2f}" for n, s in summary.items()
+        ),
+    )
     return out
 
 

@@ -42,6 +42,7 @@ from capture3d.tasks.registration.scan_io import read_gt_poses
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class EvaluateRegistrationConfig:
     """The ``evaluate_registration`` section. Translation thresholds are in metres and multiplied by
@@ -141,8 +142,11 @@ def run(inputs: EvaluateRegistrationInputs, out: Path, config: EvaluateRegistrat
     reference = reg["reference_scan"]
     ape = absolute_pose_errors(est, gt, reference)
     ape_t = config.ape_translation_threshold * scale
-    within = [n for n, e in ape.items()
-              if e["rotation_error_deg"] <= config.ape_rotation_threshold_deg and e["translation_error"] <= ape_t]
+    within = [
+        n
+        for n, e in ape.items()
+        if e["rotation_error_deg"] <= config.ape_rotation_threshold_deg and e["translation_error"] <= ape_t
+    ]
     wrong = sorted(set(ape) - set(within))
 
     ref_inv = np.linalg.inv(gt[reference])
@@ -173,10 +177,14 @@ def run(inputs: EvaluateRegistrationInputs, out: Path, config: EvaluateRegistrat
         "num_confident_pairs": len(confident),
         "num_pairs": len(pair_list),
         **{f"fused_{k}": v for k, v in surface.items()},
-        "thresholds": {"pair_rotation_deg": config.rotation_threshold_deg,
-                       "pair_translation": config.translation_threshold * scale,
-                       "ape_rotation_deg": config.ape_rotation_threshold_deg, "ape_translation": ape_t,
-                       "fscore": config.fscore_voxel_factor * voxel, "recall_min_overlap": config.recall_min_overlap},
+        "thresholds": {
+            "pair_rotation_deg": config.rotation_threshold_deg,
+            "pair_translation": config.translation_threshold * scale,
+            "ape_rotation_deg": config.ape_rotation_threshold_deg,
+            "ape_translation": ape_t,
+            "fscore": config.fscore_voxel_factor * voxel,
+            "recall_min_overlap": config.recall_min_overlap,
+        },
         "per_scan": ape,
         "pairs": pm["pairs"],
         "register_timings": reg.get("timings", {}),

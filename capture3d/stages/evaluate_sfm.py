@@ -99,7 +99,11 @@ def find_ground_truth(capture: Path) -> Path | None:
 def load_models(model: Path) -> list[pycolmap.Reconstruction]:
     """COLMAP models of an SfM output folder: ``sparse/<i>/`` in order, or the folder itself."""
     sparse = model / "sparse"
-    folders = sorted((p for p in sparse.iterdir() if p.is_dir()), key=lambda p: int(p.name) if p.name.isdigit() else 1 << 30) if sparse.is_dir() else [model]
+    folders = (
+        sorted((p for p in sparse.iterdir() if p.is_dir()), key=lambda p: int(p.name) if p.name.isdigit() else 1 << 30)
+        if sparse.is_dir()
+        else [model]
+    )
     models = [pycolmap.Reconstruction(f) for f in folders if (f / "images.bin").exists() or (f / "images.txt").exists()]
     return models
 

@@ -4,7 +4,8 @@ file) to every person's 2D keypoints in a body capture, in one batched SMPLify o
 Inputs (:class:`BodyInputs`): a body capture folder laid out as
 ``images/`` (photos, optional: overlays need them), ``keypoints/`` or ``keypoints.json``
 (OpenPose JSON per image, or COCO keypoint JSON), optional ``cameras.json`` (calibrated views and
-multi-view ``groups``), optional ``gt/keypoints2d.json`` or ``gt/keypoints2d/`` (2D ground truth, any keypoint format) and ``gt/joints3d.json``
+multi-view ``groups``), optional ``gt/keypoints2d.json`` or ``gt/keypoints2d/`` (2D ground truth,
+any keypoint format) and ``gt/joints3d.json``
 (``{body: {keypoint: [x, y, z]}}``, metres) -- or the same given one by one (``--images``,
 ``--keypoints``, ``--cameras`` which may also be an ``sfm`` stage output). The ``fit_bodies``
 section of params.yaml.
@@ -116,12 +117,18 @@ class FitBodiesInputs:
         """Where each piece is: the capture's standard layout, with the pieces given one by one."""
         if self.capture is not None:
             base = BodyInputs.from_capture(self.capture, self.name)
-            return BodyInputs(keypoints=self.keypoints or base.keypoints, images=self.images or base.images,
-                              cameras=self.cameras or base.cameras, gt=self.gt or base.gt, name=base.name)
+            return BodyInputs(
+                keypoints=self.keypoints or base.keypoints,
+                images=self.images or base.images,
+                cameras=self.cameras or base.cameras,
+                gt=self.gt or base.gt,
+                name=base.name,
+            )
         if self.keypoints is None:
             raise ParamsError("fit_bodies: give --capture or --keypoints")
-        return BodyInputs(keypoints=self.keypoints, images=self.images, cameras=self.cameras, gt=self.gt,
-                          name=self.name)
+        return BodyInputs(
+            keypoints=self.keypoints, images=self.images, cameras=self.cameras, gt=self.gt, name=self.name
+        )
 
 
 Inputs = FitBodiesInputs
@@ -141,15 +148,17 @@ def build_model(config: FitBodiesConfig, device: torch.device) -> BodyModel:
     if config.model == "smpl":
         from capture3d.tasks.body.smpl_model import load_smpl_model
 
-        return load_smpl_model(config.model_file, num_betas=config.num_betas, device=device,
-                               pose_prior_path=config.pose_prior_file or None)
+        return load_smpl_model(
+            config.model_file, num_betas=config.num_betas, device=device, pose_prior_path=config.pose_prior_file or None
+        )
     from capture3d.tasks.body.anny_model import AnnyBody
 
     return AnnyBody(device=device)
 
 
-def run(inputs: FitBodiesInputs | BodyInputs, out: Path, config: FitBodiesConfig,
-        model: BodyModel | None = None) -> Path:
+def run(
+    inputs: FitBodiesInputs | BodyInputs, out: Path, config: FitBodiesConfig, model: BodyModel | None = None
+) -> Path:
     """Fit every person of one capture and write ``out``; returns ``out``.
 
     ``model`` reuses an already built model (batch flows); it must match ``config.model``."""
@@ -169,9 +178,19 @@ def run(inputs: FitBodiesInputs | BodyInputs, out: Path, config: FitBodiesConfig
     torch.manual_seed(config.seed)
     model = model or build_model(config, device)
     try:
-        batch = build_batch(people, model.keypoint_names, cameras=cameras, groups=groups, sequence=config.sequence,
-                            min_keypoints=config.min_keypoints, min_conf=config.min_confidence,
-                            fov_deg=config.fov_deg, focal=config.focal_length, dtype=model.dtype, device=device)
+        batch = build_batch(
+            people,
+            model.keypoint_names,
+            cameras=cameras,
+            groups=groups,
+            sequence=config.sequence,
+            min_keypoints=config.min_keypoints,
+            min_conf=config.min_confidence,
+            fov_deg=config.fov_deg,
+            focal=config.focal_length,
+            dtype=model.dtype,
+            device=device,
+        )
     except ValueError as exc:
         raise CaptureError(label, str(exc)) from None
     if not batch.rows:
@@ -200,15 +219,26 @@ def run(inputs: FitBodiesInputs | BodyInputs, out: Path, config: FitBodiesConfig
         if config.overlays and inputs.images is not None:
             _write_overlays(tmp / "overlays", inputs.images, model, batch, result, vertices)
         write_curve(tmp / "fit_log.csv", result.curve)
-        write_json(tmp / "metrics.json", {
-            "capture": label, "model": model.name, "people_fitted": len(batch.rows),
-            "people_skipped": len(batch.skipped), "skipped": batch.skipped, "notes": batch.notes,
-            "keypoints_used": list(batch.observations.names), "views_max": batch.observations.num_views,
-            **evaluation["summary"], "per_body": evaluation["per_body"],
-            "iterations": result.iterations, "fit_seconds": round(fit_seconds, 3),
-            "seconds_per_iteration": round(fit_seconds / max(result.iterations, 1), 5),
-            "wall_seconds": round(time.perf_counter() - start, 3), "device": str(device),
-        })
+        write_json(
+            tmp / "metrics.json",
+            {
+                "capture": label,
+                "model": model.name,
+                "people_fitted": len(batch.rows),
+                "people_skipped": len(batch.skipped),
+                "skipped": batch.skipped,
+                "notes": batch.notes,
+                "keypoints_used": list(batch.observations.names),
+                "views_max": batch.observations.num_views,
+                **evaluation["summary"],
+                "per_body": evaluation["per_body"],
+                "iterations": result.iterations,
+                "fit_seconds": round(fit_seconds, 3),
+                "seconds_per_iteration": round(fit_seconds / max(result.iterations, 1), 5),
+                "wall_seconds": round(time.perf_counter() - start, 3),
+                "device": str(device),
+            },
+        )
     logger.info("%s: fitted %d bodies (%d skipped) in %.1f s", label, len(batch.rows), len(batch.skipped), fit_seconds)
     return out
 
@@ -232,10 +262,16 @@ def _camera_problem(batch: BodyBatch) -> str | None:
         views = len(row.people)
         if views < 2:
             continue
-        problem = camera_problem(obs.xy[b, :views].double().cpu().numpy(), obs.conf[b, :views].double().cpu().numpy(),
-                                 obs.k[b, :views].double().cpu().numpy(), obs.rot[b, :views].double().cpu().numpy(),
-                                 obs.trans[b, :views].double().cpu().numpy(), obs.box[b, :views].double().cpu().numpy(),
-                                 [p.image for p in row.people], row.body)  # conf is already thresholded
+        problem = camera_problem(
+            obs.xy[b, :views].double().cpu().numpy(),
+            obs.conf[b, :views].double().cpu().numpy(),
+            obs.k[b, :views].double().cpu().numpy(),
+            obs.rot[b, :views].double().cpu().numpy(),
+            obs.trans[b, :views].double().cpu().numpy(),
+            obs.box[b, :views].double().cpu().numpy(),
+            [p.image for p in row.people],
+            row.body,
+        )  # conf is already thresholded
         if problem is not None:
             return problem
     return None
@@ -253,15 +289,27 @@ def _records(model: BodyModel, batch: BodyBatch, result: BodyFitResult) -> list[
     for b, row in enumerate(batch.rows):
         views = []
         for v, person in enumerate(row.people):
-            views.append({"image": person.image, "person": person.person, "names": list(obs.names),
-                          "input": obs.xy[b, v].tolist(), "input_conf": obs.conf[b, v].tolist(),
-                          "reprojected": pix[b, v].tolist(), "box": float(obs.box[b, v])})
-        records.append({
-            "body": row.body, "views": views, "facing_away": bool(result.facing_away[b]),
-            "scale": float(result.scale[b]),
-            "keypoints3d": {"names": names, "points": points3d[b].tolist()},
-            "terms": {k: float(t[b]) for k, t in result.terms.items()},
-        })
+            views.append(
+                {
+                    "image": person.image,
+                    "person": person.person,
+                    "names": list(obs.names),
+                    "input": obs.xy[b, v].tolist(),
+                    "input_conf": obs.conf[b, v].tolist(),
+                    "reprojected": pix[b, v].tolist(),
+                    "box": float(obs.box[b, v]),
+                }
+            )
+        records.append(
+            {
+                "body": row.body,
+                "views": views,
+                "facing_away": bool(result.facing_away[b]),
+                "scale": float(result.scale[b]),
+                "keypoints3d": {"names": names, "points": points3d[b].tolist()},
+                "terms": {k: float(t[b]) for k, t in result.terms.items()},
+            }
+        )
     return records
 
 
@@ -269,8 +317,15 @@ def _safe_name(body: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in body)
 
 
-def _write_people(folder: Path, model: BodyModel, batch: BodyBatch, result: BodyFitResult,
-                  records: list[dict[str, Any]], vertices: np.ndarray, config: FitBodiesConfig) -> None:
+def _write_people(
+    folder: Path,
+    model: BodyModel,
+    batch: BodyBatch,
+    result: BodyFitResult,
+    records: list[dict[str, Any]],
+    vertices: np.ndarray,
+    config: FitBodiesConfig,
+) -> None:
     from capture3d.tasks.body.mesh_io import write_mesh
 
     write_json(folder / "people.json", {"model": model.name, "bodies": records})
@@ -278,13 +333,24 @@ def _write_people(folder: Path, model: BodyModel, batch: BodyBatch, result: Body
     (folder / "meshes").mkdir()
     for b, row in enumerate(batch.rows):
         name = _safe_name(row.body)
-        params = {"global_orient": result.pose.global_orient[b], "body_pose": result.pose.body_pose[b],
-                  "shape": result.pose.shape[b], "transl": result.pose.transl[b], "scale": result.scale[b:b + 1]}
+        params = {
+            "global_orient": result.pose.global_orient[b],
+            "body_pose": result.pose.body_pose[b],
+            "shape": result.pose.shape[b],
+            "transl": result.pose.transl[b],
+            "scale": result.scale[b : b + 1],
+        }
         arrays = {k: v.detach().cpu().numpy().astype(np.float64) for k, v in params.items()}
         np.savez(folder / "params" / f"{name}.npz", **arrays)
-        write_json(folder / "params" / f"{name}.json", {
-            "body": row.body, "model": model.name, "pose_joints": list(model.pose_joint_names),
-            **{k: v.tolist() for k, v in arrays.items()}})
+        write_json(
+            folder / "params" / f"{name}.json",
+            {
+                "body": row.body,
+                "model": model.name,
+                "pose_joints": list(model.pose_joint_names),
+                **{k: v.tolist() for k, v in arrays.items()},
+            },
+        )
         write_mesh(folder / "meshes" / f"{name}.{config.mesh_format}", vertices[b], model.faces)
 
 
@@ -296,8 +362,9 @@ def _mesh_vertices(model: BodyModel, result: BodyFitResult) -> np.ndarray:
     return verts.cpu().numpy()
 
 
-def _write_overlays(folder: Path, images: Path, model: BodyModel, batch: BodyBatch, result: BodyFitResult,
-                    vertices: np.ndarray) -> None:
+def _write_overlays(
+    folder: Path, images: Path, model: BodyModel, batch: BodyBatch, result: BodyFitResult, vertices: np.ndarray
+) -> None:
     from PIL import Image
 
     from capture3d.tasks.body.camera import project
@@ -326,15 +393,30 @@ def _write_overlays(folder: Path, images: Path, model: BodyModel, batch: BodyBat
             canvas = np.asarray(im.convert("RGB"))
         for b, v in members:
             with torch.no_grad():
-                mesh_xy, depth = project(verts[b:b + 1], obs.rot[b:b + 1, v:v + 1], obs.trans[b:b + 1, v:v + 1],
-                                         obs.k[b:b + 1, v:v + 1])
-                kp_xy, _ = project(fitted[b:b + 1], obs.rot[b:b + 1, v:v + 1], obs.trans[b:b + 1, v:v + 1],
-                                   obs.k[b:b + 1, v:v + 1])
+                mesh_xy, depth = project(
+                    verts[b : b + 1],
+                    obs.rot[b : b + 1, v : v + 1],
+                    obs.trans[b : b + 1, v : v + 1],
+                    obs.k[b : b + 1, v : v + 1],
+                )
+                kp_xy, _ = project(
+                    fitted[b : b + 1],
+                    obs.rot[b : b + 1, v : v + 1],
+                    obs.trans[b : b + 1, v : v + 1],
+                    obs.k[b : b + 1, v : v + 1],
+                )
             conf = obs.conf[b, v].numpy()
-            canvas = draw_overlay(canvas, mesh_xy=mesh_xy[0, 0].numpy(), mesh_depth=depth[0, 0].numpy(),
-                                  faces=model.faces, focal_px=float(obs.k[b, v, 0, 0]), keypoints=[
-                                      (names, obs.xy[b, v].numpy(), conf, GT_COLOR),
-                                      (names, kp_xy[0, 0].numpy(), np.ones(len(names)), FIT_COLOR)])
+            canvas = draw_overlay(
+                canvas,
+                mesh_xy=mesh_xy[0, 0].numpy(),
+                mesh_depth=depth[0, 0].numpy(),
+                faces=model.faces,
+                focal_px=float(obs.k[b, v, 0, 0]),
+                keypoints=[
+                    (names, obs.xy[b, v].numpy(), conf, GT_COLOR),
+                    (names, kp_xy[0, 0].numpy(), np.ones(len(names)), FIT_COLOR),
+                ],
+            )
         write_png(folder / f"{Path(image_name).stem}.png", canvas)
 
 

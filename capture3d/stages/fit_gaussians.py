@@ -107,8 +107,12 @@ def run(inputs: NvsInputs, out: Path, config: FitGaussiansConfig) -> Path:
 
         @torch.no_grad()
         def render_pose(K: np.ndarray, pose: np.ndarray, w: int, h: int) -> torch.Tensor:
-            cam = Camera(torch.tensor(K, dtype=torch.float32, device=device),
-                         torch.tensor(pose, dtype=torch.float32, device=device), w, h)
+            cam = Camera(
+                torch.tensor(K, dtype=torch.float32, device=device),
+                torch.tensor(pose, dtype=torch.float32, device=device),
+                w,
+                h,
+            )
             return render(result.splats, cam, result.sh_degree, bg, backend, config.tile_size).image.clamp(0, 1)
 
         num_orbit = write_orbit(tmp / "orbit", data.train, config.orbit_frames, render_pose)
@@ -118,30 +122,58 @@ def run(inputs: NvsInputs, out: Path, config: FitGaussiansConfig) -> Path:
         metrics["wall_s"] = time.perf_counter() - start
         write_json(tmp / "metrics.json", metrics)
     state.unlink(missing_ok=True)
-    logger.info("capture '%s': 3DGS held-out PSNR %.2f dB (from %.2f), SSIM %.3f, %d Gaussians, %d iterations",
-                inputs.label, metrics["psnr"], metrics["psnr_init"], metrics["ssim"], metrics["num_gaussians"],
-                result.iterations)
+    logger.info(
+        "capture '%s': 3DGS held-out PSNR %.2f dB (from %.2f), SSIM %.3f, %d Gaussians, %d iterations",
+        inputs.label,
+        metrics["psnr"],
+        metrics["psnr_init"],
+        metrics["ssim"],
+        metrics["num_gaussians"],
+        result.iterations,
+    )
     return out
 
 
 def _progress(row: dict[str, float]) -> None:
     if int(row["iteration"]) % 250 == 0:
-        logger.info("3DGS iteration %d: loss %.4f, training-view PSNR %.2f dB, %d Gaussians, %.0f s",
-                    row["iteration"], row["loss"], row["psnr"], row["num_gaussians"], row["seconds"])
+        logger.info(
+            "3DGS iteration %d: loss %.4f, training-view PSNR %.2f dB, %d Gaussians, %.0f s",
+            row["iteration"],
+            row["loss"],
+            row["psnr"],
+            row["num_gaussians"],
+            row["seconds"],
+        )
 
 
 @torch.no_grad()
 def _initial_scores(data: FitData, config: FitGaussiansConfig, device: torch.device, backend: str) -> list[dict]:
     """Held-out scores of the initial Gaussians (what the fit must improve on)."""
-    splats = init_gaussians(data.scene.points, data.scene.colors, config.sh_degree, config.init_opacity,
-                            scene_extent(list(data.scene.views)), config.init_random_points, config.seed, device)
+    splats = init_gaussians(
+        data.scene.points,
+        data.scene.colors,
+        config.sh_degree,
+        config.init_opacity,
+        scene_extent(list(data.scene.views)),
+        config.init_random_points,
+        config.seed,
+        device,
+    )
     renders = render_views(splats, data.test, 0, config.background, backend, config.tile_size, False)
     return score_views(renders, data.test)
 
 
-def _metrics(inputs: NvsInputs, data: FitData, config: FitGaussiansConfig, result: GaussianFitResult,
-             rows: list[dict], init_rows: list[dict], device: torch.device, backend: str,
-             num_orbit: int) -> dict[str, Any]:
+def _metrics(
+    inputs: NvsInputs,
+    data: FitData,
+    config: FitGaussiansConfig,
+    result: GaussianFitResult,
+    rows: list[dict],
+    init_rows: list[dict],
+    device: torch.device,
+    backend: str,
+    num_orbit: int,
+) -> dict[str, Any]:
     mean, init = summarize(rows), summarize(init_rows)
     view = data.train[0]
     return {

@@ -101,33 +101,59 @@ def run(inputs: NvsInputs, out: Path, config: FitNerfConfig) -> Path:
         mean, init = summarize(rows), summarize(init_rows)
         view = data.train[0]
         metrics = {
-            "capture": inputs.label, "status": "ok", "method": f"nerf ({config.model.encoding})",
-            "psnr": mean["psnr"], "ssim": mean["ssim"], "psnr_init": init["psnr"], "ssim_init": init["ssim"],
-            "per_view": rows, "num_train_views": len(data.train), "num_test_views": len(data.test),
-            "resolution": [view.width, view.height], "rays": result.normalization.mode,
-            "iterations": result.iterations, "iterations_planned": config.iterations,
+            "capture": inputs.label,
+            "status": "ok",
+            "method": f"nerf ({config.model.encoding})",
+            "psnr": mean["psnr"],
+            "ssim": mean["ssim"],
+            "psnr_init": init["psnr"],
+            "ssim_init": init["ssim"],
+            "per_view": rows,
+            "num_train_views": len(data.train),
+            "num_test_views": len(data.test),
+            "resolution": [view.width, view.height],
+            "rays": result.normalization.mode,
+            "iterations": result.iterations,
+            "iterations_planned": config.iterations,
             "stopped": "time budget" if result.stopped_reason == "max_seconds" else "iterations",
-            "resumed_from": result.resumed_from, "fit_s": result.seconds, "peak_memory_mb": peak_memory_mb(device),
-            "device": str(device), "num_orbit_frames": num_orbit, "source": data.scene.source, "load_s": t_load,
+            "resumed_from": result.resumed_from,
+            "fit_s": result.seconds,
+            "peak_memory_mb": peak_memory_mb(device),
+            "device": str(device),
+            "num_orbit_frames": num_orbit,
+            "source": data.scene.source,
+            "load_s": t_load,
             "wall_s": time.perf_counter() - start,
         }
         write_json(tmp / "metrics.json", metrics)
     state.unlink(missing_ok=True)
-    logger.info("capture '%s': NeRF held-out PSNR %.2f dB (from %.2f), SSIM %.3f, %d iterations", inputs.label,
-                metrics["psnr"], metrics["psnr_init"], metrics["ssim"], result.iterations)
+    logger.info(
+        "capture '%s': NeRF held-out PSNR %.2f dB (from %.2f), SSIM %.3f, %d iterations",
+        inputs.label,
+        metrics["psnr"],
+        metrics["psnr_init"],
+        metrics["ssim"],
+        result.iterations,
+    )
     return out
 
 
 def _progress(row: dict[str, float]) -> None:
     if int(row["iteration"]) % 500 == 0:
-        logger.info("NeRF iteration %d: loss %.5f, batch PSNR %.2f dB, %.0f s", row["iteration"], row["loss"],
-                    row["psnr"], row["seconds"])
+        logger.info(
+            "NeRF iteration %d: loss %.5f, batch PSNR %.2f dB, %.0f s",
+            row["iteration"],
+            row["loss"],
+            row["psnr"],
+            row["seconds"],
+        )
 
 
 def _initial_scores(data: FitData, config: FitNerfConfig, device: torch.device) -> list[dict]:
     """Held-out scores of the untrained (seeded) model: what the fit must improve on."""
-    untrained = fit_nerf(list(data.train), data.scene, dataclasses.replace(config, iterations=0), config.seed,
-                         device, None)
+    untrained = fit_nerf(
+        list(data.train), data.scene, dataclasses.replace(config, iterations=0), config.seed, device, None
+    )
     return score_views([render_image(untrained.model, v, untrained.render_config) for v in data.test], data.test)
 
 

@@ -81,8 +81,10 @@ def load_fit_data(inputs: NvsInputs, data: NvsDataConfig) -> FitData:
             scene = dataclasses.replace(scene, points=scene.points[keep], colors=scene.colors[keep])
     train_idx, test_idx = holdout_split(len(scene.views), data.holdout_every)
     if len(test_idx) == 0 or len(train_idx) < 2:
-        raise CaptureError(inputs.label, f"{len(scene.views)} views are too few to hold out every "
-                                         f"{data.holdout_every}th and still train")
+        raise CaptureError(
+            inputs.label,
+            f"{len(scene.views)} views are too few to hold out every {data.holdout_every}th and still train",
+        )
     return FitData(scene, scene.subset(train_idx), scene.subset(test_idx))
 
 
@@ -94,8 +96,12 @@ def write_heldout(folder: Path, renders: Sequence[torch.Tensor], test: Sequence[
     return score_views(renders, test)
 
 
-def write_orbit(folder: Path, views: Sequence[PosedView], num_frames: int,
-                render_pose: Callable[[np.ndarray, np.ndarray, int, int], torch.Tensor]) -> int:
+def write_orbit(
+    folder: Path,
+    views: Sequence[PosedView],
+    num_frames: int,
+    render_pose: Callable[[np.ndarray, np.ndarray, int, int], torch.Tensor],
+) -> int:
     """Render ``num_frames`` orbit frames (PNG sequence + ``orbit.gif``); returns the count."""
     if num_frames <= 0:
         return 0

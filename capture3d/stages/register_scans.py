@@ -68,8 +68,12 @@ class RegisterScansInputs(CaptureInputs):
 Inputs = RegisterScansInputs
 INPUT_ALIASES = {"scans": "capture"}
 """legacy flag: ``capture3d register --scans`` is ``--capture``"""
-CLI_ALIASES = {"voxel": "preprocess.voxel_size", "global-method": "pair.global_method", "icp": "pair.icp_method",
-               "pairs": "multiway.pairs"}
+CLI_ALIASES = {
+    "voxel": "preprocess.voxel_size",
+    "global-method": "pair.global_method",
+    "icp": "pair.icp_method",
+    "pairs": "multiway.pairs",
+}
 """legacy flags of ``capture3d register``: other names of the dotted flags"""
 
 
@@ -92,7 +96,9 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
     timings["features_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    views, origin_sources = sensor_views(inputs.capture, inputs.label, scans, config.sensor_origin, config.preprocess.units_scale)
+    views, origin_sources = sensor_views(
+        inputs.capture, inputs.label, scans, config.sensor_origin, config.preprocess.units_scale
+    )
     timings["range_images_s"] = time.perf_counter() - t
 
     names = [s.name for s in scans]
@@ -105,8 +111,9 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
 
     t = time.perf_counter()
     placed = [n for n in names if n in result.poses]
-    fused = fuse_clouds([clouds[names.index(n)] for n in placed], [result.poses[n] for n in placed],
-                        voxel * config.fused_voxel_factor)
+    fused = fuse_clouds(
+        [clouds[names.index(n)] for n in placed], [result.poses[n] for n in placed], voxel * config.fused_voxel_factor
+    )
     timings["fuse_s"] = time.perf_counter() - t
     with atomic_dir(out) as tmp:
         import open3d as o3d
@@ -115,27 +122,57 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
         write_poses_json(tmp / "poses.json", result.poses, confidence=result.confidence)
         write_json(tmp / "pairs.json", {"pairs": [_pair_record(p) for p in result.pairs]})
         timings["total_s"] = time.perf_counter() - start
-        write_json(tmp / "metrics.json", _metrics(inputs.label, scans, prepared, voxel, result, timings,
-                                                  len(fused.points), config, origin_sources))
-    logger.info("capture '%s': %d/%d scans placed (%d low confidence) -> %s", inputs.label, len(result.poses),
-                len(scans), len(result.low_confidence), out)
+        write_json(
+            tmp / "metrics.json",
+            _metrics(inputs.label, scans, prepared, voxel, result, timings, len(fused.points), config, origin_sources),
+        )
+    logger.info(
+        "capture '%s': %d/%d scans placed (%d low confidence) -> %s",
+        inputs.label,
+        len(result.poses),
+        len(scans),
+        len(result.low_confidence),
+        out,
+    )
     return out
 
 
 def _pair_record(pair: Any) -> dict[str, Any]:
     return {
-        "source": pair.source, "target": pair.target, "transformation": np.asarray(pair.transformation).tolist(),
-        "fitness": float(pair.fitness), "inlier_rmse": float(pair.inlier_rmse), "confident": bool(pair.confident),
-        "reason": pair.reason, "method": pair.method, "seconds": pair.seconds,
-        "hypotheses": [{"transformation": np.asarray(h.transformation).tolist(), "fitness": h.fitness,
-                        "inlier_rmse": h.inlier_rmse, "confident": h.confident, "reason": h.reason,
-                        "method": h.method} for h in pair.hypotheses],
+        "source": pair.source,
+        "target": pair.target,
+        "transformation": np.asarray(pair.transformation).tolist(),
+        "fitness": float(pair.fitness),
+        "inlier_rmse": float(pair.inlier_rmse),
+        "confident": bool(pair.confident),
+        "reason": pair.reason,
+        "method": pair.method,
+        "seconds": pair.seconds,
+        "hypotheses": [
+            {
+                "transformation": np.asarray(h.transformation).tolist(),
+                "fitness": h.fitness,
+                "inlier_rmse": h.inlier_rmse,
+                "confident": h.confident,
+                "reason": h.reason,
+                "method": h.method,
+            }
+            for h in pair.hypotheses
+        ],
     }
 
 
-def _metrics(label: str, scans: list[Scan], prepared: list[Any], voxel: float, result: Any,
-             timings: dict[str, float], num_fused: int, config: RegisterScansConfig,
-             origin_sources: dict[str, str]) -> dict[str, Any]:
+def _metrics(
+    label: str,
+    scans: list[Scan],
+    prepared: list[Any],
+    voxel: float,
+    result: Any,
+    timings: dict[str, float],
+    num_fused: int,
+    config: RegisterScansConfig,
+    origin_sources: dict[str, str],
+) -> dict[str, Any]:
     confident = [p for p in result.pairs if p.confident]
     partial = bool(result.unplaced or result.low_confidence)
     return {
@@ -150,8 +187,11 @@ def _metrics(label: str, scans: list[Scan], prepared: list[Any], voxel: float, r
         "low_confidence": result.low_confidence,
         "confidence": result.confidence,
         "reference_scan": result.reference,
-        "verification": {**result.verification, "sensor_origin_mode": config.sensor_origin,
-                         "sensor_origin_sources": origin_sources},
+        "verification": {
+            **result.verification,
+            "sensor_origin_mode": config.sensor_origin,
+            "sensor_origin_sources": origin_sources,
+        },
         "voxel_size": voxel,
         "units_scale": config.preprocess.units_scale,
         "features": config.features,

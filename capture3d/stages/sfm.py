@@ -57,10 +57,14 @@ INPUT_ALIASES = {"images": "capture"}
 """legacy flag: ``capture3d sfm --images`` is ``--capture``"""
 CLI_ALIASES = {
     "camera-params": Flag("camera_params", also=("intrinsics=known",)),
-    "self-calibrate": Flag("intrinsics", const="self_calibrate",
-                           help="ignore intrinsics.json and estimate the intrinsics (intrinsics: self_calibrate)"),
+    "self-calibrate": Flag(
+        "intrinsics",
+        const="self_calibrate",
+        help="ignore intrinsics.json and estimate the intrinsics (intrinsics: self_calibrate)",
+    ),
 }
 """legacy flags: ``--camera-params`` also sets ``intrinsics: known``; ``--self-calibrate``"""
+
 
 def load_config(params: Mapping[str, Any]) -> SfmConfig:
     """The ``sfm`` section as :class:`SfmConfig`, with each fallback rung checked too."""
@@ -69,7 +73,8 @@ def load_config(params: Mapping[str, Any]) -> SfmConfig:
         bad = sorted(str(k) for k in set(rung) - LADDER_KEYS)
         if bad:
             raise ParamsError(
-                f"params: 'sfm.fallback[{i}]' may only set {', '.join(sorted(LADDER_KEYS))}; got {', '.join(map(str, bad))}"
+                f"params: 'sfm.fallback[{i}]' may only set {', '.join(sorted(LADDER_KEYS))}; "
+                f"got {', '.join(map(str, bad))}"
             )
         from_mapping(SfmConfig, {**dataclasses.asdict(config), **rung}, f"sfm.fallback[{i}]")
     return config
@@ -93,7 +98,9 @@ def resolve_intrinsics(inputs: SfmInputs, config: SfmConfig) -> KnownIntrinsics 
         except (ValueError, KeyError, TypeError) as exc:
             raise CaptureError(inputs.label, f"intrinsics.json is invalid ({type(exc).__name__}: {exc})") from None
     if config.intrinsics == "known":
-        raise CaptureError(inputs.label, "sfm.intrinsics is 'known' but neither sfm.camera_params nor intrinsics.json is given")
+        raise CaptureError(
+            inputs.label, "sfm.intrinsics is 'known' but neither sfm.camera_params nor intrinsics.json is given"
+        )
     return None
 
 
@@ -118,8 +125,11 @@ def run(inputs: SfmInputs, out: Path, config: SfmConfig) -> Path:
     if len(sizes) > 1 and (config.camera_mode == "single" or known is not None):
         shown = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
         what = "known intrinsics" if known is not None else "sfm.camera_mode 'single'"
-        raise CaptureError(inputs.label, f"{what} needs images of one size, found {len(sizes)} sizes ({shown}); "
-                           "use sfm.camera_mode auto or per_image")
+        raise CaptureError(
+            inputs.label,
+            f"{what} needs images of one size, found {len(sizes)} sizes ({shown}); "
+            "use sfm.camera_mode auto or per_image",
+        )
     with atomic_dir(out) as tmp:
         work = tmp / "_work"
         result = run_sfm(folder.root, list(folder.names), work, config, known)
@@ -146,12 +156,16 @@ def run(inputs: SfmInputs, out: Path, config: SfmConfig) -> Path:
             "skipped_files": [{"file": f, "reason": r} for f, r in folder.skipped],
             "num_skipped_files": len(folder.skipped),
             "not_imported_by_colmap": result.dropped,
-            "timings": {**result.timings, "export_s": time.perf_counter() - t_export,
-                        "total_s": time.perf_counter() - start},
+            "timings": {
+                **result.timings,
+                "export_s": time.perf_counter() - t_export,
+                "total_s": time.perf_counter() - start,
+            },
         }
         write_json(tmp / "metrics.json", metrics)
-    logger.info("capture '%s': %d/%d images registered -> %s", inputs.label, metrics["num_registered"],
-                result.num_images, out)
+    logger.info(
+        "capture '%s': %d/%d images registered -> %s", inputs.label, metrics["num_registered"], result.num_images, out
+    )
     return out
 
 

@@ -48,8 +48,14 @@ def load_config(params: Mapping[str, Any]) -> SynthesizeConfig:
 
 def run(inputs: NoInputs, out: Path, config: SynthesizeConfig) -> Path:
     """Render the synthetic capture into ``out``; returns ``out``."""
-    capture = render_capture(num_images=config.num_images, width=config.width, height=config.height,
-                             seed=config.seed, fov_deg=config.fov_deg, supersample=config.supersample)
+    capture = render_capture(
+        num_images=config.num_images,
+        width=config.width,
+        height=config.height,
+        seed=config.seed,
+        fov_deg=config.fov_deg,
+        supersample=config.supersample,
+    )
     with atomic_dir(out) as tmp:
         write_capture(capture, tmp)
     logger.info("synthetic capture with %d images -> %s", len(capture.images), out)

@@ -69,9 +69,17 @@ def run(inputs: NoInputs, out: Path, config: SynthesizeBodiesConfig, model: Body
 
         model = AnnyBody()
     names = COCO17 + FEET
-    syn = synthesize_bodies(model, count=config.count, views=config.views, width=config.width,
-                            height=config.height, fov_deg=config.fov_deg, noise_px=config.noise_px,
-                            names=names, seed=config.seed)
+    syn = synthesize_bodies(
+        model,
+        count=config.count,
+        views=config.views,
+        width=config.width,
+        height=config.height,
+        fov_deg=config.fov_deg,
+        noise_px=config.noise_px,
+        names=names,
+        seed=config.seed,
+    )
     with atomic_dir(out) as tmp:
         write_body_capture(tmp, model, syn)
     logger.info("synthetic body capture: %d bodies x %d views -> %s", config.count, config.views, out)
@@ -94,17 +102,31 @@ def write_body_capture(folder: Path, model: BodyModel, syn: SyntheticBodies) -> 
             image = f"{stem}.png"
             group.append(image)
             cameras[image] = PinholeCamera(image, syn.width, syn.height, syn.k, syn.rot[b, v], syn.trans[b, v])
-            rot = torch.as_tensor(syn.rot[b:b + 1, v:v + 1])
-            trans = torch.as_tensor(syn.trans[b:b + 1, v:v + 1])
+            rot = torch.as_tensor(syn.rot[b : b + 1, v : v + 1])
+            trans = torch.as_tensor(syn.trans[b : b + 1, v : v + 1])
             kmat = torch.as_tensor(syn.k)[None, None]
-            mesh_xy, depth = project(verts[b:b + 1], rot, trans, kmat)
+            mesh_xy, depth = project(verts[b : b + 1], rot, trans, kmat)
             backdrop = np.full((syn.height, syn.width, 3), 90, dtype=np.uint8)
-            write_png(folder / "images" / image, draw_overlay(
-                backdrop, mesh_xy=mesh_xy[0, 0].numpy(), mesh_depth=depth[0, 0].numpy(), faces=model.faces,
-                mesh_alpha=1.0, focal_px=float(syn.k[0, 0])))
+            write_png(
+                folder / "images" / image,
+                draw_overlay(
+                    backdrop,
+                    mesh_xy=mesh_xy[0, 0].numpy(),
+                    mesh_depth=depth[0, 0].numpy(),
+                    faces=model.faces,
+                    mesh_alpha=1.0,
+                    focal_px=float(syn.k[0, 0]),
+                ),
+            )
             for sub, xy in (("keypoints", syn.xy[b, v]), ("gt/keypoints2d", syn.xy_clean[b, v])):
-                person = PersonKeypoints(image=image, person=f"{stem}#0", names=syn.names, xy=xy,
-                                         conf=np.ones(len(syn.names)), image_size=(syn.width, syn.height))
+                person = PersonKeypoints(
+                    image=image,
+                    person=f"{stem}#0",
+                    names=syn.names,
+                    xy=xy,
+                    conf=np.ones(len(syn.names)),
+                    image_size=(syn.width, syn.height),
+                )
                 write_openpose(person, folder / sub / f"{stem}_keypoints.json")
         groups.append(group)
         body = f"{group[0].removesuffix('.png')}#0" if views == 1 else f"frame{b:03d}#0"

@@ -46,8 +46,13 @@ def load_config(params: Mapping[str, Any]) -> SynthesizeScansConfig:
 
 def run(inputs: NoInputs, out: Path, config: SynthesizeScansConfig) -> Path:
     """Render the synthetic scans into ``out``; returns ``out``."""
-    scans, poses = render_scans(num_scans=config.num_scans, seed=config.seed, noise_sigma=config.noise_sigma,
-                                width=config.width, height=config.height)
+    scans, poses = render_scans(
+        num_scans=config.num_scans,
+        seed=config.seed,
+        noise_sigma=config.noise_sigma,
+        width=config.width,
+        height=config.height,
+    )
     with atomic_dir(out) as tmp:
         write_scan_capture(scans, poses, tmp)
     logger.info("synthetic scan capture with %d scans -> %s", len(scans), out)

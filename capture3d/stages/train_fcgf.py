@@ -55,8 +55,11 @@ logger = logging.getLogger(__name__)
 LABEL = "fcgf training"
 
 Inputs = NoInputs
-CLI_ALIASES = {"extra-capture": Flag("data.extra_captures", append=True,
-                                    help="scan capture with ground truth to train on as well (repeatable)")}
+CLI_ALIASES = {
+    "extra-capture": Flag(
+        "data.extra_captures", append=True, help="scan capture with ground truth to train on as well (repeatable)"
+    )
+}
 """legacy flag: ``--extra-capture DIR`` adds one folder to ``data.extra_captures``"""
 
 
@@ -132,10 +135,16 @@ def run(inputs: NoInputs, out: Path, config: TrainFcgfConfig) -> Path:
     d = config.data
     train = [pair for folder in d.extra_captures for pair in capture_pairs(Path(folder), d)]  # bad ones fail first
     if d.synthetic_seeds:
-        train += synthetic_pairs(list(d.synthetic_seeds), d.num_scans, d.noise_sigma, d.width, d.height,
-                                 d.auto_target_points, d.min_overlap)
-    val = synthetic_pairs(list(d.validation_seeds), d.num_scans, d.noise_sigma, d.width, d.height,
-                          d.auto_target_points, d.min_overlap) if d.validation_seeds else []
+        train += synthetic_pairs(
+            list(d.synthetic_seeds), d.num_scans, d.noise_sigma, d.width, d.height, d.auto_target_points, d.min_overlap
+        )
+    val = (
+        synthetic_pairs(
+            list(d.validation_seeds), d.num_scans, d.noise_sigma, d.width, d.height, d.auto_target_points, d.min_overlap
+        )
+        if d.validation_seeds
+        else []
+    )
     if len(val) > d.max_val_pairs:
         val = [val[i] for i in np.linspace(0, len(val) - 1, d.max_val_pairs).round().astype(int)]
     if not train:
@@ -147,10 +156,19 @@ def run(inputs: NoInputs, out: Path, config: TrainFcgfConfig) -> Path:
     except ValueError as exc:
         raise CaptureError(LABEL, str(exc)) from None
     with atomic_dir(out) as tmp:
-        save_checkpoint(tmp / "model.pt", result.model, config.model,
-                        voxel_rule={"voxel_size": "auto", "auto_target_points": d.auto_target_points},
-                        training={"iterations": config.iterations, "seed": config.seed, "objective": config.loss.objective,
-                                  "num_train_pairs": len(train), "num_val_pairs": len(val)})
+        save_checkpoint(
+            tmp / "model.pt",
+            result.model,
+            config.model,
+            voxel_rule={"voxel_size": "auto", "auto_target_points": d.auto_target_points},
+            training={
+                "iterations": config.iterations,
+                "seed": config.seed,
+                "objective": config.loss.objective,
+                "num_train_pairs": len(train),
+                "num_val_pairs": len(val),
+            },
+        )
         write_curve(tmp / "train_log.csv", result.history)
         write_curve(tmp / "validation.csv", result.validation)
         write_json(tmp / "metrics.json", _metrics(result, train, val, config, str(device)))
@@ -159,10 +177,11 @@ def run(inputs: NoInputs, out: Path, config: TrainFcgfConfig) -> Path:
     return out
 
 
-def _metrics(result: TrainResult, train: list[ScanPair], val: list[ScanPair], config: TrainFcgfConfig,
-             device: str) -> dict[str, Any]:
+def _metrics(
+    result: TrainResult, train: list[ScanPair], val: list[ScanPair], config: TrainFcgfConfig, device: str
+) -> dict[str, Any]:
     losses = [r["loss"] for r in result.history]
-    tail = losses[-min(50, len(losses)):]
+    tail = losses[-min(50, len(losses)) :]
     first = result.validation[0] if result.validation else {}
     last = result.validation[-1] if result.validation else {}
     return {

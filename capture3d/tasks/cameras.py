@@ -29,9 +29,7 @@ logger = logging.getLogger(__name__)
 # OpenCV camera axes -> OpenGL camera axes (flip y and z).
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 # World transform nerfstudio's ``colmap_to_json`` applies: swap x/y, negate z. (3, 4)
-NERFSTUDIO_APPLIED_TRANSFORM = np.array(
-    [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]]
-)
+NERFSTUDIO_APPLIED_TRANSFORM = np.array([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
 
 
 @dataclass(frozen=True)

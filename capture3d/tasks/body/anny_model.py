@@ -42,10 +42,26 @@ logger = logging.getLogger(__name__)
 
 # Posable bones (the "01" bones carry the rotation; Anny's "02" twist bones and toes stay at rest).
 BODY_JOINTS = (
-    "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R", "foot.L", "foot.R",
-    "spine04", "spine03", "spine02", "spine01",
-    "clavicle.L", "clavicle.R", "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
-    "wrist.L", "wrist.R", "neck01", "head",
+    "upperleg01.L",
+    "upperleg01.R",
+    "lowerleg01.L",
+    "lowerleg01.R",
+    "foot.L",
+    "foot.R",
+    "spine04",
+    "spine03",
+    "spine02",
+    "spine01",
+    "clavicle.L",
+    "clavicle.R",
+    "upperarm01.L",
+    "upperarm01.R",
+    "lowerarm01.L",
+    "lowerarm01.R",
+    "wrist.L",
+    "wrist.R",
+    "neck01",
+    "head",
 )
 _FINGER_BONES = tuple(f"finger{f}-{i}" for f in range(1, 6) for i in range(1, 4))
 _CANONICAL_FINGER = ("thumb", "index", "middle", "ring", "pinky")
@@ -65,8 +81,10 @@ def _hand_keypoint_bones() -> dict[str, str]:
 # Measured on Anny 0.6.2 (local-ref): +x on lowerleg01 swings the ankle backwards (+y), the
 # knee's natural flexion; +x on lowerarm01 swings the wrist backwards, so the elbow flexes with -x.
 ANNY_BEND_LIMITS = (
-    BendLimit("lowerleg01.L", 0, 1.0), BendLimit("lowerleg01.R", 0, 1.0),
-    BendLimit("lowerarm01.L", 0, -1.0), BendLimit("lowerarm01.R", 0, -1.0),
+    BendLimit("lowerleg01.L", 0, 1.0),
+    BendLimit("lowerleg01.R", 0, 1.0),
+    BendLimit("lowerarm01.L", 0, -1.0),
+    BendLimit("lowerarm01.R", 0, -1.0),
 )
 # Joint-limit boxes (radians, per local-ref axis x, y, z): generous anatomical ranges; the
 # fitter penalises only what leaves the box. +x on the spine bends it forwards.
@@ -93,11 +111,19 @@ ANNY_JOINT_LIMITS: dict[str, tuple[tuple[float, float], tuple[float, float], tup
 # shoulders swing widely, knees and elbows bend far (their direction is the bending prior's job),
 # the spine, clavicles and neck move little.
 ANNY_POSE_SIGMA: dict[str, float] = {
-    **{f"upperleg01.{s}": 0.5 for s in "LR"}, **{f"upperarm01.{s}": 0.6 for s in "LR"},
-    **{f"lowerleg01.{s}": 0.9 for s in "LR"}, **{f"lowerarm01.{s}": 0.9 for s in "LR"},
-    **{f"foot.{s}": 0.25 for s in "LR"}, **{f"wrist.{s}": 0.35 for s in "LR"},
+    **{f"upperleg01.{s}": 0.5 for s in "LR"},
+    **{f"upperarm01.{s}": 0.6 for s in "LR"},
+    **{f"lowerleg01.{s}": 0.9 for s in "LR"},
+    **{f"lowerarm01.{s}": 0.9 for s in "LR"},
+    **{f"foot.{s}": 0.25 for s in "LR"},
+    **{f"wrist.{s}": 0.35 for s in "LR"},
     **{f"clavicle.{s}": 0.12 for s in "LR"},
-    "spine04": 0.12, "spine03": 0.12, "spine02": 0.12, "spine01": 0.12, "neck01": 0.25, "head": 0.25,
+    "spine04": 0.12,
+    "spine03": 0.12,
+    "spine02": 0.12,
+    "spine01": 0.12,
+    "neck01": 0.25,
+    "head": 0.25,
 }
 PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
 
@@ -136,8 +162,9 @@ class AnnyBody(BodyModel):
     second). ``hands=True`` makes the 30 finger bones posable too (for OpenPose hand keypoints).
     """
 
-    def __init__(self, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 hands: bool = False) -> None:
+    def __init__(
+        self, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", hands: bool = False
+    ) -> None:
         with _stdout_silenced():  # Warp, which anny loads, prints a banner from native code
             import anny  # heavy import (warp, trimesh): only when a model is built
 
@@ -163,11 +190,20 @@ class AnnyBody(BodyModel):
         regressor = anny.KeypointsRegressor.coco(self._model)
         self._regressed = tuple(regressor.labels)
         self._hand_bones = _hand_keypoint_bones()
-        self.keypoint_names = tuple(n for n in COCO17 + FEET if n in self._regressed) + ("neck", "mid_hip") + (
-            tuple(self._hand_bones) if hands else ())
-        self._skeleton = KeypointSkeleton(self._model, regressor.regression_weights, self._regressed,
-                                           {n: self._bone_index[b] for n, b in self._hand_bones.items()} if hands else {},
-                                           [self._bone_index[n] for n in self.pose_joint_names], dtype, self.device)
+        self.keypoint_names = (
+            tuple(n for n in COCO17 + FEET if n in self._regressed)
+            + ("neck", "mid_hip")
+            + (tuple(self._hand_bones) if hands else ())
+        )
+        self._skeleton = KeypointSkeleton(
+            self._model,
+            regressor.regression_weights,
+            self._regressed,
+            {n: self._bone_index[b] for n, b in self._hand_bones.items()} if hands else {},
+            [self._bone_index[n] for n in self.pose_joint_names],
+            dtype,
+            self.device,
+        )
         self._variation_eye, self._factor_index = self._phenotype_factors()
 
     def _phenotype_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +212,7 @@ class AnnyBody(BodyModel):
         m = self._model
         if m.local_change_labels or m.facial_action_labels or m.phenotype_blendshape_projection is None:
             raise RuntimeError("capture3d expects Anny without local changes or facial actions, compact phenotypes")
-        mask = m.stacked_phenotype_blend_shapes_mask.bool()                     # (624, 26)
+        mask = m.stacked_phenotype_blend_shapes_mask.bool()  # (624, 26)
         count = mask.shape[1]
         width = int(mask.sum(1).max())
         index = torch.full((mask.shape[0], width), count, dtype=torch.long)
@@ -201,20 +237,21 @@ class AnnyBody(BodyModel):
 
         m = self._model
         # An identity mask makes Anny return the 26 variation weights themselves.
-        variations = phenotype_blendshape_weights(self.phenotypes(shape), m.phenotype_labels, m.anchors,
-                                                  self._variation_eye, m.extrapolate_phenotypes)   # (B, 26)
+        variations = phenotype_blendshape_weights(
+            self.phenotypes(shape), m.phenotype_labels, m.anchors, self._variation_eye, m.extrapolate_phenotypes
+        )  # (B, 26)
         padded = torch.cat([variations, torch.ones_like(variations[:, :1])], 1)
-        factors = padded[:, self._factor_index]                                 # (B, 624, F)
+        factors = padded[:, self._factor_index]  # (B, 624, F)
         weights = factors[..., 0]
         for f in range(1, factors.shape[-1]):
             weights = weights * factors[..., f]
-        return weights @ m.phenotype_blendshape_projection                      # (B, A)
+        return weights @ m.phenotype_blendshape_projection  # (B, A)
 
     def _pose_matrices(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B, bones, 4, 4) Anny delta transforms: the posable bones rotated, the rest identity."""
         batch = body_pose.shape[0]
         eye = torch.eye(4, dtype=self.dtype, device=self.device)
-        rot = axis_angle_to_matrix(body_pose)                                   # (B, P, 3, 3)
+        rot = axis_angle_to_matrix(body_pose)  # (B, P, 3, 3)
         rows = eye.expand(batch, len(self.pose_joint_names), 4, 4)
         rows = torch.cat([torch.cat([rot, rows[..., :3, 3:]], -1), rows[..., 3:, :]], -2)
         full = eye.expand(batch, self._model.bone_count, 4, 4).clone()
@@ -228,12 +265,16 @@ class AnnyBody(BodyModel):
     def keypoints(self, pose: BodyPose, names: Sequence[str]) -> torch.Tensor:
         return self._to_world(self._model_frame_keypoints(pose.body_pose, pose.shape, names), pose)
 
-    def rigid_keypoints(self, pose: BodyPose, names: Sequence[str]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def rigid_keypoints(
+        self, pose: BodyPose, names: Sequence[str]
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         with torch.no_grad():
             local = self._model_frame_keypoints(pose.body_pose, pose.shape, names)  # (B, K, 3)
         return lambda orient, transl: _rigid_motion(local, orient, transl)
 
-    def _model_frame_keypoints(self, body_pose: torch.Tensor, shape: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    def _model_frame_keypoints(
+        self, body_pose: torch.Tensor, shape: torch.Tensor, names: Sequence[str]
+    ) -> torch.Tensor:
         """(B, K, 3) the named keypoints before the global orientation and translation."""
         need: list[str] = []
         for name in names:
@@ -243,8 +284,8 @@ class AnnyBody(BodyModel):
                     raise KeyError(f"Anny has no keypoint '{source}'")
                 if source not in need:
                     need.append(source)
-        rotations = axis_angle_to_matrix(body_pose)                             # (B, P, 3, 3)
-        points = self._skeleton(self._coefficients(shape), rotations, need)     # (B, len(need), 3)
+        rotations = axis_angle_to_matrix(body_pose)  # (B, P, 3, 3)
+        points = self._skeleton(self._coefficients(shape), rotations, need)  # (B, len(need), 3)
         column = {n: points[:, i] for i, n in enumerate(need)}
         out = []
         for name in names:
@@ -253,8 +294,9 @@ class AnnyBody(BodyModel):
         return torch.stack(out, 1)
 
     def vertices(self, pose: BodyPose) -> torch.Tensor:
-        output = self._model(pose_parameters=self._pose_matrices(pose.body_pose),
-                             phenotype_kwargs=self.phenotypes(pose.shape))
+        output = self._model(
+            pose_parameters=self._pose_matrices(pose.body_pose), phenotype_kwargs=self.phenotypes(pose.shape)
+        )
         return self._to_world(output["vertices"], pose)
 
     def regressed_from_mesh(self, vertices: torch.Tensor, names: Sequence[str]) -> torch.Tensor:

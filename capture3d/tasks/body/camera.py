@@ -26,8 +26,9 @@ def intrinsics(width: int, height: int, focal: float) -> np.ndarray:
     return np.array([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
 
 
-def project(points: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor, k: torch.Tensor,
-            min_depth: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+def project(
+    points: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor, k: torch.Tensor, min_depth: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Project world points into views.
 
     points: (B, N, 3); rot: (B, V, 3, 3); trans: (B, V, 3); k: (B, V, 3, 3).

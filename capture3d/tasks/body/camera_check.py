@@ -75,8 +75,9 @@ def has_baseline(rot: np.ndarray, trans: np.ndarray) -> bool:
     return spread > _MIN_BASELINE * max(1.0, float(np.abs(centres).max(initial=0.0)))
 
 
-def triangulate(xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.ndarray, trans: np.ndarray,
-                min_conf: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def triangulate(
+    xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.ndarray, trans: np.ndarray, min_conf: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(K, 3) world points by DLT over the views with conf > ``min_conf``, and (K,) bool: whether
     the joint was triangulated (at least two such views and a finite solution)."""
     xy = np.asarray(xy, dtype=np.float64)  # (V, K, 2)
@@ -105,20 +106,38 @@ def triangulate(xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.ndarray
     return points, ok
 
 
-def check_views(xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.ndarray, trans: np.ndarray,
-                box: np.ndarray, min_conf: float = 0.0) -> list[ViewCheck]:
+def check_views(
+    xy: np.ndarray,
+    conf: np.ndarray,
+    k: np.ndarray,
+    rot: np.ndarray,
+    trans: np.ndarray,
+    box: np.ndarray,
+    min_conf: float = 0.0,
+) -> list[ViewCheck]:
     """One :class:`ViewCheck` per view of a body (see the module doc)."""
     xy = np.asarray(xy, dtype=np.float64)
     conf = np.asarray(conf, dtype=np.float64)
     rot, trans, k = (np.asarray(a, dtype=np.float64) for a in (rot, trans, k))
     points, ok = triangulate(xy, conf, k, rot, trans, min_conf)
     box = np.asarray(box, dtype=np.float64)
-    return [_view_check(points, ok, xy[v], conf[v], k[v], rot[v], trans[v], float(box[v]), min_conf)
-            for v in range(len(conf))]
+    return [
+        _view_check(points, ok, xy[v], conf[v], k[v], rot[v], trans[v], float(box[v]), min_conf)
+        for v in range(len(conf))
+    ]
 
 
-def _view_check(points: np.ndarray, ok: np.ndarray, xy: np.ndarray, conf: np.ndarray, k: np.ndarray,
-                rot: np.ndarray, trans: np.ndarray, box: float, min_conf: float) -> ViewCheck:
+def _view_check(
+    points: np.ndarray,
+    ok: np.ndarray,
+    xy: np.ndarray,
+    conf: np.ndarray,
+    k: np.ndarray,
+    rot: np.ndarray,
+    trans: np.ndarray,
+    box: float,
+    min_conf: float,
+) -> ViewCheck:
     """One view (``xy`` (K, 2), ``conf`` (K,), one camera) against world ``points`` (K, 3) where ``ok`` (K,)."""
     seen = ok & (conf > min_conf) & np.isfinite(xy).all(axis=-1)  # (K,)
     cam = points[seen] @ rot.T + trans  # (n, 3)
@@ -129,8 +148,15 @@ def _view_check(points: np.ndarray, ok: np.ndarray, xy: np.ndarray, conf: np.nda
     return ViewCheck(int(seen.sum()), int((~front).sum()), float(np.median(err)) if err.size else float("inf"), box)
 
 
-def views_consistent(xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.ndarray, trans: np.ndarray,
-                     box: np.ndarray, min_conf: float = 0.0) -> bool | None:
+def views_consistent(
+    xy: np.ndarray,
+    conf: np.ndarray,
+    k: np.ndarray,
+    rot: np.ndarray,
+    trans: np.ndarray,
+    box: np.ndarray,
+    min_conf: float = 0.0,
+) -> bool | None:
     """True when the views agree on one body (every judged view passes, at least two judged),
     False when a judged view disagrees, None when it cannot be told (no baseline, too few joints)."""
     if not has_baseline(np.asarray(rot, dtype=np.float64), np.asarray(trans, dtype=np.float64)):
@@ -141,8 +167,17 @@ def views_consistent(xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.nd
     return all(c.ok for c in checks)
 
 
-def camera_problem(xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.ndarray, trans: np.ndarray,
-                   box: np.ndarray, names: Sequence[str], body: str, min_conf: float = 0.0) -> str | None:
+def camera_problem(
+    xy: np.ndarray,
+    conf: np.ndarray,
+    k: np.ndarray,
+    rot: np.ndarray,
+    trans: np.ndarray,
+    box: np.ndarray,
+    names: Sequence[str],
+    body: str,
+    min_conf: float = 0.0,
+) -> str | None:
     """One line naming the first camera (``names[v]``, the image) whose view of ``body`` disagrees
     with the points triangulated from all views, or None when all agree or nothing can be judged.
 
@@ -170,10 +205,15 @@ def camera_problem(xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.ndar
                 continue
             if all(c.ok for c in check_views(xy, conf, k, r2, t2, box, min_conf)):
                 c = checks[v]
-                what = (f"points behind the camera ({c.behind} of {c.joints} joints" if c.behind_camera else
-                        f"keypoints reproject a median {c.median_px:.0f} px ({c.joints} joints")
-                return (f"camera '{names[v]}': {what} of body '{body}' triangulated over {views} views, which agree "
-                        f"when {reading}): {convention}")
+                what = (
+                    f"points behind the camera ({c.behind} of {c.joints} joints"
+                    if c.behind_camera
+                    else f"keypoints reproject a median {c.median_px:.0f} px ({c.joints} joints"
+                )
+                return (
+                    f"camera '{names[v]}': {what} of body '{body}' triangulated over {views} views, which agree "
+                    f"when {reading}): {convention}"
+                )
     culprit, c, where = None, None, f"of body '{body}' triangulated over {views} views"
     if views >= 3:
         best = np.inf
@@ -190,12 +230,22 @@ def camera_problem(xy: np.ndarray, conf: np.ndarray, k: np.ndarray, rot: np.ndar
                     best, culprit, c = worst, v, mine
                     where = f"of body '{body}' triangulated from the other {views - 1} views"
     if culprit is None or c is None:
-        culprit = max(range(views), key=lambda v: (checks[v].judged, checks[v].behind / max(checks[v].joints, 1),
-                                                   checks[v].median_px / max(checks[v].box, 1.0)))
+        culprit = max(
+            range(views),
+            key=lambda v: (
+                checks[v].judged,
+                checks[v].behind / max(checks[v].joints, 1),
+                checks[v].median_px / max(checks[v].box, 1.0),
+            ),
+        )
         c = checks[culprit]
     if c.behind_camera or c.median_px == float("inf"):
-        return (f"camera '{names[culprit]}': points behind the camera ({c.behind} of {c.joints} joints {where}): "
-                f"{convention}")
-    return (f"camera '{names[culprit]}': keypoints reproject a median {c.median_px:.0f} px (more than "
-            f"{MAX_REPROJECTION:g} x the {c.box:.0f} px box) from the joints {where}: check K, R and t "
-            "(x_cam = R x_world + t, world-to-camera) and that the views show one person")
+        return (
+            f"camera '{names[culprit]}': points behind the camera ({c.behind} of {c.joints} joints {where}): "
+            f"{convention}"
+        )
+    return (
+        f"camera '{names[culprit]}': keypoints reproject a median {c.median_px:.0f} px (more than "
+        f"{MAX_REPROJECTION:g} x the {c.box:.0f} px box) from the joints {where}: check K, R and t "
+        "(x_cam = R x_world + t, world-to-camera) and that the views show one person"
+    )

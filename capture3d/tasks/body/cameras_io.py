@@ -28,8 +28,12 @@ class CamerasError(Capture3dError):
 
 def write_cameras_json(path: Path, cameras: dict[str, PinholeCamera]) -> None:
     """Write ``cameras.json`` (the format :func:`load_cameras` reads)."""
-    data = {"images": {name: {"K": c.K.tolist(), "R": c.R.tolist(), "t": c.t.tolist(),
-                              "width": c.width, "height": c.height} for name, c in cameras.items()}}
+    data = {
+        "images": {
+            name: {"K": c.K.tolist(), "R": c.R.tolist(), "t": c.t.tolist(), "width": c.width, "height": c.height}
+            for name, c in cameras.items()
+        }
+    }
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
 
@@ -62,7 +66,8 @@ def read_groups(path: Path) -> list[list[str]] | None:
         return None
     groups = data["groups"]
     if not isinstance(groups, list) or not all(
-            isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups):
+        isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups
+    ):
         raise CamerasError(f"cameras file '{path}': 'groups' must be a list of lists of image names")
     known = set(data.get("images") or {})
     missing = sorted({n for g in groups for n in g} - known)

@@ -35,12 +35,17 @@ class BodyInputs:
     @classmethod
     def from_capture(cls, capture: Path, name: str = "") -> BodyInputs:
         capture = Path(capture)
-        keypoints = next((p for p in (capture / "keypoints", capture / "keypoints.json") if p.exists()),
-                         capture / "keypoints")
+        keypoints = next(
+            (p for p in (capture / "keypoints", capture / "keypoints.json") if p.exists()), capture / "keypoints"
+        )
         images = capture / "images"
-        return cls(keypoints=keypoints, images=images if images.is_dir() else None,
-                   cameras=capture / "cameras.json" if (capture / "cameras.json").is_file() else None,
-                   gt=capture / "gt" if (capture / "gt").is_dir() else None, name=name or capture.name)
+        return cls(
+            keypoints=keypoints,
+            images=images if images.is_dir() else None,
+            cameras=capture / "cameras.json" if (capture / "cameras.json").is_file() else None,
+            gt=capture / "gt" if (capture / "gt").is_dir() else None,
+            name=name or capture.name,
+        )
 
 
 def load_ground_truth(inputs: BodyInputs) -> tuple[dict[str, PersonKeypoints] | None, dict | None]:

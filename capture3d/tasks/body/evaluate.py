@@ -52,18 +52,22 @@ def shared_joints(truth: Mapping[str, object], names: Sequence[str]) -> list[str
 def _too_few(body: str, shared: Sequence[str], truth: Mapping[str, object]) -> str:
     found = ", ".join(shared) if shared else "none"
     theirs = ", ".join(list(truth)[:8]) + (", ..." if len(truth) > 8 else "")
-    return (f"body '{body}': 3D ground truth shares {len(shared)} joint(s) with the fitted keypoints ({found}), "
-            f"at least {MIN_JOINTS_3D} are needed (ground truth joints: {theirs or 'none'})")
+    return (
+        f"body '{body}': 3D ground truth shares {len(shared)} joint(s) with the fitted keypoints ({found}), "
+        f"at least {MIN_JOINTS_3D} are needed (ground truth joints: {theirs or 'none'})"
+    )
 
 
-def check_ground_truth_3d(bodies: Sequence[str], names: Sequence[str],
-                          gt3d: Mapping[str, Mapping[str, object]]) -> None:
+def check_ground_truth_3d(
+    bodies: Sequence[str], names: Sequence[str], gt3d: Mapping[str, Mapping[str, object]]
+) -> None:
     """Raise :class:`GroundTruthError` for the first of ``bodies`` that ``gt3d`` lists with fewer
     than :data:`MIN_JOINTS_3D` of ``names``; warn when ``gt3d`` lists none of ``bodies``."""
     listed = [b for b in bodies if b in gt3d]
     if gt3d and not listed:
-        logger.warning("3D ground truth lists none of the %d fitted bodies (it has %s)", len(bodies),
-                       ", ".join(list(gt3d)[:5]))
+        logger.warning(
+            "3D ground truth lists none of the %d fitted bodies (it has %s)", len(bodies), ", ".join(list(gt3d)[:5])
+        )
     for body in listed:
         truth = gt3d[body]
         if not isinstance(truth, Mapping):
@@ -86,9 +90,12 @@ def _reference(view: Mapping, gt2d: Mapping[str, PersonKeypoints] | None) -> tup
     return np.asarray(view["input"], dtype=np.float64), np.asarray(view["input_conf"]) > 0, float(view["box"])
 
 
-def evaluate_records(records: Sequence[Mapping], gt2d: Mapping[str, PersonKeypoints] | None = None,
-                     gt3d: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
-                     pck_threshold: float = 0.1) -> dict:
+def evaluate_records(
+    records: Sequence[Mapping],
+    gt2d: Mapping[str, PersonKeypoints] | None = None,
+    gt3d: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    pck_threshold: float = 0.1,
+) -> dict:
     """Per-body and median metrics (2D per fitted view; 3D per body with ground truth).
 
     Raises :class:`GroundTruthError` when a body's 3D ground truth shares fewer than
@@ -108,8 +115,9 @@ def evaluate_records(records: Sequence[Mapping], gt2d: Mapping[str, PersonKeypoi
         if gt3d is not None and rec["body"] in gt3d:
             truth = gt3d[rec["body"]]
             if not isinstance(truth, Mapping):
-                raise GroundTruthError(f"body '{rec['body']}': 3D ground truth is not a mapping of joint names "
-                                       "to points")
+                raise GroundTruthError(
+                    f"body '{rec['body']}': 3D ground truth is not a mapping of joint names to points"
+                )
             names = shared_joints(truth, rec["keypoints3d"]["names"])
             if len(names) < MIN_JOINTS_3D:
                 raise GroundTruthError(_too_few(rec["body"], names, truth))

@@ -43,13 +43,24 @@ logger = logging.getLogger(__name__)
 
 RESIDUAL_UNIT = 0.01  # residuals are measured in units of 1 % of the box size
 # Segments whose 3D length sets the initial depth: torso sides first (least foreshortened).
-_DEPTH_SEGMENTS = (("left_shoulder", "left_hip"), ("right_shoulder", "right_hip"),
-                   ("left_shoulder", "right_hip"), ("right_shoulder", "left_hip"))
-_FALLBACK_SEGMENTS = (("left_shoulder", "right_shoulder"), ("left_hip", "right_hip"),
-                      ("left_hip", "left_knee"), ("right_hip", "right_knee"),
-                      ("left_knee", "left_ankle"), ("right_knee", "right_ankle"),
-                      ("left_shoulder", "left_elbow"), ("right_shoulder", "right_elbow"),
-                      ("left_elbow", "left_wrist"), ("right_elbow", "right_wrist"))
+_DEPTH_SEGMENTS = (
+    ("left_shoulder", "left_hip"),
+    ("right_shoulder", "right_hip"),
+    ("left_shoulder", "right_hip"),
+    ("right_shoulder", "left_hip"),
+)
+_FALLBACK_SEGMENTS = (
+    ("left_shoulder", "right_shoulder"),
+    ("left_hip", "right_hip"),
+    ("left_hip", "left_knee"),
+    ("right_hip", "right_knee"),
+    ("left_knee", "left_ankle"),
+    ("right_knee", "right_ankle"),
+    ("left_shoulder", "left_elbow"),
+    ("right_shoulder", "right_elbow"),
+    ("left_elbow", "left_wrist"),
+    ("right_elbow", "right_wrist"),
+)
 
 
 @dataclass(frozen=True)
@@ -150,10 +161,10 @@ class BodyFitResult:
     """Fitted parameters (detached) and diagnostics, one row per observed person or frame."""
 
     pose: BodyPose
-    scale: torch.Tensor                  # (B,) metres -> output frame units (1 unless fit_scale)
-    facing_away: torch.Tensor            # (B,) bool: the chosen single-view hypothesis
-    terms: dict[str, torch.Tensor]       # final loss terms, each (B,)
-    curve: list[dict[str, float]]        # iteration, stage, mean loss per row, mean data term
+    scale: torch.Tensor  # (B,) metres -> output frame units (1 unless fit_scale)
+    facing_away: torch.Tensor  # (B,) bool: the chosen single-view hypothesis
+    terms: dict[str, torch.Tensor]  # final loss terms, each (B,)
+    curve: list[dict[str, float]]  # iteration, stage, mean loss per row, mean data term
     iterations: int
 
 
@@ -163,8 +174,9 @@ def world_keypoints(model: BodyModel, pose: BodyPose, scale: torch.Tensor, names
     return scale[:, None, None] * model.keypoints(centred, names) + pose.transl[:, None, :]
 
 
-def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
-               init: BodyPose | None = None) -> BodyFitResult:
+def fit_bodies(
+    model: BodyModel, obs: BodyObservations, config: BodyFitConfig, init: BodyPose | None = None
+) -> BodyFitResult:
     """Fit one body per row of ``obs`` (all rows in one batched optimisation).
 
     ``init`` starts from given parameters (e.g. the previous video frame's fit) instead of the
@@ -183,8 +195,10 @@ def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
         go, transl = pose.global_orient, pose.transl
         scale = torch.ones(work.batch_size, 1, dtype=model.dtype, device=model.device)
     params = {
-        "global_orient": go.clone().requires_grad_(), "transl": transl.clone().requires_grad_(),
-        "body_pose": pose.body_pose.clone().requires_grad_(), "shape": pose.shape.clone().requires_grad_(),
+        "global_orient": go.clone().requires_grad_(),
+        "transl": transl.clone().requires_grad_(),
+        "body_pose": pose.body_pose.clone().requires_grad_(),
+        "shape": pose.shape.clone().requires_grad_(),
         "log_scale": torch.log(scale).clone().requires_grad_(),
     }
     torso = torch.tensor([n in TORSO for n in obs.names], dtype=model.dtype, device=model.device)
@@ -199,12 +213,19 @@ def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
         active = ["global_orient", "transl"] + (["body_pose", "shape"] if stage.body else [])
         if config.fit_scale:
             active.append("log_scale")
-        groups = [{"params": [params[n]], "lr": stage.learning_rate * (config.translation_lr_scale if n == "transl" else 1.0)}
-                  for n in active]
+        groups = [
+            {"params": [params[n]], "lr": stage.learning_rate * (config.translation_lr_scale if n == "transl" else 1.0)}
+            for n in active
+        ]
         optimizer = torch.optim.Adam(groups)
         mask = None if stage.body else torso
-        rigid = None if stage.body else model.rigid_keypoints(
-            BodyPose(params["global_orient"], params["body_pose"], params["shape"], params["transl"]), names)
+        rigid = (
+            None
+            if stage.body
+            else model.rigid_keypoints(
+                BodyPose(params["global_orient"], params["body_pose"], params["shape"], params["transl"]), names
+            )
+        )
         for step in range(stage.iterations):
             optimizer.zero_grad(set_to_none=True)
             terms = _objective(model, work, params, names, stage, config, mask, rigid)
@@ -215,8 +236,14 @@ def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
             if step % config.log_every == 0 or step == stage.iterations - 1:
                 report_progress(logger, "fit bodies (iterations)", iteration, total_iterations)
             if step % config.log_every == 0 or step == stage.iterations - 1:
-                curve.append({"iteration": iteration, "stage": index, "loss": float(loss.detach().mean()),
-                              "data": float(terms["data"].detach().mean())})
+                curve.append(
+                    {
+                        "iteration": iteration,
+                        "stage": index,
+                        "loss": float(loss.detach().mean()),
+                        "data": float(terms["data"].detach().mean()),
+                    }
+                )
         if hypotheses > 1 and index == min(config.select_after_stage, len(config.stages) - 1):
             with torch.no_grad():
                 final = _objective(model, work, params, names, stage, config, None)["total"]
@@ -229,33 +256,50 @@ def fit_bodies(model: BodyModel, obs: BodyObservations, config: BodyFitConfig,
     with torch.no_grad():
         final_stage = config.stages[-1]
         terms = {n: t.detach() for n, t in _objective(model, work, params, names, final_stage, config, None).items()}
-    result_pose = BodyPose(params["global_orient"].detach(), params["body_pose"].detach(),
-                           params["shape"].detach(), params["transl"].detach())
+    result_pose = BodyPose(
+        params["global_orient"].detach(),
+        params["body_pose"].detach(),
+        params["shape"].detach(),
+        params["transl"].detach(),
+    )
     if hypotheses > 1:  # no selection happened (no stages): keep the first hypothesis
         rows = torch.arange(obs.batch_size, device=model.device) * hypotheses
         result_pose = result_pose.index(rows)
         terms = {n: t[rows] for n, t in terms.items()}
         params["log_scale"] = params["log_scale"].detach()[rows]
         facing_away = facing_away[rows]
-    return BodyFitResult(pose=result_pose, scale=torch.exp(params["log_scale"].detach()).squeeze(-1),
-                         facing_away=facing_away, terms=terms, curve=curve, iterations=iteration)
+    return BodyFitResult(
+        pose=result_pose,
+        scale=torch.exp(params["log_scale"].detach()).squeeze(-1),
+        facing_away=facing_away,
+        terms=terms,
+        curve=curve,
+        iterations=iteration,
+    )
 
 
-def _objective(model: BodyModel, obs: BodyObservations, params: dict[str, torch.Tensor], names: Sequence[str],
-               stage: FitStage, config: BodyFitConfig, mask: torch.Tensor | None,
-               rigid: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def _objective(
+    model: BodyModel,
+    obs: BodyObservations,
+    params: dict[str, torch.Tensor],
+    names: Sequence[str],
+    stage: FitStage,
+    config: BodyFitConfig,
+    mask: torch.Tensor | None,
+    rigid: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Every loss term, each (B,), and their weighted sum ``total``. ``rigid``: the keypoints as a
     function of the global transform (:meth:`BodyModel.rigid_keypoints`), when the body is held."""
     pose = BodyPose(params["global_orient"], params["body_pose"], params["shape"], params["transl"])
     scale = torch.exp(params["log_scale"]).squeeze(-1)
     if rigid is None:
-        points = world_keypoints(model, pose, scale, names)                    # (B, N, 3)
+        points = world_keypoints(model, pose, scale, names)  # (B, N, 3)
     else:
         transl = params["transl"]
         points = scale[:, None, None] * rigid(params["global_orient"], torch.zeros_like(transl)) + transl[:, None, :]
     num = len(obs.names)
     pix, depth = project(points[:, :num], obs.rot, obs.trans, obs.k)
-    sq = (pix - obs.xy).square().sum(-1) / obs.box[..., None].square()          # (B, V, K)
+    sq = (pix - obs.xy).square().sum(-1) / obs.box[..., None].square()  # (B, V, K)
     conf = obs.conf if mask is None else obs.conf * mask
     rho = priors.geman_mcclure(sq, config.robust_sigma)
     data = (conf * rho).sum((1, 2)) / RESIDUAL_UNIT**2
@@ -269,16 +313,22 @@ def _objective(model: BodyModel, obs: BodyObservations, params: dict[str, torch.
         terms["bend"] = priors.bending_prior(body_pose, model.bend_limits, model.pose_joint_names)
         terms["limits"] = priors.joint_limit_prior(body_pose, model.joint_limits, model.pose_joint_names)
         terms["shape"] = priors.shape_prior(params["shape"])
-        total = total + stage.pose_weight * terms["pose"] + stage.bend_weight * terms["bend"] \
-            + stage.limit_weight * terms["limits"] + stage.shape_weight * terms["shape"]
+        total = (
+            total
+            + stage.pose_weight * terms["pose"]
+            + stage.bend_weight * terms["bend"]
+            + stage.limit_weight * terms["limits"]
+            + stage.shape_weight * terms["shape"]
+        )
         if config.interpenetration_weight > 0:
             metric = points / scale[:, None, None]
             terms["interpenetration"] = priors.interpenetration_penalty(metric, names)
             total = total + config.interpenetration_weight * terms["interpenetration"]
     pairs = obs.sequence_pairs.to(total.device)
     if pairs.numel() and (config.smooth_pose_weight > 0 or config.smooth_joint_weight > 0):
-        terms["smooth"] = config.smooth_pose_weight * priors.smoothness(params["body_pose"], pairs) \
-            + config.smooth_joint_weight * priors.smoothness(points[:, :num] / 0.01, pairs)
+        terms["smooth"] = config.smooth_pose_weight * priors.smoothness(
+            params["body_pose"], pairs
+        ) + config.smooth_joint_weight * priors.smoothness(points[:, :num] / 0.01, pairs)
         total = total + terms["smooth"]
     terms["total"] = total
     return terms
@@ -286,21 +336,23 @@ def _objective(model: BodyModel, obs: BodyObservations, params: dict[str, torch.
 
 # -- initialisation ------------------------------------------------------------------------------
 
+
 def _facing_rotation(away: bool) -> np.ndarray:
     """camera_from_body for a body standing upright in front of the camera (model z up, facing -y),
     facing the camera, or turned 180 degrees about the vertical when ``away``."""
-    upright = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])   # body z -> camera -y, body -y -> camera -z
+    upright = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # body z -> camera -y, body -y -> camera -z
     if away:
         upright = np.diag([-1.0, 1.0, -1.0]) @ upright
     return upright
 
 
-def _initialise(model: BodyModel, obs: BodyObservations, hypotheses: int,
-                fit_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _initialise(
+    model: BodyModel, obs: BodyObservations, hypotheses: int, fit_scale: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Initial global orientation (B, 3), translation (B, 3) and scale (B, 1)."""
     names = list(obs.names)
     with torch.no_grad():
-        rest = model.keypoints(model.zero_pose(1), names)[0].to(torch.float64).cpu().numpy()   # (K, 3)
+        rest = model.keypoints(model.zero_pose(1), names)[0].to(torch.float64).cpu().numpy()  # (K, 3)
     xy = obs.xy.detach().to(torch.float64).cpu().numpy()
     conf = obs.conf.detach().to(torch.float64).cpu().numpy()
     rot = obs.rot.detach().to(torch.float64).cpu().numpy()
@@ -318,23 +370,35 @@ def _initialise(model: BodyModel, obs: BodyObservations, hypotheses: int,
         if estimate is None:
             view = int(seen.sum(1).argmax())
             away = hypotheses > 1 and b % hypotheses == 1
-            estimate = _init_single_view(rest, names, xy[b, view], seen[view], rot[b, view], trans[b, view],
-                                         kmat[b, view], away)
+            estimate = _init_single_view(
+                rest, names, xy[b, view], seen[view], rot[b, view], trans[b, view], kmat[b, view], away
+            )
         orient[b], transl[b], scale[b] = estimate
     cast = {"dtype": model.dtype, "device": model.device}
     go = matrix_to_axis_angle(torch.from_numpy(orient)).to(**cast)
     return go, torch.from_numpy(transl).to(**cast), torch.from_numpy(scale)[:, None].to(**cast)
 
 
-def _init_single_view(rest: np.ndarray, names: list[str], xy: np.ndarray, seen: np.ndarray, rot: np.ndarray,
-                      trans: np.ndarray, k: np.ndarray, away: bool) -> tuple[np.ndarray, np.ndarray, float]:
+def _init_single_view(
+    rest: np.ndarray,
+    names: list[str],
+    xy: np.ndarray,
+    seen: np.ndarray,
+    rot: np.ndarray,
+    trans: np.ndarray,
+    k: np.ndarray,
+    away: bool,
+) -> tuple[np.ndarray, np.ndarray, float]:
     cam_from_body = _facing_rotation(away)
-    body_cam = rest @ cam_from_body.T                                          # rest keypoints, camera axes
+    body_cam = rest @ cam_from_body.T  # rest keypoints, camera axes
     focal = float(np.sqrt(k[0, 0] * k[1, 1]))
     depth = None
     for segments in (_DEPTH_SEGMENTS, _FALLBACK_SEGMENTS):
-        pairs = [(names.index(a), names.index(b)) for a, b in segments
-                 if a in names and b in names and seen[names.index(a)] and seen[names.index(b)]]
+        pairs = [
+            (names.index(a), names.index(b))
+            for a, b in segments
+            if a in names and b in names and seen[names.index(a)] and seen[names.index(b)]
+        ]
         if pairs:
             model_len = np.array([np.linalg.norm(rest[i] - rest[j]) for i, j in pairs])
             image_len = np.array([np.linalg.norm(xy[i] - xy[j]) for i, j in pairs])
@@ -355,8 +419,15 @@ def _init_single_view(rest: np.ndarray, names: list[str], xy: np.ndarray, seen: 
     return orient, rot.T @ (t_cam - trans), 1.0
 
 
-def _init_multiview(rest: np.ndarray, xy: np.ndarray, seen: np.ndarray, rot: np.ndarray, trans: np.ndarray,
-                    k: np.ndarray, fit_scale: bool) -> tuple[np.ndarray, np.ndarray, float] | None:
+def _init_multiview(
+    rest: np.ndarray,
+    xy: np.ndarray,
+    seen: np.ndarray,
+    rot: np.ndarray,
+    trans: np.ndarray,
+    k: np.ndarray,
+    fit_scale: bool,
+) -> tuple[np.ndarray, np.ndarray, float] | None:
     """Triangulate keypoints seen in two views or more, then align the rest-pose keypoints (Umeyama)."""
     points, used = [], []
     for j in range(xy.shape[1]):

@@ -40,36 +40,60 @@ from capture3d.tasks.body.model import COCO17, FINGERS, HANDS
 logger = logging.getLogger(__name__)
 
 BODY25 = (
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist",
-    "left_shoulder", "left_elbow", "left_wrist", "mid_hip",
-    "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear",
-    "left_big_toe", "left_small_toe", "left_heel", "right_big_toe", "right_small_toe", "right_heel",
+    "nose",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "mid_hip",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
+    "left_big_toe",
+    "left_small_toe",
+    "left_heel",
+    "right_big_toe",
+    "right_small_toe",
+    "right_heel",
 )
 COCO18 = tuple(name for name in BODY25[:19] if name != "mid_hip")
 HAND21_LEFT = HANDS[:21]
 HAND21_RIGHT = HANDS[21:]
 FACE70 = tuple(f"face{i:02d}" for i in range(70))
 
-FORMATS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
-    "coco17": COCO17,
-    "coco18": COCO18,
-    "body25": BODY25,
-    "hand21_left": HAND21_LEFT,
-    "hand21_right": HAND21_RIGHT,
-    "face70": FACE70,
-})
+FORMATS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "coco17": COCO17,
+        "coco18": COCO18,
+        "body25": BODY25,
+        "hand21_left": HAND21_LEFT,
+        "hand21_right": HAND21_RIGHT,
+        "face70": FACE70,
+    }
+)
 
 # Which format a part of a file holds, by its number of points. Parts: "pose" (a body),
 # "hand_left", "hand_right", "face" (OpenPose's ``*_keypoints_2d`` arrays).
-_FORMAT_BY_PART_AND_COUNT: MappingProxyType[tuple[str, int], str] = MappingProxyType({
-    ("pose", 17): "coco17",
-    ("pose", 18): "coco18",
-    ("pose", 25): "body25",
-    ("hand_left", 21): "hand21_left",
-    ("hand_right", 21): "hand21_right",
-    ("face", 70): "face70",
-})
+_FORMAT_BY_PART_AND_COUNT: MappingProxyType[tuple[str, int], str] = MappingProxyType(
+    {
+        ("pose", 17): "coco17",
+        ("pose", 18): "coco18",
+        ("pose", 25): "body25",
+        ("hand_left", 21): "hand21_left",
+        ("hand_right", 21): "hand21_right",
+        ("face", 70): "face70",
+    }
+)
 
 
 def format_names(name: str) -> tuple[str, ...]:
@@ -94,16 +118,31 @@ class LayoutError(ValueError):
 
 
 # Joints of other skeletons (Human3.6M, MPI-INF-3DHP) that no model has: carried by these names, unused.
-_EXTRA_JOINTS: MappingProxyType[str, str] = MappingProxyType({
-    "pelvis": "pelvis", "root": "pelvis", "hip": "pelvis", "hips": "pelvis",
-    "spine": "spine", "thorax": "thorax", "chest": "thorax",
-    "neck_base": "neck_base", "neck_nose": "neck_base",
-    "head": "head", "head_top": "head_top", "headtop": "head_top", "top_of_head": "head_top",
-})
+_EXTRA_JOINTS: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "pelvis": "pelvis",
+        "root": "pelvis",
+        "hip": "pelvis",
+        "hips": "pelvis",
+        "spine": "spine",
+        "thorax": "thorax",
+        "chest": "thorax",
+        "neck_base": "neck_base",
+        "neck_nose": "neck_base",
+        "head": "head",
+        "head_top": "head_top",
+        "headtop": "head_top",
+        "top_of_head": "head_top",
+    }
+)
 # Sided joints spelt differently in other layouts (the part after the side).
-_PART_ALIASES: MappingProxyType[str, str] = MappingProxyType({
-    "foot": "ankle", "bigtoe": "big_toe", "smalltoe": "small_toe",
-})
+_PART_ALIASES: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "foot": "ankle",
+        "bigtoe": "big_toe",
+        "smalltoe": "small_toe",
+    }
+)
 _SIDES = (("left", "l"), ("right", "r"))
 
 
@@ -123,7 +162,7 @@ def _known_names() -> dict[str, str]:
     for canonical in list(known.values()):
         for side, short in _SIDES:
             if canonical.startswith(f"{side}_"):
-                part = canonical[len(side) + 1:]
+                part = canonical[len(side) + 1 :]
                 for spelling in (f"{short}_{part}", f"{part}_{side}", f"{part}_{short}", f"{side}{part}"):
                     known.setdefault(spelling, canonical)
     for alias, part in _PART_ALIASES.items():
@@ -146,14 +185,17 @@ def layout_from_names(declared: Sequence[str]) -> tuple[str, ...]:
     unknown = [str(n) for n in declared if _normalise(n) not in _KNOWN_NAMES]
     if unknown:
         shown = ", ".join(repr(n) for n in unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
-        raise LayoutError(f"unknown keypoint name(s) {shown}: known layouts are COCO-17, BODY_25, Human3.6M "
-                          "and MPI-INF-3DHP joint names")
+        raise LayoutError(
+            f"unknown keypoint name(s) {shown}: known layouts are COCO-17, BODY_25, Human3.6M "
+            "and MPI-INF-3DHP joint names"
+        )
     first: dict[str, str] = {}
     for name in declared:
         canonical = _KNOWN_NAMES[_normalise(name)]
         if canonical in first:
-            raise LayoutError(f"keypoint names {first[canonical]!r} and {str(name)!r} are the same joint "
-                              f"({canonical!r})")
+            raise LayoutError(
+                f"keypoint names {first[canonical]!r} and {str(name)!r} are the same joint ({canonical!r})"
+            )
         first[canonical] = str(name)
         out.append(canonical)
     return tuple(out)
@@ -192,27 +234,37 @@ def _hand_edges(side: str) -> tuple[tuple[str, str], ...]:
 
 # Skeleton edges (pairs of canonical names) by body part; a drawing draws the edges whose two
 # ends a person has. Both the COCO torso (shoulders, hips) and OpenPose's neck / mid_hip are here.
-EDGE_GROUPS: MappingProxyType[str, tuple[tuple[str, str], ...]] = MappingProxyType({
-    "limbs": tuple(
-        (f"{side}_{a}", f"{side}_{b}")
-        for side in ("left", "right")
-        for a, b in (("shoulder", "elbow"), ("elbow", "wrist"), ("hip", "knee"), ("knee", "ankle"))
-    ),
-    "torso": (
-        ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip"),
-        ("left_shoulder", "left_hip"), ("right_shoulder", "right_hip"),
-        ("neck", "left_shoulder"), ("neck", "right_shoulder"), ("neck", "mid_hip"),
-        ("mid_hip", "left_hip"), ("mid_hip", "right_hip"), ("nose", "neck"),
-    ),
-    "face": (
-        ("nose", "left_eye"), ("nose", "right_eye"), ("left_eye", "left_ear"), ("right_eye", "right_ear"),
-    ),
-    "feet": tuple(
-        (f"{side}_{a}", f"{side}_{b}")
-        for side in ("left", "right")
-        for a, b in (("ankle", "heel"), ("ankle", "big_toe"), ("big_toe", "small_toe"))
-    ),
-    "fingers": _hand_edges("left") + _hand_edges("right"),
-})
+EDGE_GROUPS: MappingProxyType[str, tuple[tuple[str, str], ...]] = MappingProxyType(
+    {
+        "limbs": tuple(
+            (f"{side}_{a}", f"{side}_{b}")
+            for side in ("left", "right")
+            for a, b in (("shoulder", "elbow"), ("elbow", "wrist"), ("hip", "knee"), ("knee", "ankle"))
+        ),
+        "torso": (
+            ("left_shoulder", "right_shoulder"),
+            ("left_hip", "right_hip"),
+            ("left_shoulder", "left_hip"),
+            ("right_shoulder", "right_hip"),
+            ("neck", "left_shoulder"),
+            ("neck", "right_shoulder"),
+            ("neck", "mid_hip"),
+            ("mid_hip", "left_hip"),
+            ("mid_hip", "right_hip"),
+            ("nose", "neck"),
+        ),
+        "face": (
+            ("nose", "left_eye"),
+            ("nose", "right_eye"),
+            ("left_eye", "left_ear"),
+            ("right_eye", "right_ear"),
+        ),
+        "feet": tuple(
+            (f"{side}_{a}", f"{side}_{b}")
+            for side in ("left", "right")
+            for a, b in (("ankle", "heel"), ("ankle", "big_toe"), ("big_toe", "small_toe"))
+        ),
+        "fingers": _hand_edges("left") + _hand_edges("right"),
+    }
+)
 SKELETON_EDGES: tuple[tuple[str, str], ...] = tuple(e for group in EDGE_GROUPS.values() for e in group)
-

@@ -193,9 +193,7 @@ def detect_format(data: Any) -> str | None:
             return "coco"
         if set(data) == {"bbox"}:
             return "bbox"
-    if isinstance(data, list) and all(
-        isinstance(d, dict) and "image_id" in d and "keypoints" in d for d in data
-    ):
+    if isinstance(data, list) and all(isinstance(d, dict) and "image_id" in d and "keypoints" in d for d in data):
         return "coco_results"
     return None
 
@@ -234,11 +232,19 @@ def _parse_openpose(data: Any, path: Path, image: str | None) -> list[PersonKeyp
         xy = pts[:, :2].copy()
         conf = np.clip(np.nan_to_num(pts[:, 2], nan=0.0), 0.0, 1.0)
         conf[~np.isfinite(xy).all(axis=1)] = 0.0
-        people.append(PersonKeypoints(
-            image=image, person=f"{stem}#{index}", names=names, xy=xy, conf=conf,
-            bbox=_extent(xy, conf), bbox_derived=True, source_format="+".join(formats),
-            track=_track(entry.get("person_id")),
-        ))
+        people.append(
+            PersonKeypoints(
+                image=image,
+                person=f"{stem}#{index}",
+                names=names,
+                xy=xy,
+                conf=conf,
+                bbox=_extent(xy, conf),
+                bbox_derived=True,
+                source_format="+".join(formats),
+                track=_track(entry.get("person_id")),
+            )
+        )
     return people
 
 
@@ -285,14 +291,20 @@ def _coco_layouts(data: Mapping[str, Any], path: Path) -> dict[Any, tuple[str, .
         except LayoutError as exc:
             raise KeypointError(path, f"categories[{index}].keypoints: {exc}") from None
         if names != COCO17:
-            logger.info("%s: category %s declares %d keypoints (%s); mapped by name", path, cat.get("id", index),
-                        len(names), layout_label(names))
+            logger.info(
+                "%s: category %s declares %d keypoints (%s); mapped by name",
+                path,
+                cat.get("id", index),
+                len(names),
+                layout_label(names),
+            )
         layouts[cat.get("id", index)] = names
     return layouts
 
 
-def _coco_person(path: Path, who: str, values: Any, *, binary: bool,
-                 names: Sequence[str] = COCO17) -> tuple[np.ndarray, np.ndarray]:
+def _coco_person(
+    path: Path, who: str, values: Any, *, binary: bool, names: Sequence[str] = COCO17
+) -> tuple[np.ndarray, np.ndarray]:
     """(K, 2) positions and (K,) confidences of K = len(names) COCO ``x, y, v|score`` triples."""
     pts = _triples(values, path, who, "keypoints")
     if len(pts) != len(names):
@@ -306,7 +318,9 @@ def _coco_person(path: Path, who: str, values: Any, *, binary: bool,
 
 
 def _parse_coco(
-    data: Any, path: Path, images: Mapping[int | str, str] | None,
+    data: Any,
+    path: Path,
+    images: Mapping[int | str, str] | None,
 ) -> list[PersonKeypoints]:
     fmt = detect_format(data)
     if fmt not in ("coco", "coco_results"):
@@ -352,11 +366,20 @@ def _parse_coco(
             given = ann.get("bbox")
             bbox = _box(given, path, who) if given else _extent(xy, conf)
             track = _track(ann.get("track_id", ann.get("person_id")))
-            people.append(PersonKeypoints(
-                image=image, person=person, names=names, xy=xy, conf=conf, bbox=bbox,
-                bbox_derived=not given, image_size=sizes.get(ann["image_id"]), source_format=layout_label(names),
-                track=track,
-            ))
+            people.append(
+                PersonKeypoints(
+                    image=image,
+                    person=person,
+                    names=names,
+                    xy=xy,
+                    conf=conf,
+                    bbox=bbox,
+                    bbox_derived=not given,
+                    image_size=sizes.get(ann["image_id"]),
+                    source_format=layout_label(names),
+                    track=track,
+                )
+            )
         return people
     count: dict[str, int] = {}
     for index, det in enumerate(data):
@@ -368,11 +391,19 @@ def _parse_coco(
         given = det.get("bbox")
         bbox = _box(given, path, who) if given else _extent(xy, conf)
         score = det.get("score")
-        people.append(PersonKeypoints(
-            image=image, person=person, names=COCO17, xy=xy, conf=conf, bbox=bbox,
-            bbox_derived=not given, source_format="coco17",
-            score=float(score) if isinstance(score, (int, float)) else None,
-        ))
+        people.append(
+            PersonKeypoints(
+                image=image,
+                person=person,
+                names=COCO17,
+                xy=xy,
+                conf=conf,
+                bbox=bbox,
+                bbox_derived=not given,
+                source_format="coco17",
+                score=float(score) if isinstance(score, (int, float)) else None,
+            )
+        )
     return people
 
 
@@ -494,7 +525,9 @@ def load_keypoints(source: Path, images_dir: Path | None = None) -> list[PersonK
 
 
 def sanitize(
-    person: PersonKeypoints, image_size: tuple[int, int] | None = None, margin: float = 0.02,
+    person: PersonKeypoints,
+    image_size: tuple[int, int] | None = None,
+    margin: float = 0.02,
 ) -> tuple[PersonKeypoints, list[str]]:
     """A copy of ``person`` whose non-finite points and points outside the image get conf 0.
 
@@ -514,15 +547,12 @@ def sanitize(
         w, h = size
         pad = margin * max(w, h)
         with np.errstate(invalid="ignore"):
-            inside = (
-                (xy[:, 0] >= -pad) & (xy[:, 0] <= w + pad) & (xy[:, 1] >= -pad) & (xy[:, 1] <= h + pad)
-            )
+            inside = (xy[:, 0] >= -pad) & (xy[:, 0] <= w + pad) & (xy[:, 1] >= -pad) & (xy[:, 1] <= h + pad)
         out = (conf > 0) & ~inside
         if out.any():
             names = ", ".join(n for n, o in zip(person.names, out) if o)
             notes.append(
-                f"person '{person.person}': {int(out.sum())} keypoint(s) outside the {w}x{h} image "
-                f"dropped ({names})"
+                f"person '{person.person}': {int(out.sum())} keypoint(s) outside the {w}x{h} image dropped ({names})"
             )
             conf[out] = 0.0
     bbox = _extent(xy, conf) if person.bbox_derived else person.bbox
@@ -558,7 +588,9 @@ def _round(values: np.ndarray) -> list[float]:
 
 
 def write_coco(
-    people: Sequence[PersonKeypoints], path: Path, images: Mapping[str, tuple[int, int]],
+    people: Sequence[PersonKeypoints],
+    path: Path,
+    images: Mapping[str, tuple[int, int]],
 ) -> None:
     """Write ``people`` as COCO keypoint annotation JSON (coco17 order, ``v = 2`` where conf > 0).
 
@@ -586,22 +618,33 @@ def write_coco(
         else:
             ann_id, next_id = next_id, next_id + 1
         box = p.bbox if p.bbox is not None else _extent(pts[:, :2], pts[:, 2]) or (0.0, 0.0, 0.0, 0.0)
-        annotations.append({
-            "id": ann_id, "image_id": image_ids[p.image], "category_id": 1, "iscrowd": 0,
-            "keypoints": _round(kps), "num_keypoints": int(vis.sum()),
-            "bbox": [round(float(v), 3) for v in box], "area": round(float(box[2] * box[3]), 3),
-        })
+        annotations.append(
+            {
+                "id": ann_id,
+                "image_id": image_ids[p.image],
+                "category_id": 1,
+                "iscrowd": 0,
+                "keypoints": _round(kps),
+                "num_keypoints": int(vis.sum()),
+                "bbox": [round(float(v), 3) for v in box],
+                "area": round(float(box[2] * box[3]), 3),
+            }
+        )
     coco_edges = [
         [COCO17.index(a) + 1, COCO17.index(b) + 1]
-        for group in ("limbs", "torso", "face") for a, b in EDGE_GROUPS[group]
+        for group in ("limbs", "torso", "face")
+        for a, b in EDGE_GROUPS[group]
         if a in COCO17 and b in COCO17
     ]
     doc = {
-        "images": [{"id": i, "file_name": n, "width": int(sizes[n][0]), "height": int(sizes[n][1])}
-                   for n, i in image_ids.items()],
+        "images": [
+            {"id": i, "file_name": n, "width": int(sizes[n][0]), "height": int(sizes[n][1])}
+            for n, i in image_ids.items()
+        ],
         "annotations": annotations,
-        "categories": [{"id": 1, "name": "person", "supercategory": "person",
-                        "keypoints": list(COCO17), "skeleton": coco_edges}],
+        "categories": [
+            {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO17), "skeleton": coco_edges}
+        ],
     }
     atomic_write_text(Path(path), json.dumps(doc))
     logger.debug("wrote %d annotations to %s", len(annotations), path)
@@ -616,8 +659,11 @@ def write_openpose(person: PersonKeypoints | Sequence[PersonKeypoints], path: Pa
     for p in people:
         have = set(p.names)
         entry: dict[str, Any] = {"person_id": [-1], "pose_keypoints_2d": _round(_points_in(p, BODY25))}
-        for key, names in (("face_keypoints_2d", FACE70), ("hand_left_keypoints_2d", HAND21_LEFT),
-                           ("hand_right_keypoints_2d", HAND21_RIGHT)):
+        for key, names in (
+            ("face_keypoints_2d", FACE70),
+            ("hand_left_keypoints_2d", HAND21_LEFT),
+            ("hand_right_keypoints_2d", HAND21_RIGHT),
+        ):
             entry[key] = _round(_points_in(p, names)) if have & set(names) else []
         for key in ("pose", "face", "hand_left", "hand_right"):
             entry[f"{key}_keypoints_3d"] = []

@@ -29,7 +29,10 @@ def box_size(bbox: Sequence[float]) -> float:
 
 
 def keypoint_errors_2d(
-    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, box: Sequence[float] | float,
+    pred: np.ndarray,
+    gt: np.ndarray,
+    visible: np.ndarray,
+    box: Sequence[float] | float,
     pck_thresholds: Sequence[float] = (0.1,),
 ) -> dict[str, float]:
     """2D errors of ``pred`` (K, 2) against ``gt`` (K, 2) over the ``visible`` (K,) points.

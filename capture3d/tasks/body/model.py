@@ -23,9 +23,23 @@ import torch
 logger = logging.getLogger(__name__)
 
 COCO17 = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
 )
 FEET = ("left_big_toe", "left_small_toe", "left_heel", "right_big_toe", "right_small_toe", "right_heel")
 DERIVED = ("neck", "mid_hip")  # neck: mean of the shoulders; mid_hip: mean of the hips (OpenPose)
@@ -115,7 +129,9 @@ class BodyModel(ABC):
     def vertices(self, pose: BodyPose) -> torch.Tensor:
         """(B, V, 3) posed mesh vertices."""
 
-    def rigid_keypoints(self, pose: BodyPose, names: Sequence[str]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def rigid_keypoints(
+        self, pose: BodyPose, names: Sequence[str]
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The named keypoints as a function of ``(global_orient (B, 3), transl (B, 3))`` alone, with
         ``pose``'s body pose and shape held fixed (detached): fitting's first stage moves only the
         global transform. This default evaluates :meth:`keypoints` on every call; models whose

@@ -1,7 +1,8 @@
 """From detected people and cameras to the fitter's batched :class:`BodyObservations`.
 
 Inputs: :class:`PersonKeypoints` (any format), optional calibrated cameras per image
-(:class:`~capture3d.tasks.cameras.PinholeCamera`), the model's keypoint names and thresholds. Output: a :class:`BodyBatch`:
+(:class:`~capture3d.tasks.cameras.PinholeCamera`), the model's keypoint names and thresholds. Output:
+a :class:`BodyBatch`:
 the observations, one :class:`BodyRow` per body (its id and the people who see it), and the people
 skipped with their reason (too few confident keypoints), never fitted to noise.
 
@@ -130,9 +131,15 @@ def _person_box(person: PersonKeypoints, xy: np.ndarray, conf: np.ndarray) -> fl
     return max(float(np.ptp(xy[seen], axis=0).max()), 1.0) if seen.sum() > 1 else 1.0
 
 
-def _frames_without_groups(people: Sequence[PersonKeypoints], cameras: dict[str, PinholeCamera],
-                           names: Sequence[str], min_conf: float, min_keypoints: int, sequence: bool,
-                           notes: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
+def _frames_without_groups(
+    people: Sequence[PersonKeypoints],
+    cameras: dict[str, PinholeCamera],
+    names: Sequence[str],
+    min_conf: float,
+    min_keypoints: int,
+    sequence: bool,
+    notes: list[str],
+) -> dict[tuple[str, str], tuple[int, int]]:
     """How calibrated ``people`` form bodies when ``groups`` is absent (see the module doc):
     (image, person id) -> (frame, track); people with the same key are one body. People with fewer
     than ``min_keypoints`` confident points (to be skipped) stay apart and do not count."""
@@ -147,8 +154,10 @@ def _frames_without_groups(people: Sequence[PersonKeypoints], cameras: dict[str,
     cams = [cameras[image] for image in images]
     rot, trans = np.stack([c.R for c in cams]), np.stack([c.t for c in cams])  # (V, 3, 3), (V, 3)
     if not has_baseline(rot, trans):
-        note = (f"{len(images)} calibrated images without 'groups' share one camera centre (nothing to triangulate): "
-                "fitted as separate people")
+        note = (
+            f"{len(images)} calibrated images without 'groups' share one camera centre (nothing to triangulate): "
+            "fitted as separate people"
+        )
         logger.info("%s", note)
         notes.append(note)
         return separate
@@ -157,19 +166,26 @@ def _frames_without_groups(people: Sequence[PersonKeypoints], cameras: dict[str,
         seen: set[tuple[str, str]] = set()
         for p in people:
             if (p.image, str(p.track)) in seen:
-                raise GroupingError(f"image '{p.image}' holds two people with person id {p.track!r}: add 'groups' "
-                                    "to cameras.json (lists of the images that show one person at one instant)")
+                raise GroupingError(
+                    f"image '{p.image}' holds two people with person id {p.track!r}: add 'groups' "
+                    "to cameras.json (lists of the images that show one person at one instant)"
+                )
             seen.add((p.image, str(p.track)))
-        logger.info("%d calibrated images without groups: people tied across images by their %d person ids",
-                    len(images), len(tracks))
+        logger.info(
+            "%d calibrated images without groups: people tied across images by their %d person ids",
+            len(images),
+            len(tracks),
+        )
         return {**everyone, **{(p.image, p.person): (0, tracks.index(str(p.track))) for p in people}}
     per_image = {image: [p for p in people if p.image == image] for image in images}
     crowded = [(image, len(ps)) for image, ps in per_image.items() if len(ps) > 1]
     ask = "add 'groups' to cameras.json (lists of the images that show one person at one instant)"
     if crowded:
         image, count = crowded[0]
-        raise GroupingError(f"{len(images)} calibrated images without 'groups' and {count} people in '{image}' with no "
-                            f"person ids to match them across images: {ask}")
+        raise GroupingError(
+            f"{len(images)} calibrated images without 'groups' and {count} people in '{image}' with no "
+            f"person ids to match them across images: {ask}"
+        )
     views = [per_image[image][0] for image in images]
     pts = [person_points(p, names, min_conf) for p in views]
     xy = np.stack([x for x, _ in pts])  # (V, K, 2)
@@ -177,26 +193,41 @@ def _frames_without_groups(people: Sequence[PersonKeypoints], cameras: dict[str,
     box = np.array([_person_box(p, x, c) for p, (x, c) in zip(views, pts)])  # (V,)
     agree = views_consistent(xy, conf, np.stack([c.K for c in cams]), rot, trans, box, min_conf)
     if agree:
-        note = (f"{len(images)} calibrated images without 'groups' (one person each) agree on one body: fitted as one "
-                "multi-view body")
+        note = (
+            f"{len(images)} calibrated images without 'groups' (one person each) agree on one body: fitted as one "
+            "multi-view body"
+        )
         logger.info("%s", note)
         notes.append(note)
         return {**everyone, **{(p.image, p.person): (0, 0) for p in views}}
     if agree is None:
-        raise GroupingError(f"{len(images)} calibrated images without 'groups' (one person each) have too few "
-                            f"keypoints seen in two views to tell whether they show one person: {ask}")
-    note = (f"{len(images)} calibrated images without 'groups' do not show one person (their keypoints do not "
-            "triangulate consistently): fitted as separate people")
+        raise GroupingError(
+            f"{len(images)} calibrated images without 'groups' (one person each) have too few "
+            f"keypoints seen in two views to tell whether they show one person: {ask}"
+        )
+    note = (
+        f"{len(images)} calibrated images without 'groups' do not show one person (their keypoints do not "
+        "triangulate consistently): fitted as separate people"
+    )
     logger.warning("%s", note)
     notes.append(note)
     return separate
 
 
-def build_batch(people: Sequence[PersonKeypoints], model_names: Sequence[str], *,
-                cameras: dict[str, PinholeCamera] | None = None, groups: Sequence[Sequence[str]] | None = None,
-                sequence: bool = False,
-                min_keypoints: int = 8, min_conf: float = 0.1, fov_deg: float = 55.0, focal: float = 0.0,
-                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> BodyBatch:
+def build_batch(
+    people: Sequence[PersonKeypoints],
+    model_names: Sequence[str],
+    *,
+    cameras: dict[str, PinholeCamera] | None = None,
+    groups: Sequence[Sequence[str]] | None = None,
+    sequence: bool = False,
+    min_keypoints: int = 8,
+    min_conf: float = 0.1,
+    fov_deg: float = 55.0,
+    focal: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> BodyBatch:
     """Group ``people`` into bodies and build the batched observations (see the module doc).
 
     ``groups`` None means the cameras file has none (images tied only when unambiguous, else
@@ -241,8 +272,9 @@ def build_batch(people: Sequence[PersonKeypoints], model_names: Sequence[str], *
     for row in rows:
         counts = [int((person_points(p, names, min_conf)[1] > 0).sum()) for p in row.people]
         if max(counts, default=0) < min_keypoints:
-            skipped.append({"person": row.body,
-                            "reason": f"{max(counts, default=0)} confident keypoints (< {min_keypoints})"})
+            skipped.append(
+                {"person": row.body, "reason": f"{max(counts, default=0)} confident keypoints (< {min_keypoints})"}
+            )
             continue
         kept.append(row)
     if sequence:
@@ -250,8 +282,14 @@ def build_batch(people: Sequence[PersonKeypoints], model_names: Sequence[str], *
     return BodyBatch(_observations(kept, names, min_conf, dtype, device, sequence), kept, skipped, notes)
 
 
-def _observations(rows: list[BodyRow], names: tuple[str, ...], min_conf: float, dtype: torch.dtype,
-                  device: str | torch.device, sequence: bool) -> BodyObservations:
+def _observations(
+    rows: list[BodyRow],
+    names: tuple[str, ...],
+    min_conf: float,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    sequence: bool,
+) -> BodyObservations:
     batch, views = len(rows), max((len(r.people) for r in rows), default=1)
     xy = np.zeros((batch, views, len(names), 2))
     conf = np.zeros((batch, views, len(names)))
@@ -273,6 +311,12 @@ def _observations(rows: list[BodyRow], names: tuple[str, ...], min_conf: float, 
                 pairs.append((b - 1, b))
     cast = {"dtype": dtype, "device": device}
     return BodyObservations(
-        names, torch.as_tensor(xy, **cast), torch.as_tensor(conf, **cast), torch.as_tensor(rot, **cast),
-        torch.as_tensor(trans, **cast), torch.as_tensor(k, **cast), torch.as_tensor(box, **cast),
-        sequence_pairs=torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2))
+        names,
+        torch.as_tensor(xy, **cast),
+        torch.as_tensor(conf, **cast),
+        torch.as_tensor(rot, **cast),
+        torch.as_tensor(trans, **cast),
+        torch.as_tensor(k, **cast),
+        torch.as_tensor(box, **cast),
+        sequence_pairs=torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2),
+    )

@@ -30,8 +30,13 @@ MESH_COLOR = (150, 180, 255)  # light blue
 
 
 def _mesh_layer(
-    size: tuple[int, int], mesh_xy: np.ndarray, mesh_depth: np.ndarray | None, faces: np.ndarray,
-    color: tuple[int, int, int], alpha: float, focal_px: float,
+    size: tuple[int, int],
+    mesh_xy: np.ndarray,
+    mesh_depth: np.ndarray | None,
+    faces: np.ndarray,
+    color: tuple[int, int, int],
+    alpha: float,
+    focal_px: float,
 ) -> Image.Image | None:
     """An RGBA layer (W, H) with the visible faces drawn far to near, or None when none is."""
     w, h = size
@@ -107,8 +112,15 @@ def draw_overlay(
     h, w = img.shape[:2]
     canvas = Image.fromarray(img, "RGB")
     if mesh_xy is not None and faces is not None and len(faces):
-        layer = _mesh_layer((w, h), mesh_xy, mesh_depth, faces, mesh_color, mesh_alpha,
-                            float(focal_px) if focal_px else float(max(h, w)))
+        layer = _mesh_layer(
+            (w, h),
+            mesh_xy,
+            mesh_depth,
+            faces,
+            mesh_color,
+            mesh_alpha,
+            float(focal_px) if focal_px else float(max(h, w)),
+        )
         if layer is not None:
             canvas = Image.alpha_composite(canvas.convert("RGBA"), layer).convert("RGB")
     if keypoints:

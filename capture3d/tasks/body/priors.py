@@ -29,8 +29,7 @@ def geman_mcclure(sq_residual: torch.Tensor, sigma: float) -> torch.Tensor:
     return s2 * sq_residual / (s2 + sq_residual)
 
 
-def bending_prior(body_pose: torch.Tensor, limits: Sequence[BendLimit],
-                  joint_names: Sequence[str]) -> torch.Tensor:
+def bending_prior(body_pose: torch.Tensor, limits: Sequence[BendLimit], joint_names: Sequence[str]) -> torch.Tensor:
     """(B,) sum over hinge joints of exp(-sign * angle): SMPLify's elbow/knee prior.
     body_pose: (B, J, 3)."""
     total = body_pose.new_zeros(body_pose.shape[0])
@@ -41,16 +40,18 @@ def bending_prior(body_pose: torch.Tensor, limits: Sequence[BendLimit],
     return total
 
 
-def joint_limit_prior(body_pose: torch.Tensor, limits: Mapping[str, Sequence[Sequence[float]]],
-                      joint_names: Sequence[str]) -> torch.Tensor:
+def joint_limit_prior(
+    body_pose: torch.Tensor, limits: Mapping[str, Sequence[Sequence[float]]], joint_names: Sequence[str]
+) -> torch.Tensor:
     """(B,) squared distance of each limited joint's axis-angle components outside [lo, hi].
     body_pose: (B, J, 3); limits: joint -> ((lo_x, hi_x), (lo_y, hi_y), (lo_z, hi_z)) radians."""
     rows = [i for i, n in enumerate(joint_names) if n in limits]
     if not rows:
         return body_pose.new_zeros(body_pose.shape[0])
-    box = torch.tensor([limits[joint_names[i]] for i in rows], dtype=body_pose.dtype,
-                       device=body_pose.device)                                  # (L, 3, 2)
-    angles = body_pose[:, rows]                                                 # (B, L, 3)
+    box = torch.tensor(
+        [limits[joint_names[i]] for i in rows], dtype=body_pose.dtype, device=body_pose.device
+    )  # (L, 3, 2)
+    angles = body_pose[:, rows]  # (B, L, 3)
     below = torch.relu(box[..., 0] - angles)
     above = torch.relu(angles - box[..., 1])
     return (below.square() + above.square()).sum((1, 2))
@@ -84,10 +85,15 @@ CAPSULES = (
 )
 # Pairs that may not overlap (adjacent segments and torso-to-attached-limb are allowed).
 COLLIDING_PAIRS = (
-    ("torso", "left_forearm"), ("torso", "right_forearm"),
-    ("left_thigh", "right_thigh"), ("left_shin", "right_shin"), ("left_thigh", "right_shin"),
-    ("right_thigh", "left_shin"), ("left_forearm", "right_forearm"),
-    ("left_forearm", "left_thigh"), ("right_forearm", "right_thigh"),
+    ("torso", "left_forearm"),
+    ("torso", "right_forearm"),
+    ("left_thigh", "right_thigh"),
+    ("left_shin", "right_shin"),
+    ("left_thigh", "right_shin"),
+    ("right_thigh", "left_shin"),
+    ("left_forearm", "right_forearm"),
+    ("left_forearm", "left_thigh"),
+    ("right_forearm", "right_thigh"),
 )
 
 
@@ -108,11 +114,11 @@ def interpenetration_penalty(points: torch.Tensor, names: Sequence[str], samples
     axes = {}
     for cap, a, b, radius in CAPSULES:
         pa, pb = points[:, names.index(a)], points[:, names.index(b)]
-        axes[cap] = (pa[:, None] + t * (pb - pa)[:, None], radius)             # (B, S, 3)
+        axes[cap] = (pa[:, None] + t * (pb - pa)[:, None], radius)  # (B, S, 3)
     total = points.new_zeros(points.shape[0])
     for first, second in COLLIDING_PAIRS:
         (sa, ra), (sb, rb) = axes[first], axes[second]
-        dist = torch.cdist(sa, sb)                                              # (B, S, S)
+        dist = torch.cdist(sa, sb)  # (B, S, S)
         total = total + torch.relu(ra + rb - dist).square().sum((1, 2))
     return total
 

@@ -47,8 +47,18 @@ from capture3d.tasks.cameras import PinholeCamera
 logger = logging.getLogger(__name__)
 
 LIMB_JOINTS: tuple[str, ...] = (
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
 )
 """the 12 joints compared in 3D on every dataset (COCO-17 names)"""
 
@@ -60,8 +70,14 @@ _LIMBS_SAME_NAME = {n: n for n in LIMB_JOINTS}
 INPUT_MAPS: dict[str, dict[str, str]] = {
     # dataset joint name -> COCO-17 name; joints absent here are not used
     "mpi_inf_3dhp": dict(_LIMBS_SAME_NAME),  # head_top, neck, root, spine, head: no COCO equivalent
-    "panoptic": {**_LIMBS_SAME_NAME, "nose": "nose", "left_eye": "left_eye", "right_eye": "right_eye",
-                 "left_ear": "left_ear", "right_ear": "right_ear"},  # neck, mid_hip (BodyCenter): unmapped
+    "panoptic": {
+        **_LIMBS_SAME_NAME,
+        "nose": "nose",
+        "left_eye": "left_eye",
+        "right_eye": "right_eye",
+        "left_ear": "left_ear",
+        "right_ear": "right_ear",
+    },  # neck, mid_hip (BodyCenter): unmapped
     "campus": dict(_LIMBS_SAME_NAME),  # bottom_head, top_head: unmapped
     "shelf": dict(_LIMBS_SAME_NAME),
     "mocap_cmu": dict(_LIMBS_SAME_NAME),  # pelvis, toes, spine1/2, neck, head, collars: unmapped
@@ -110,8 +126,14 @@ def _map(dataset: str, source: Mapping[str, object]) -> dict[str, np.ndarray]:
 
 
 def _camera(name: str, cam: Mapping[str, object]) -> PinholeCamera:
-    return PinholeCamera(name, int(cam["width"]), int(cam["height"]), np.asarray(cam["K"], dtype=np.float64),
-                         np.asarray(cam["R"], dtype=np.float64), np.asarray(cam["t"], dtype=np.float64))
+    return PinholeCamera(
+        name,
+        int(cam["width"]),
+        int(cam["height"]),
+        np.asarray(cam["K"], dtype=np.float64),
+        np.asarray(cam["R"], dtype=np.float64),
+        np.asarray(cam["t"], dtype=np.float64),
+    )
 
 
 def load_mpi_inf_3dhp(root: Path) -> list[RealPose]:
@@ -123,10 +145,17 @@ def load_mpi_inf_3dhp(root: Path) -> list[RealPose]:
     poses = []
     for image in sorted(joints):
         cam = cams[image]
-        camera = PinholeCamera(Path(image).stem, int(cam["width"]), int(cam["height"]),
-                               np.asarray(cam["K"], dtype=np.float64), np.eye(3), np.zeros(3))
-        poses.append(RealPose("mpi_inf_3dhp", Path(image).stem, _map("mpi_inf_3dhp", joints[image]),
-                              {camera.name: camera}))
+        camera = PinholeCamera(
+            Path(image).stem,
+            int(cam["width"]),
+            int(cam["height"]),
+            np.asarray(cam["K"], dtype=np.float64),
+            np.eye(3),
+            np.zeros(3),
+        )
+        poses.append(
+            RealPose("mpi_inf_3dhp", Path(image).stem, _map("mpi_inf_3dhp", joints[image]), {camera.name: camera})
+        )
     return poses
 
 
@@ -140,8 +169,14 @@ def load_panoptic(root: Path) -> list[RealPose]:
     for seq, content in sorted(data["sequences"].items()):
         for frame in content["frames"]:
             for body in frame["bodies"]:
-                poses.append(RealPose("panoptic", f"{seq}/f{frame['hd_frame']}/p{body['id']}",
-                                      _map("panoptic", body["joints"]), dict(cameras)))
+                poses.append(
+                    RealPose(
+                        "panoptic",
+                        f"{seq}/f{frame['hd_frame']}/p{body['id']}",
+                        _map("panoptic", body["joints"]),
+                        dict(cameras),
+                    )
+                )
     return poses
 
 
@@ -149,8 +184,10 @@ def load_campus_shelf(root: Path, which: str) -> list[RealPose]:
     """Campus (``which='campus'``, 3 cameras) or Shelf (``'shelf'``, 5 cameras): every person of frames 0-2."""
     folder = Path(root) / which
     data = json.loads((folder / "joints3d.json").read_text())
-    cameras = {f"cam{k}": _camera(f"cam{k}", c) for k, c in json.loads((folder / "cameras.json").read_text())[
-        "cameras"].items()}
+    cameras = {
+        f"cam{k}": _camera(f"cam{k}", c)
+        for k, c in json.loads((folder / "cameras.json").read_text())["cameras"].items()
+    }
     poses = []
     for frame in data["frames"]:
         for pid, joints in sorted(frame["persons"].items()):
@@ -171,9 +208,17 @@ def look_at(centre: np.ndarray, target: np.ndarray, up: np.ndarray) -> tuple[np.
     return rot, -rot @ centre
 
 
-def virtual_cameras(target: np.ndarray, count: int, rng: np.random.Generator, *, distance: float = 4.0,
-                    size: int = 1000, focal: float = 1000.0, heights: tuple[float, float] = (0.9, 1.7),
-                    prefix: str = "vcam") -> dict[str, PinholeCamera]:
+def virtual_cameras(
+    target: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    distance: float = 4.0,
+    size: int = 1000,
+    focal: float = 1000.0,
+    heights: tuple[float, float] = (0.9, 1.7),
+    prefix: str = "vcam",
+) -> dict[str, PinholeCamera]:
     """``count`` cameras on a ring of ``distance`` metres around ``target`` (3,) in a y-up world,
     evenly spaced from a random azimuth, at random heights, looking at ``target``; square
     ``size`` pixels with ``focal`` pixels (about 53 degrees across)."""
@@ -189,8 +234,9 @@ def virtual_cameras(target: np.ndarray, count: int, rng: np.random.Generator, *,
     return out
 
 
-def load_mocap_cmu(root: Path, frames: int, seed: int, views: int = 1,
-                   clips: Sequence[str] = MOCAP_EVAL_CLIPS) -> list[RealPose]:
+def load_mocap_cmu(
+    root: Path, frames: int, seed: int, views: int = 1, clips: Sequence[str] = MOCAP_EVAL_CLIPS
+) -> list[RealPose]:
     """``frames`` CMU mocap frames drawn (seeded) from ``clips``, each with ``views`` virtual
     cameras around its pelvis (:func:`virtual_cameras`)."""
     data = np.load(Path(root) / "joints21_30fps.npz")
@@ -224,8 +270,9 @@ def _inside(pose: RealPose, camera: PinholeCamera) -> int:
     return int(((xy >= 0) & (xy < [camera.width, camera.height])).all(axis=1).sum())
 
 
-def choose_views(pose: RealPose, count: int, rng: np.random.Generator,
-                 preferred: Sequence[str] | None = None) -> list[str]:
+def choose_views(
+    pose: RealPose, count: int, rng: np.random.Generator, preferred: Sequence[str] | None = None
+) -> list[str]:
     """``count`` camera names for ``pose``: ``preferred`` when given (all must exist), else a
     seeded choice among the cameras that see the most mapped joints inside the image."""
     if preferred is not None:
@@ -237,7 +284,7 @@ def choose_views(pose: RealPose, count: int, rng: np.random.Generator,
     best = max(scores.values())
     ranked = [n for n in scores if scores[n] == best] or list(scores)
     if len(ranked) < count:
-        ranked = sorted(scores, key=lambda n: -scores[n])[:max(count, len(ranked))]
+        ranked = sorted(scores, key=lambda n: -scores[n])[: max(count, len(ranked))]
     picked = rng.choice(len(ranked), size=min(count, len(ranked)), replace=False)
     return [ranked[i] for i in sorted(picked)]
 
@@ -255,8 +302,13 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
-def write_capture(folder: Path, bodies: Sequence[tuple[RealPose, Sequence[str]]], *, calibrated: bool,
-                  compared: Sequence[str] = LIMB_JOINTS) -> list[CaptureBody]:
+def write_capture(
+    folder: Path,
+    bodies: Sequence[tuple[RealPose, Sequence[str]]],
+    *,
+    calibrated: bool,
+    compared: Sequence[str] = LIMB_JOINTS,
+) -> list[CaptureBody]:
     """Write a body capture of ``bodies`` (pose, camera names) into ``folder`` (created).
 
     Each body gets one image per view (no pixels: the sizes are in ``keypoints.json``), holding
@@ -276,8 +328,10 @@ def write_capture(folder: Path, bodies: Sequence[tuple[RealPose, Sequence[str]]]
         if not calibrated and len(views) != 1:
             raise ValueError(f"{pose.ident}: an uncalibrated capture has one view per body, got {len(views)}")
         if not pose.has(compared):
-            raise ValueError(f"{pose.dataset} {pose.ident}: lacks compared joints "
-                             f"{', '.join(n for n in compared if n not in pose.joints)}")
+            raise ValueError(
+                f"{pose.dataset} {pose.ident}: lacks compared joints "
+                f"{', '.join(n for n in compared if n not in pose.joints)}"
+            )
         names = tuple(pose.joints)
         world = np.stack([pose.joints[n] for n in names])  # (K, 3)
         group = []
@@ -286,8 +340,16 @@ def write_capture(folder: Path, bodies: Sequence[tuple[RealPose, Sequence[str]]]
             image = f"b{b:03d}_{_safe(cam_name)}.jpg"
             xy, depth = project(world, camera)
             conf = (depth > 0).astype(np.float64)  # a joint behind the camera is not seen
-            people.append(PersonKeypoints(image=image, person=str(len(people) + 1), names=names, xy=xy, conf=conf,
-                                          image_size=(camera.width, camera.height)))
+            people.append(
+                PersonKeypoints(
+                    image=image,
+                    person=str(len(people) + 1),
+                    names=names,
+                    xy=xy,
+                    conf=conf,
+                    image_size=(camera.width, camera.height),
+                )
+            )
             sizes[image] = (camera.width, camera.height)
             cameras[image] = PinholeCamera(image, camera.width, camera.height, camera.K, camera.R, camera.t)
             group.append(image)
@@ -307,13 +369,16 @@ def write_capture(folder: Path, bodies: Sequence[tuple[RealPose, Sequence[str]]]
         data["groups"] = groups
         (folder / "cameras.json").write_text(json.dumps(data, indent=1) + "\n")
     (folder / "gt" / "joints3d.json").write_text(json.dumps(truth, indent=1) + "\n")
-    logger.info("real capture %s: %d bodies, %s", folder, len(written),
-                "calibrated multi-view" if calibrated else "one uncalibrated view each")
+    logger.info(
+        "real capture %s: %d bodies, %s",
+        folder,
+        len(written),
+        "calibrated multi-view" if calibrated else "one uncalibrated view each",
+    )
     return written
 
 
-def load_dataset(data_root: Path, dataset: str, *, frames: int = 16, seed: int = 0,
-                 views: int = 1) -> list[RealPose]:
+def load_dataset(data_root: Path, dataset: str, *, frames: int = 16, seed: int = 0, views: int = 1) -> list[RealPose]:
     """The poses of ``dataset`` under ``data_root`` (``.../shared/data/body``) that have all
     :data:`LIMB_JOINTS`, at most ``frames`` of them (a seeded choice when there are more).
     ``views`` is the number of virtual cameras for ``mocap_cmu``."""
@@ -330,8 +395,9 @@ def load_dataset(data_root: Path, dataset: str, *, frames: int = 16, seed: int =
         raise ValueError(f"unknown dataset '{dataset}' (one of {', '.join(INPUT_MAPS)})")
     complete = [p for p in poses if p.has(LIMB_JOINTS)]
     if len(complete) < len(poses):
-        logger.info("%s: %d of %d poses lack a limb joint and are left out", dataset, len(poses) - len(complete),
-                    len(poses))
+        logger.info(
+            "%s: %d of %d poses lack a limb joint and are left out", dataset, len(poses) - len(complete), len(poses)
+        )
     if len(complete) > frames:
         rng = np.random.default_rng(seed)
         complete = [complete[i] for i in sorted(rng.choice(len(complete), frames, replace=False))]

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     """(..., 3) axis-angle -> (..., 3, 3) rotation matrices (Rodrigues; smooth at zero angle)."""
-    theta2 = (rotvec * rotvec).sum(-1, keepdim=True)[..., None]                 # (..., 1, 1)
+    theta2 = (rotvec * rotvec).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
     small = theta2 < 1e-8
     theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
     theta = torch.sqrt(theta2_safe)
@@ -34,10 +34,11 @@ def matrix_to_axis_angle(rot: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) rotation matrices -> (..., 3) axis-angle with angle in [0, pi] (not for autograd)."""
     rot = rot.detach().to(torch.float64)
     cos = (rot[..., 0, 0] + rot[..., 1, 1] + rot[..., 2, 2] - 1) / 2
-    axis = torch.stack([rot[..., 2, 1] - rot[..., 1, 2], rot[..., 0, 2] - rot[..., 2, 0],
-                        rot[..., 1, 0] - rot[..., 0, 1]], -1)                 # 2 sin(angle) * unit axis
+    axis = torch.stack(
+        [rot[..., 2, 1] - rot[..., 1, 2], rot[..., 0, 2] - rot[..., 2, 0], rot[..., 1, 0] - rot[..., 0, 1]], -1
+    )  # 2 sin(angle) * unit axis
     sin = axis.norm(dim=-1) / 2
-    angle = torch.atan2(sin, cos)      # accurate near 0 and pi, where acos(cos) loses half the digits
+    angle = torch.atan2(sin, cos)  # accurate near 0 and pi, where acos(cos) loses half the digits
     out = axis * (angle / (2 * sin.clamp_min(1e-12)))[..., None]
     near_pi = angle > math.pi - 1e-4
     if near_pi.any():

@@ -125,9 +125,9 @@ def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
-    reconstruct = np.zeros(1).__reduce__()[0]           # numpy(._)core.multiarray._reconstruct
-    scalar = np.float64(0).__reduce__()[0]              # numpy(._)core.multiarray.scalar
-    frombuffer = np.arange(2).__reduce_ex__(5)[0]       # numpy(._)core.numeric._frombuffer
+    reconstruct = np.zeros(1).__reduce__()[0]  # numpy(._)core.multiarray._reconstruct
+    scalar = np.float64(0).__reduce__()[0]  # numpy(._)core.multiarray.scalar
+    frombuffer = np.arange(2).__reduce_ex__(5)[0]  # numpy(._)core.numeric._frombuffer
     table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     for core in ("numpy.core", "numpy._core"):
         table[(f"{core}.multiarray", "_reconstruct")] = reconstruct
@@ -136,19 +136,21 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     return table
 
 
-_ALLOWED: MappingProxyType[tuple[str, str], Any] = MappingProxyType({
-    **_numpy_globals(),
-    ("chumpy.ch", "Ch"): _ChStandIn,
-    ("scipy.sparse.csc", "csc_matrix"): _CscStandIn,
-    ("scipy.sparse._csc", "csc_matrix"): _CscStandIn,
-    ("copy_reg", "_reconstructor"): _Guarded(_reconstructor),
-    ("copyreg", "_reconstructor"): _Guarded(_reconstructor),
-    ("__builtin__", "set"): set,
-    ("builtins", "set"): set,
-    ("__builtin__", "object"): object,
-    ("builtins", "object"): object,
-    ("_codecs", "encode"): _Guarded(_latin1_encode),
-})
+_ALLOWED: MappingProxyType[tuple[str, str], Any] = MappingProxyType(
+    {
+        **_numpy_globals(),
+        ("chumpy.ch", "Ch"): _ChStandIn,
+        ("scipy.sparse.csc", "csc_matrix"): _CscStandIn,
+        ("scipy.sparse._csc", "csc_matrix"): _CscStandIn,
+        ("copy_reg", "_reconstructor"): _Guarded(_reconstructor),
+        ("copyreg", "_reconstructor"): _Guarded(_reconstructor),
+        ("__builtin__", "set"): set,
+        ("builtins", "set"): set,
+        ("__builtin__", "object"): object,
+        ("builtins", "object"): object,
+        ("_codecs", "encode"): _Guarded(_latin1_encode),
+    }
+)
 
 
 class _ModelUnpickler(pickle.Unpickler):
@@ -174,14 +176,20 @@ def _dense_csc(obj: _CscStandIn, label: str) -> np.ndarray:
         indptr = np.asarray(st["indptr"], dtype=np.int64)
         rows, cols = (int(n) for n in shape)
     except (KeyError, TypeError, ValueError) as e:
-        raise BodyModelError(f"{label} holds a sparse matrix without data/indices/"
-                             f"indptr/shape ({type(e).__name__}: {e})") from None
-    if (indptr.shape != (cols + 1,) or data.shape != indices.shape or data.ndim != 1
-            or indptr[-1] != len(data) or np.any(np.diff(indptr) < 0)
-            or (len(indices) and (indices.min() < 0 or indices.max() >= rows))):
+        raise BodyModelError(
+            f"{label} holds a sparse matrix without data/indices/indptr/shape ({type(e).__name__}: {e})"
+        ) from None
+    if (
+        indptr.shape != (cols + 1,)
+        or data.shape != indices.shape
+        or data.ndim != 1
+        or indptr[-1] != len(data)
+        or np.any(np.diff(indptr) < 0)
+        or (len(indices) and (indices.min() < 0 or indices.max() >= rows))
+    ):
         raise BodyModelError(f"{label} holds an inconsistent sparse {rows}x{cols} matrix")
     dense = np.zeros((rows, cols), dtype=data.dtype)
-    col_of = np.repeat(np.arange(cols), np.diff(indptr))                       # (nnz,)
+    col_of = np.repeat(np.arange(cols), np.diff(indptr))  # (nnz,)
     np.add.at(dense, (indices, col_of), data)
     return dense
 
@@ -207,7 +215,8 @@ def _refusal(label: str, what: str) -> BodyModelError:
     if what.startswith("chumpy."):
         return BodyModelError(
             f"{label} refused: it references '{what}', a chumpy expression this loader does not "
-            "evaluate (only plain chumpy.ch.Ch arrays); re-save the model with numpy arrays (.npz)")
+            "evaluate (only plain chumpy.ch.Ch arrays); re-save the model with numpy arrays (.npz)"
+        )
     if "." in what and " " not in what:
         return BodyModelError(f"{label} refused: it references '{what}', which a model file has no reason to contain")
     return BodyModelError(f"{label} refused: it uses {what}, which a model file has no reason to contain")

@@ -59,10 +59,28 @@ FAMILY_BY_JOINTS = MappingProxyType({24: "smpl", 52: "smplh", 55: "smplx"})
 
 # Joint names (the smplx package's joint_names.py order).
 _BODY22 = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
-    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck",
-    "left_collar", "right_collar", "head", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "pelvis",
+    "left_hip",
+    "right_hip",
+    "spine1",
+    "left_knee",
+    "right_knee",
+    "spine2",
+    "left_ankle",
+    "right_ankle",
+    "spine3",
+    "left_foot",
+    "right_foot",
+    "neck",
+    "left_collar",
+    "right_collar",
+    "head",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
 )
 _BODY22_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
 _SMPLH_FINGER_ORDER = ("index", "middle", "pinky", "ring", "thumb")  # three joints each, palm outwards
@@ -73,11 +91,13 @@ def _hand(side: str) -> tuple[str, ...]:
 
 
 _FACE_SMPLX = ("jaw", "left_eye_smplhf", "right_eye_smplhf")
-JOINT_NAMES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
-    "smpl": _BODY22 + ("left_hand", "right_hand"),
-    "smplh": _BODY22 + _hand("left") + _hand("right"),
-    "smplx": _BODY22 + _FACE_SMPLX + _hand("left") + _hand("right"),
-})
+JOINT_NAMES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "smpl": _BODY22 + ("left_hand", "right_hand"),
+        "smplh": _BODY22 + _hand("left") + _hand("right"),
+        "smplx": _BODY22 + _FACE_SMPLX + _hand("left") + _hand("right"),
+    }
+)
 
 
 def _standard_parents(family: str) -> tuple[int, ...]:
@@ -85,7 +105,7 @@ def _standard_parents(family: str) -> tuple[int, ...]:
     if family == "smpl":
         return tuple(parents + [20, 21])
     if family == "smplx":
-        parents += [15, 15, 15]                                     # jaw and eyes hang off the head
+        parents += [15, 15, 15]  # jaw and eyes hang off the head
     for wrist in (20, 21):
         for _ in _SMPLH_FINGER_ORDER:
             first = len(parents)
@@ -97,26 +117,67 @@ def _standard_parents(family: str) -> tuple[int, ...]:
 # (github.com/vchoutas/smplx, smplx/vertex_ids.py), renamed to canonical names. Its 'smplh' table
 # serves the 6,890-vertex SMPL / SMPL-H mesh, its 'smplx' table the 10,475-vertex SMPL-X mesh;
 # fingertips (``*4``) are its lthumb/lindex/... points.
-_SURFACE_IDS_SMPLH = MappingProxyType({
-    "nose": 332, "right_eye": 6260, "left_eye": 2800, "right_ear": 4071, "left_ear": 583,
-    "right_thumb4": 6191, "right_index4": 5782, "right_middle4": 5905, "right_ring4": 6016, "right_pinky4": 6133,
-    "left_thumb4": 2746, "left_index4": 2319, "left_middle4": 2445, "left_ring4": 2556, "left_pinky4": 2673,
-    "left_big_toe": 3216, "left_small_toe": 3226, "left_heel": 3387,
-    "right_big_toe": 6617, "right_small_toe": 6624, "right_heel": 6787,
-})
-_SURFACE_IDS_SMPLX = MappingProxyType({
-    "nose": 9120, "right_eye": 9929, "left_eye": 9448, "right_ear": 616, "left_ear": 6,
-    "right_thumb4": 8079, "right_index4": 7669, "right_middle4": 7794, "right_ring4": 7905, "right_pinky4": 8022,
-    "left_thumb4": 5361, "left_index4": 4933, "left_middle4": 5058, "left_ring4": 5169, "left_pinky4": 5286,
-    "left_big_toe": 5770, "left_small_toe": 5780, "left_heel": 8846,
-    "right_big_toe": 8463, "right_small_toe": 8474, "right_heel": 8635,
-})
+_SURFACE_IDS_SMPLH = MappingProxyType(
+    {
+        "nose": 332,
+        "right_eye": 6260,
+        "left_eye": 2800,
+        "right_ear": 4071,
+        "left_ear": 583,
+        "right_thumb4": 6191,
+        "right_index4": 5782,
+        "right_middle4": 5905,
+        "right_ring4": 6016,
+        "right_pinky4": 6133,
+        "left_thumb4": 2746,
+        "left_index4": 2319,
+        "left_middle4": 2445,
+        "left_ring4": 2556,
+        "left_pinky4": 2673,
+        "left_big_toe": 3216,
+        "left_small_toe": 3226,
+        "left_heel": 3387,
+        "right_big_toe": 6617,
+        "right_small_toe": 6624,
+        "right_heel": 6787,
+    }
+)
+_SURFACE_IDS_SMPLX = MappingProxyType(
+    {
+        "nose": 9120,
+        "right_eye": 9929,
+        "left_eye": 9448,
+        "right_ear": 616,
+        "left_ear": 6,
+        "right_thumb4": 8079,
+        "right_index4": 7669,
+        "right_middle4": 7794,
+        "right_ring4": 7905,
+        "right_pinky4": 8022,
+        "left_thumb4": 5361,
+        "left_index4": 4933,
+        "left_middle4": 5058,
+        "left_ring4": 5169,
+        "left_pinky4": 5286,
+        "left_big_toe": 5770,
+        "left_small_toe": 5780,
+        "left_heel": 8846,
+        "right_big_toe": 8463,
+        "right_small_toe": 8474,
+        "right_heel": 8635,
+    }
+)
 # family -> (the mesh's vertex count, its surface keypoint table)
-_SURFACE = MappingProxyType({
-    "smpl": (6890, _SURFACE_IDS_SMPLH), "smplh": (6890, _SURFACE_IDS_SMPLH), "smplx": (10475, _SURFACE_IDS_SMPLX),
-})
+_SURFACE = MappingProxyType(
+    {
+        "smpl": (6890, _SURFACE_IDS_SMPLH),
+        "smplh": (6890, _SURFACE_IDS_SMPLH),
+        "smplx": (10475, _SURFACE_IDS_SMPLX),
+    }
+)
 _BODY_JOINT_KEYPOINTS = tuple(
-    f"{side}_{part}" for part in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle") for side in ("left", "right"))
+    f"{side}_{part}" for part in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle") for side in ("left", "right")
+)
 
 # SMPLify's angle prior (Bogo et al. 2016; smplify-x prior.py ``SMPLifyAnglePrior``) penalises
 # exp(s * pose) with s = (+1, -1, -1, -1) on (left elbow y, right elbow y, left knee x, right knee
@@ -124,8 +185,10 @@ _BODY_JOINT_KEYPOINTS = tuple(
 # sign * angle >= 0) sign = -s. With SMPL's frame (y up, facing +z, left at +x) this bends the
 # forearms forwards (+z) and the shins backwards (-z); tests/test_smpl_model.py checks it.
 SMPL_BEND_LIMITS = (
-    BendLimit("left_elbow", 1, -1.0), BendLimit("right_elbow", 1, 1.0),
-    BendLimit("left_knee", 0, 1.0), BendLimit("right_knee", 0, 1.0),
+    BendLimit("left_elbow", 1, -1.0),
+    BendLimit("right_elbow", 1, 1.0),
+    BendLimit("left_knee", 0, 1.0),
+    BendLimit("right_knee", 0, 1.0),
 )
 # Pose joints whose meaning matches SMPL's (what SMPLify's 69-D mixture covers, joints 1-23):
 # SMPL-H / SMPL-X share joints 1-21; their 22nd and 23rd are finger / face joints, not SMPL's hands.
@@ -157,8 +220,9 @@ def _read_npz(path: Path, keys: Sequence[str], label: str) -> dict[str, Any]:
             return {k: z[k] for k in keys if k in z.files}
     except ValueError as e:
         if "allow_pickle" in str(e):
-            raise BodyModelError(f"{label} holds pickled objects in a needed array; re-save it with plain "
-                                 "numeric arrays") from None
+            raise BodyModelError(
+                f"{label} holds pickled objects in a needed array; re-save it with plain numeric arrays"
+            ) from None
         raise BodyModelError(f"{label} is not a readable .npz ({e})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise BodyModelError(f"{label} is not a readable .npz ({type(e).__name__}: {e})") from None
@@ -176,8 +240,10 @@ def _read_arrays(path: Path, keys: Sequence[str], what: str) -> dict[str, Any]:
         data = safe_load_pickle(path, what=what)
     missing = [k for k in keys if k not in data]
     if missing:
-        raise BodyModelError(f"{label} lacks {', '.join(repr(k) for k in missing)} "
-                             f"(it holds {', '.join(map(str, sorted(data))) or 'nothing usable'})")
+        raise BodyModelError(
+            f"{label} lacks {', '.join(repr(k) for k in missing)} "
+            f"(it holds {', '.join(map(str, sorted(data))) or 'nothing usable'})"
+        )
     return data
 
 
@@ -203,8 +269,10 @@ def _parents_from_kintree(kintree: np.ndarray, label: str) -> tuple[int, ...]:
     for c, pid in enumerate(int(p) for p in kintree[0]):
         parents.append(col.get(pid, -1))
         if (c == 0) != (parents[-1] == -1) or parents[-1] >= c:
-            raise BodyModelError(f"{label}: kintree_table is not a tree rooted at joint 0 with parents "
-                                 f"before children (joint {c} has parent id {pid})")
+            raise BodyModelError(
+                f"{label}: kintree_table is not a tree rooted at joint 0 with parents "
+                f"before children (joint {c} has parent id {pid})"
+            )
     return tuple(parents)
 
 
@@ -229,8 +297,9 @@ def _validated(arrays: Mapping[str, Any], label: str) -> _ModelArrays:
         raise BodyModelError(f"{label} lacks {', '.join(repr(k) for k in missing)}")
     v_template = _numeric(arrays, "v_template", label, 2)
     shapedirs = np.asarray(arrays["shapedirs"])
-    shapedirs = _numeric({"shapedirs": shapedirs[..., None] if shapedirs.ndim == 2 else shapedirs},
-                         "shapedirs", label, 3)
+    shapedirs = _numeric(
+        {"shapedirs": shapedirs[..., None] if shapedirs.ndim == 2 else shapedirs}, "shapedirs", label, 3
+    )
     posedirs = _numeric(arrays, "posedirs", label, 3)
     regressor = _numeric(arrays, "J_regressor", label, 2)
     weights = _numeric(arrays, "weights", label, 2)
@@ -238,15 +307,26 @@ def _validated(arrays: Mapping[str, Any], label: str) -> _ModelArrays:
     faces = _numeric(arrays, "f", label, 2)
     nv, nj = v_template.shape[0], kintree.shape[1] if kintree.shape[0] == 2 else -1
     if v_template.shape[1] != 3 or nj < 0:
-        raise BodyModelError(f"{label}: v_template {v_template.shape} must be (V, 3) and kintree_table "
-                             f"{kintree.shape} (2, J)")
+        raise BodyModelError(
+            f"{label}: v_template {v_template.shape} must be (V, 3) and kintree_table {kintree.shape} (2, J)"
+        )
     if nj not in FAMILY_BY_JOINTS:
         raise BodyModelError(f"{label} has {nj} joints; expected 24 (SMPL), 52 (SMPL-H) or 55 (SMPL-X)")
     family = FAMILY_BY_JOINTS[nj]
-    expected = {"shapedirs": (nv, 3, shapedirs.shape[2]), "posedirs": (nv, 3, 9 * (nj - 1)),
-                "J_regressor": (nj, nv), "weights": (nv, nj), "f": (faces.shape[0], 3)}
-    got = {"shapedirs": shapedirs.shape, "posedirs": posedirs.shape, "J_regressor": regressor.shape,
-           "weights": weights.shape, "f": faces.shape}
+    expected = {
+        "shapedirs": (nv, 3, shapedirs.shape[2]),
+        "posedirs": (nv, 3, 9 * (nj - 1)),
+        "J_regressor": (nj, nv),
+        "weights": (nv, nj),
+        "f": (faces.shape[0], 3),
+    }
+    got = {
+        "shapedirs": shapedirs.shape,
+        "posedirs": posedirs.shape,
+        "J_regressor": regressor.shape,
+        "weights": weights.shape,
+        "f": faces.shape,
+    }
     wrong = [f"{k} {got[k]} (expected {v})" for k, v in expected.items() if got[k] != v]
     if wrong:
         raise BodyModelError(f"{label} ({nv} vertices, {nj} joints): inconsistent shapes: {'; '.join(wrong)}")
@@ -254,8 +334,12 @@ def _validated(arrays: Mapping[str, Any], label: str) -> _ModelArrays:
         raise BodyModelError(f"{label}: 'f' holds vertex indices outside 0..{nv - 1}")
     parents = _parents_from_kintree(kintree, label)
     if parents != _standard_parents(family):
-        logger.warning("%s: its kinematic tree differs from the standard %s tree; joint names, "
-                       "keypoints and bending limits assume the standard order", label, family)
+        logger.warning(
+            "%s: its kinematic tree differs from the standard %s tree; joint names, "
+            "keypoints and bending limits assume the standard order",
+            label,
+            family,
+        )
     return _ModelArrays(family, v_template, shapedirs, posedirs, regressor, weights, faces, parents)
 
 
@@ -279,38 +363,44 @@ def _load_gmm(path: Path, family: str, dtype: torch.dtype, device: torch.device)
     weights = _numeric(data, "weights", label, 1)
     m, dim = means.shape
     if covars.shape != (m, dim, dim) or weights.shape != (m,) or dim % 3 or m == 0:
-        raise BodyModelError(f"{label}: means {means.shape}, covars {covars.shape} and weights {weights.shape} "
-                             "do not describe one mixture over 3-vectors")
+        raise BodyModelError(
+            f"{label}: means {means.shape}, covars {covars.shape} and weights {weights.shape} "
+            "do not describe one mixture over 3-vectors"
+        )
     if np.any(weights <= 0):
         raise BodyModelError(f"{label}: mixture weights must be positive")
     n = min(dim // 3, _GMM_COMPATIBLE_JOINTS[family])
     d = 3 * n
-    means, covars = means[:, :d], covars[:, :d, :d]                    # a Gaussian's marginal
+    means, covars = means[:, :d], covars[:, :d, :d]  # a Gaussian's marginal
     try:
-        chol = np.linalg.cholesky(covars)                               # (M, d, d)
+        chol = np.linalg.cholesky(covars)  # (M, d, d)
     except np.linalg.LinAlgError:
         raise BodyModelError(f"{label}: a covariance is not positive definite") from None
     eye = np.broadcast_to(np.eye(d), covars.shape)
     inv_chol = np.linalg.solve(chol, eye)
     precisions = np.swapaxes(inv_chol, 1, 2) @ inv_chol
-    logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(1)   # (M,)
+    logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(1)  # (M,)
     # smplify-x MaxMixturePrior.merged_log_likelihood: 0.5 maha - log(w / ((2 pi)^(d/2) sqrt(det) / min sqrt(det)))
     consts = -np.log(weights) + 0.5 * d * math.log(2 * math.pi) + 0.5 * (logdet - logdet.min())
     if n < dim // 3:
-        logger.info("pose prior %s: using its first %d of %d joints (the ones %s shares with SMPL)",
-                    path.name, n, dim // 3, family)
+        logger.info(
+            "pose prior %s: using its first %d of %d joints (the ones %s shares with SMPL)",
+            path.name,
+            n,
+            dim // 3,
+            family,
+        )
     cast = {"dtype": dtype, "device": device}
-    return _Gmm(torch.as_tensor(means, **cast), torch.as_tensor(precisions, **cast),
-                torch.as_tensor(consts, **cast), n)
+    return _Gmm(torch.as_tensor(means, **cast), torch.as_tensor(precisions, **cast), torch.as_tensor(consts, **cast), n)
 
 
 @dataclass(frozen=True)
 class _Plan:
     """How to evaluate a list of keypoint names: which joints, which skinned vertex rows, how mixed."""
 
-    joint_ids: torch.Tensor                                   # (Nj,)
-    vertex_rows: tuple[torch.Tensor, ...] | None              # sliced template/shapedirs/posedirs/weights
-    mix: torch.Tensor                                         # (K, Nj + Nv), rows sum to 1
+    joint_ids: torch.Tensor  # (Nj,)
+    vertex_rows: tuple[torch.Tensor, ...] | None  # sliced template/shapedirs/posedirs/weights
+    mix: torch.Tensor  # (K, Nj + Nv), rows sum to 1
 
 
 class SmplModel(BodyModel):
@@ -320,9 +410,17 @@ class SmplModel(BodyModel):
     ``gender``, ``joint_names`` (J, root first), ``parents`` (J,), ``num_vertices``, ``source``.
     """
 
-    def __init__(self, arrays: Mapping[str, Any], *, source: str = "arrays", gender: str = "neutral",
-                 num_betas: int = 10, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 pose_prior_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        arrays: Mapping[str, Any],
+        *,
+        source: str = "arrays",
+        gender: str = "neutral",
+        num_betas: int = 10,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        pose_prior_path: str | Path | None = None,
+    ) -> None:
         label = f"model file '{source}'"
         a = _validated(arrays, label)
         family, nv, nj = a.family, a.v_template.shape[0], len(a.parents)
@@ -332,8 +430,9 @@ class SmplModel(BodyModel):
             raise BodyModelError(f"{label}: num_betas must be >= 0, not {num_betas}")
         available = _shape_columns(family, a.shapedirs.shape[2])
         if num_betas > available:
-            logger.warning("%s has %d shape directions; using %d, not the %d asked for",
-                           label, available, available, num_betas)
+            logger.warning(
+                "%s has %d shape directions; using %d, not the %d asked for", label, available, available, num_betas
+            )
         num_shape = min(num_betas, available)
 
         self.name = self.family = family
@@ -351,22 +450,29 @@ class SmplModel(BodyModel):
 
         shapedirs = a.shapedirs[:, :, :num_shape]
         cast = {"dtype": dtype, "device": self.device}
-        self._v_template = torch.as_tensor(a.v_template, **cast)                        # (V, 3)
-        self._shapedirs = torch.as_tensor(shapedirs, **cast)                            # (V, 3, S)
-        self._posedirs = torch.as_tensor(a.posedirs, **cast)                            # (V, 3, P)
-        self._weights = torch.as_tensor(a.weights, **cast)                              # (V, J)
+        self._v_template = torch.as_tensor(a.v_template, **cast)  # (V, 3)
+        self._shapedirs = torch.as_tensor(shapedirs, **cast)  # (V, 3, S)
+        self._posedirs = torch.as_tensor(a.posedirs, **cast)  # (V, 3, P)
+        self._weights = torch.as_tensor(a.weights, **cast)  # (V, J)
         # the joint regressor is linear: regress the template and each shape direction once
-        self._j_template = torch.as_tensor(a.regressor @ a.v_template, **cast)          # (J, 3)
+        self._j_template = torch.as_tensor(a.regressor @ a.v_template, **cast)  # (J, 3)
         self._j_shapedirs = torch.as_tensor(np.einsum("jv,vcs->jcs", a.regressor, shapedirs), **cast)  # (J, 3, S)
         self._levels = self._fk_levels(a.parents)
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._gmm = None if pose_prior_path is None else _load_gmm(Path(pose_prior_path), family, dtype, self.device)
 
         self._keypoint_sources = self._sources(family, nv, label)
-        self.keypoint_names = tuple(n for n in CANONICAL_KEYPOINTS
-                                    if n in self._keypoint_sources or self._derivable(n))
-        logger.info("%s: %s (%s), %d vertices, %d joints, %d shape coefficients%s", label, family, gender, nv, nj,
-                    num_shape, ", GMM pose prior" if self._gmm is not None else "")
+        self.keypoint_names = tuple(n for n in CANONICAL_KEYPOINTS if n in self._keypoint_sources or self._derivable(n))
+        logger.info(
+            "%s: %s (%s), %d vertices, %d joints, %d shape coefficients%s",
+            label,
+            family,
+            gender,
+            nv,
+            nj,
+            num_shape,
+            ", GMM pose prior" if self._gmm is not None else "",
+        )
 
     # -- set-up ----------------------------------------------------------------------------------
     def _sources(self, family: str, nv: int, label: str) -> dict[str, tuple[str, int]]:
@@ -386,8 +492,13 @@ class SmplModel(BodyModel):
                 if hands or not name[-1].isdigit():  # fingertips only with finger joints
                     sources[name] = ("vertex", vid)
         else:
-            logger.info("%s: %d vertices, not the %s mesh's %d: surface keypoints (face, feet, fingertips) "
-                        "are not offered", label, nv, family, mesh_vertices)
+            logger.info(
+                "%s: %d vertices, not the %s mesh's %d: surface keypoints (face, feet, fingertips) are not offered",
+                label,
+                nv,
+                family,
+                mesh_vertices,
+            )
         return sources
 
     def _derivable(self, name: str) -> bool:
@@ -416,8 +527,12 @@ class SmplModel(BodyModel):
     # -- evaluation ------------------------------------------------------------------------------
     def _check(self, pose: BodyPose) -> None:
         b = pose.batch_size
-        want = {"global_orient": (b, 3), "body_pose": (b, len(self.pose_joint_names), 3),
-                "shape": (b, self.num_shape), "transl": (b, 3)}
+        want = {
+            "global_orient": (b, 3),
+            "body_pose": (b, len(self.pose_joint_names), 3),
+            "shape": (b, self.num_shape),
+            "transl": (b, 3),
+        }
         for (field, shape), t in zip(want.items(), pose.tensors(), strict=True):
             if tuple(t.shape) != shape:
                 raise ValueError(f"{self.name}: {field} has shape {tuple(t.shape)}, expected {shape}")
@@ -428,10 +543,10 @@ class SmplModel(BodyModel):
         self._check(pose)
         rot_local = axis_angle_to_matrix(torch.cat([pose.global_orient[:, None], pose.body_pose], 1))
         rest = self._j_template + torch.einsum("jcs,bs->bjc", self._j_shapedirs, pose.shape)
-        rot_g, pos_g = rot_local[:, :1], rest[:, :1]                  # root: rotation about its rest joint
+        rot_g, pos_g = rot_local[:, :1], rest[:, :1]  # root: rotation about its rest joint
         for ids, par, ppos in self._levels[1:-1]:
-            r_par = rot_g[:, ppos]                                    # (B, n, 3, 3)
-            bone = rest[:, ids] - rest[:, par]                        # (B, n, 3)
+            r_par = rot_g[:, ppos]  # (B, n, 3, 3)
+            bone = rest[:, ids] - rest[:, par]  # (B, n, 3)
             rot_g = torch.cat([rot_g, r_par @ rot_local[:, ids]], 1)
             pos_g = torch.cat([pos_g, pos_g[:, ppos] + (r_par @ bone[..., None])[..., 0]], 1)
         inverse = self._levels[-1][0]
@@ -444,11 +559,11 @@ class SmplModel(BodyModel):
         template, shapedirs, posedirs, weights = rows
         b = pose.batch_size
         eye = torch.eye(3, dtype=rot_local.dtype, device=rot_local.device)
-        feature = (rot_local[:, 1:] - eye).reshape(b, -1)                             # (B, P)
+        feature = (rot_local[:, 1:] - eye).reshape(b, -1)  # (B, P)
         v = template + torch.einsum("ncs,bs->bnc", shapedirs, pose.shape)
-        v = v + torch.einsum("ncp,bp->bnc", posedirs, feature)                        # (B, N, 3)
-        shift = pos_g - (rot_g @ rest[..., None])[..., 0]                             # (B, J, 3)
-        rot_v = torch.einsum("nj,bjkl->bnkl", weights, rot_g)                         # (B, N, 3, 3)
+        v = v + torch.einsum("ncp,bp->bnc", posedirs, feature)  # (B, N, 3)
+        shift = pos_g - (rot_g @ rest[..., None])[..., 0]  # (B, J, 3)
+        rot_v = torch.einsum("nj,bjkl->bnkl", weights, rot_g)  # (B, N, 3, 3)
         return (rot_v @ v[..., None])[..., 0] + weights @ shift
 
     def joints(self, pose: BodyPose) -> torch.Tensor:
@@ -511,15 +626,21 @@ class SmplModel(BodyModel):
         if self._gmm is None:
             return None
         gmm = self._gmm
-        x = body_pose.reshape(body_pose.shape[0], -1, 3)[:, :gmm.num_joints].reshape(body_pose.shape[0], -1)
-        diff = x[:, None] - gmm.means                                                 # (B, M, d)
+        x = body_pose.reshape(body_pose.shape[0], -1, 3)[:, : gmm.num_joints].reshape(body_pose.shape[0], -1)
+        diff = x[:, None] - gmm.means  # (B, M, d)
         maha = torch.einsum("bmi,mij,bmj->bm", diff, gmm.precisions, diff)
         return (0.5 * maha + gmm.consts).min(1).values
 
 
-def load_smpl_model(path: str | Path, *, gender: str | None = None, num_betas: int = 10,
-                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    pose_prior_path: str | Path | None = None) -> SmplModel:
+def load_smpl_model(
+    path: str | Path,
+    *,
+    gender: str | None = None,
+    num_betas: int = 10,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    pose_prior_path: str | Path | None = None,
+) -> SmplModel:
     """An SMPL / SMPL-H / SMPL-X model from an official ``.npz`` or ``.pkl`` file.
 
     ``gender`` is recorded (default: guessed from the file name, else neutral); the file decides the
@@ -531,5 +652,12 @@ def load_smpl_model(path: str | Path, *, gender: str | None = None, num_betas: i
     guessed = _guess_gender(path)
     if gender is not None and gender != guessed and guessed != "neutral":
         logger.warning("model file %s looks %s by its name, but gender=%s was given", path.name, guessed, gender)
-    return SmplModel(arrays, source=str(path), gender=gender or guessed, num_betas=num_betas, dtype=dtype,
-                     device=device, pose_prior_path=pose_prior_path)
+    return SmplModel(
+        arrays,
+        source=str(path),
+        gender=gender or guessed,
+        num_betas=num_betas,
+        dtype=dtype,
+        device=device,
+        pose_prior_path=pose_prior_path,
+    )

@@ -76,8 +76,11 @@ class FcgfModelConfig:
 def build_model(config: FcgfModelConfig) -> ResUNetBN2C:
     """A freshly initialised network of ``config`` (uses torch's global RNG for the weights)."""
     return ARCHS[config.arch](
-        in_channels=config.in_channels, out_channels=config.out_channels, bn_momentum=config.bn_momentum,
-        normalize_feature=config.normalize_feature, conv1_kernel_size=config.conv1_kernel_size,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        bn_momentum=config.bn_momentum,
+        normalize_feature=config.normalize_feature,
+        conv1_kernel_size=config.conv1_kernel_size,
     )
 
 
@@ -107,8 +110,13 @@ def _torch_load(path: Path) -> Any:
 
 def save_checkpoint(path: Path, model: ResUNetBN2C, config: FcgfModelConfig, **extra: Any) -> None:
     """Write ``model`` in capture3d's format (atomically: temporary file, then rename)."""
-    state = {"format": FORMAT, "version": VERSION, "model_config": dataclasses.asdict(config),
-             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": dataclasses.asdict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
     with atomic_file(Path(path)) as tmp:
         torch.save(state, tmp)
 
@@ -141,8 +149,9 @@ def to_me_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def infer_model_config(state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None,
-                       bn_momentum: float = 0.05) -> FcgfModelConfig:
+def infer_model_config(
+    state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None, bn_momentum: float = 0.05
+) -> FcgfModelConfig:
     """The network shape a capture3d-named state dict was trained with (see the module docstring)."""
     try:
         conv1, final, conv1_tr = state["conv1.weight"], state["final.weight"], state["conv1_tr.weight"]
@@ -156,8 +165,14 @@ def infer_model_config(state: Mapping[str, torch.Tensor], config: Mapping[str, A
     if arch is None:
         raise ValueError(f"conv1_tr gives {width} channels: neither ResUNetBN2C nor ResUNetBN2")
     normalize = bool((config or {}).get("normalize_feature", True))
-    return FcgfModelConfig(arch=arch, in_channels=int(conv1.shape[1]), out_channels=int(final.shape[2]),
-                           conv1_kernel_size=k, bn_momentum=bn_momentum, normalize_feature=normalize)
+    return FcgfModelConfig(
+        arch=arch,
+        in_channels=int(conv1.shape[1]),
+        out_channels=int(final.shape[2]),
+        conv1_kernel_size=k,
+        bn_momentum=bn_momentum,
+        normalize_feature=normalize,
+    )
 
 
 def _check_state(model: ResUNetBN2C, state: Mapping[str, torch.Tensor]) -> None:
@@ -168,11 +183,14 @@ def _check_state(model: ResUNetBN2C, state: Mapping[str, torch.Tensor]) -> None:
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if wrong:
         k = wrong[0]
-        raise ValueError(f"weight {k!r} has shape {tuple(state[k].shape)}, the network needs "
-                         f"{tuple(expected[k].shape)} ({len(wrong)} mismatched)")
+        raise ValueError(
+            f"weight {k!r} has shape {tuple(state[k].shape)}, the network needs "
+            f"{tuple(expected[k].shape)} ({len(wrong)} mismatched)"
+        )
     if missing or unexpected:
-        raise ValueError(f"{len(missing)} weights missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-                         f"(e.g. {unexpected[:2]})")
+        raise ValueError(
+            f"{len(missing)} weights missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
 
 
 def model_from_state(state: Mapping[str, torch.Tensor], config: FcgfModelConfig) -> ResUNetBN2C:
@@ -183,7 +201,9 @@ def model_from_state(state: Mapping[str, torch.Tensor], config: FcgfModelConfig)
     return model
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[ResUNetBN2C, FcgfModelConfig, dict[str, Any]]:
+def load_checkpoint(
+    path: Path, device: torch.device | str = "cpu"
+) -> tuple[ResUNetBN2C, FcgfModelConfig, dict[str, Any]]:
     """Load an FCGF checkpoint (capture3d or official format) -> (model in eval mode, config, extras).
 
     ``extras`` holds the checkpoint's other entries (for capture3d files: ``voxel_size``,
@@ -220,6 +240,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[Res
             raise ValueError("neither a capture3d FCGF checkpoint nor an FCGF state-dict checkpoint")
     except ValueError as exc:
         raise ValueError(f"checkpoint '{path}': {exc}") from None
-    logger.info("loaded FCGF %s (%d-dim, conv1 k=%d) from %s", config.arch, config.out_channels,
-                config.conv1_kernel_size, path)
+    logger.info(
+        "loaded FCGF %s (%d-dim, conv1 k=%d) from %s", config.arch, config.out_channels, config.conv1_kernel_size, path
+    )
     return model.to(device).eval(), config, extras

@@ -100,15 +100,28 @@ def pairs_from_scans(
     """
     placed = [s for s in scans if s.name in poses]
     found = overlapping_pairs([s.points for s in placed], [poses[s.name] for s in placed], 3 * voxel, min_overlap)
-    pairs = [ScanPair(f"{prefix}{placed[i].name}-{placed[j].name}", placed[i].points, placed[j].points,
-                      np.linalg.inv(poses[placed[j].name]) @ poses[placed[i].name], voxel) for i, j, _ in found]
+    pairs = [
+        ScanPair(
+            f"{prefix}{placed[i].name}-{placed[j].name}",
+            placed[i].points,
+            placed[j].points,
+            np.linalg.inv(poses[placed[j].name]) @ poses[placed[i].name],
+            voxel,
+        )
+        for i, j, _ in found
+    ]
     logger.info("%s%d scans -> %d pairs with overlap >= %.2f", prefix, len(placed), len(pairs), min_overlap)
     return pairs
 
 
 def synthetic_pairs(
-    seeds: list[int], num_scans: int, noise_sigma: float, width: int, height: int,
-    auto_target_points: int, min_overlap: float,
+    seeds: list[int],
+    num_scans: int,
+    noise_sigma: float,
+    width: int,
+    height: int,
+    auto_target_points: int,
+    min_overlap: float,
 ) -> list[ScanPair]:
     """Overlapping scan pairs of the synthetic courtyard for each seed (voxel: auto per seed)."""
     pairs: list[ScanPair] = []
@@ -147,8 +160,9 @@ def augment_pair(pair: ScanPair, rng: np.random.Generator, config: AugmentConfig
     return ScanPair(pair.name, clouds[0], clouds[1], T, pair.voxel)
 
 
-def voxelize_pair(pair: ScanPair, positive_radius_factor: float, device: torch.device | str = "cpu",
-                  safe_radius_factor: float = 0.0) -> VoxelPair:
+def voxelize_pair(
+    pair: ScanPair, positive_radius_factor: float, device: torch.device | str = "cpu", safe_radius_factor: float = 0.0
+) -> VoxelPair:
     """Voxelise both clouds at ``pair.voxel`` into one batched tensor and find the positive pairs.
 
     With ``safe_radius_factor`` > the positive factor, the pairs within that many voxels are

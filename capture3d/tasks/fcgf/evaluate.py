@@ -55,15 +55,18 @@ class FeatureEvalConfig:
     """multiplies inlier_distance and translation_threshold (0.1 for small objects)"""
 
 
-def overlapping_pairs(clouds: list[np.ndarray], poses: list[np.ndarray], radius: float,
-                      min_overlap: float) -> list[tuple[int, int, float]]:
+def overlapping_pairs(
+    clouds: list[np.ndarray], poses: list[np.ndarray], radius: float, min_overlap: float
+) -> list[tuple[int, int, float]]:
     """(i, j, overlap) for i < j whose overlap (larger directed ratio within ``radius``) >= min_overlap."""
     out = []
     for i in range(len(clouds)):
         for j in range(i + 1, len(clouds)):
             T = np.linalg.inv(poses[j]) @ poses[i]  # (4, 4) j_from_i
-            ov = max(overlap_ratio(clouds[i], clouds[j], T, radius),
-                     overlap_ratio(clouds[j], clouds[i], np.linalg.inv(T), radius))
+            ov = max(
+                overlap_ratio(clouds[i], clouds[j], T, radius),
+                overlap_ratio(clouds[j], clouds[i], np.linalg.inv(T), radius),
+            )
             if ov >= min_overlap:
                 out.append((i, j, ov))
     return out
@@ -87,20 +90,31 @@ def evaluate_descriptors(
     for i, j, ov in pairs:
         T_gt = np.linalg.inv(poses[j]) @ poses[i]  # (4, 4) maps cloud i into cloud j
         for name, feats in features.items():
-            ok, frac = feature_match_recall(feats[i], feats[j], points[i], points[j], T_gt, inlier_dist,
-                                            config.inlier_ratio)
+            ok, frac = feature_match_recall(
+                feats[i], feats[j], points[i], points[j], T_gt, inlier_dist, config.inlier_ratio
+            )
             t = time.perf_counter()
             result = register_pair(names[i], clouds[i], feats[i], names[j], clouds[j], feats[j], voxel, pair_config)
             rot, trans = relative_transform_errors(result.transformation, T_gt)
-            rows.append({
-                "source": names[i], "target": names[j], "overlap": ov, "feature": name,
-                "feature_match": bool(ok), "inlier_ratio": frac,
-                "registered": bool(rot <= config.rotation_threshold_deg and trans <= trans_thresh),
-                "rotation_error_deg": rot, "translation_error": trans, "confident": result.confident,
-                "method": result.method, "registration_s": time.perf_counter() - t,
-            })
-    logger.info("evaluated %d descriptor(s) on %d pairs with overlap >= %.2f", len(features), len(pairs),
-                config.min_overlap)
+            rows.append(
+                {
+                    "source": names[i],
+                    "target": names[j],
+                    "overlap": ov,
+                    "feature": name,
+                    "feature_match": bool(ok),
+                    "inlier_ratio": frac,
+                    "registered": bool(rot <= config.rotation_threshold_deg and trans <= trans_thresh),
+                    "rotation_error_deg": rot,
+                    "translation_error": trans,
+                    "confident": result.confident,
+                    "method": result.method,
+                    "registration_s": time.perf_counter() - t,
+                }
+            )
+    logger.info(
+        "evaluated %d descriptor(s) on %d pairs with overlap >= %.2f", len(features), len(pairs), config.min_overlap
+    )
     return rows, summarize(rows, list(features))
 
 

@@ -41,8 +41,9 @@ def fcgf_feature(model: ResUNetBN2C) -> FeatureFn:
     return extract
 
 
-def registry_with_fcgf(checkpoint: Path, device: str = "auto",
-                       base: Mapping[str, FeatureFn] | None = None) -> dict[str, FeatureFn]:
+def registry_with_fcgf(
+    checkpoint: Path, device: str = "auto", base: Mapping[str, FeatureFn] | None = None
+) -> dict[str, FeatureFn]:
     """A copy of ``base`` (default: the built-ins) with ``fcgf`` from ``checkpoint`` added."""
     model, _, _ = load_checkpoint(Path(checkpoint), resolve_device(device))
     registry = dict(base) if base is not None else feature_registry()

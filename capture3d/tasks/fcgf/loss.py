@@ -23,7 +23,8 @@ minimum first and then drops anchors whose hardest negative is a positive). Anch
 admissible candidate are dropped; an empty term contributes 0.
 
 PointInfoNCE (:func:`point_info_nce_loss`; Xie et al., "PointContrast", ECCV 2020, Eq. 1), the
-default training objective (measured faster to learn on the synthetic scans, README): up to ``num_pos`` sampled positive pairs ``(i_k, j_k)`` form a (P, P)
+default training objective (measured faster to learn on the synthetic scans, README): up to
+``num_pos`` sampled positive pairs ``(i_k, j_k)`` form a (P, P)
 similarity matrix ``f0_i . f1_j / temperature`` whose diagonal holds the matches; the loss is the
 cross-entropy of each row (and, symmetrically, each column) towards its diagonal entry. Unlike the
 hardest negative, every other match in the sample pushes back, so the descriptors spread out
@@ -71,7 +72,9 @@ def _checked_pairs(f0: torch.Tensor, f1: torch.Tensor, positive_pairs: torch.Ten
     if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
         raise ValueError(f"positive_pairs must be non-empty (P, 2), got {tuple(pairs.shape)}")
     n0, n1 = int(f0.shape[0]), int(f1.shape[0])
-    if bool((pairs[:, 0] < 0).any() or (pairs[:, 0] >= n0).any() or (pairs[:, 1] < 0).any() or (pairs[:, 1] >= n1).any()):
+    if bool(
+        (pairs[:, 0] < 0).any() or (pairs[:, 0] >= n0).any() or (pairs[:, 1] < 0).any() or (pairs[:, 1] >= n1).any()
+    ):
         raise ValueError("positive_pairs index outside f0 / f1")
     return pairs
 

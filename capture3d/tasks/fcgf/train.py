@@ -156,8 +156,9 @@ def _fresh_state(config: FcgfTrainConfig, seed: int, device: torch.device) -> _S
         model = build_model(config.model).to(device)
     o = config.optim
     if o.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=o.learning_rate, momentum=o.momentum,
-                                                     weight_decay=o.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(), lr=o.learning_rate, momentum=o.momentum, weight_decay=o.weight_decay
+        )
     else:
         opt = torch.optim.Adam(model.parameters(), lr=o.learning_rate, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, o.lr_decay_every), gamma=o.lr_gamma)
@@ -178,9 +179,12 @@ def _save_state(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -
     payload = {
         "iteration": state.iteration,
         "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
-        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-        "rng": state.rng.bit_generator.state, "gen": state.gen.get_state(),
-        "history": state.history, "validation": state.validation,
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "rng": state.rng.bit_generator.state,
+        "gen": state.gen.get_state(),
+        "history": state.history,
+        "validation": state.validation,
     }
     save_train_state(path, STATE_FORMAT, _state_identity(config, seed), payload)
 
@@ -213,40 +217,64 @@ def _draw(pairs: list[ScanPair], state: _State, config: FcgfTrainConfig, device:
             continue
         if vp.positives.shape[0] >= config.loss.min_positives:
             return vp
-    raise ValueError(f"no usable training pair in {_MAX_DRAWS} draws: clouds too small or too little overlap "
-                     f"(need >= {config.loss.min_positives} positive voxel pairs)")
+    raise ValueError(
+        f"no usable training pair in {_MAX_DRAWS} draws: clouds too small or too little overlap "
+        f"(need >= {config.loss.min_positives} positive voxel pairs)"
+    )
 
 
-def _objective(feats: torch.Tensor, vp: VoxelPair, lc: LossConfig,
-               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _objective(
+    feats: torch.Tensor, vp: VoxelPair, lc: LossConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, positive term, negative term) of one step; PointInfoNCE has no separate terms (NaN)."""
     f0, f1 = feats[: vp.num0], feats[vp.num0 :]  # (M0, D), (M1, D)
     if lc.objective == "point_info_nce":
         radius = max(lc.safe_radius_factor, lc.positive_radius_factor) * vp.voxel
-        loss = point_info_nce_loss(f0, f1, vp.positives, vp.positions0, vp.positions1, radius,
-                                   num_pos=lc.num_pos, temperature=lc.temperature, generator=gen)
+        loss = point_info_nce_loss(
+            f0,
+            f1,
+            vp.positives,
+            vp.positions0,
+            vp.positions1,
+            radius,
+            num_pos=lc.num_pos,
+            temperature=lc.temperature,
+            generator=gen,
+        )
         nan = torch.tensor(float("nan"))
         return loss, nan, nan
-    return hardest_contrastive_loss(f0, f1, vp.positives, num_pos=lc.num_pos, num_hn_samples=lc.num_hn_samples,
-                                    pos_thresh=lc.pos_thresh, neg_thresh=lc.neg_thresh, generator=gen,
-                                    excluded_pairs=vp.excluded)
+    return hardest_contrastive_loss(
+        f0,
+        f1,
+        vp.positives,
+        num_pos=lc.num_pos,
+        num_hn_samples=lc.num_hn_samples,
+        pos_thresh=lc.pos_thresh,
+        neg_thresh=lc.neg_thresh,
+        generator=gen,
+        excluded_pairs=vp.excluded,
+    )
 
 
-def validation_pairs(pairs: list[ScanPair], config: FcgfTrainConfig, seed: int,
-                     device: torch.device | str = "cpu") -> list[VoxelPair]:
+def validation_pairs(
+    pairs: list[ScanPair], config: FcgfTrainConfig, seed: int, device: torch.device | str = "cpu"
+) -> list[VoxelPair]:
     """Validation pairs augmented once with a generator seeded from ``seed`` (fixed across runs)."""
     rng = np.random.default_rng(seed + 7919)
     out = []
     for pair in pairs:
         try:
-            out.append(voxelize_pair(augment_pair(pair, rng, config.augment), config.loss.positive_radius_factor, device))
+            out.append(
+                voxelize_pair(augment_pair(pair, rng, config.augment), config.loss.positive_radius_factor, device)
+            )
         except ValueError as exc:
             logger.warning("validation pair %s skipped: %s", pair.name, exc)
     return out
 
 
-def evaluate_fmr(model: ResUNetBN2C, pairs: list[VoxelPair], inlier_distance: float,
-                 inlier_ratio: float) -> dict[str, float]:
+def evaluate_fmr(
+    model: ResUNetBN2C, pairs: list[VoxelPair], inlier_distance: float, inlier_ratio: float
+) -> dict[str, float]:
     """Feature-match recall and mean inlier ratio of ``model`` on voxelised pairs (eval mode)."""
     if not pairs:
         return {"fmr": float("nan"), "inlier_ratio": float("nan")}
@@ -257,8 +285,15 @@ def evaluate_fmr(model: ResUNetBN2C, pairs: list[VoxelPair], inlier_distance: fl
         with torch.no_grad():
             for vp in pairs:
                 feats = model(vp.tensor).features.float().cpu()  # (M0 + M1, D)
-                ok, frac = feature_match_recall(feats[: vp.num0], feats[vp.num0 :], vp.positions0, vp.positions1,
-                                                vp.T_1_from_0, inlier_distance, inlier_ratio)
+                ok, frac = feature_match_recall(
+                    feats[: vp.num0],
+                    feats[vp.num0 :],
+                    vp.positions0,
+                    vp.positions1,
+                    vp.T_1_from_0,
+                    inlier_distance,
+                    inlier_ratio,
+                )
                 flags.append(ok)
                 ratios.append(frac)
     finally:
@@ -287,8 +322,9 @@ def train_fcgf(
     resumed_from = state.iteration
     val = validation_pairs(val_pairs, config, seed, device)
     if state.iteration == 0 and val:
-        state.validation.append({"iteration": 0.0, **evaluate_fmr(state.model, val, config.fmr_inlier_distance,
-                                                                  config.fmr_inlier_ratio)})
+        state.validation.append(
+            {"iteration": 0.0, **evaluate_fmr(state.model, val, config.fmr_inlier_distance, config.fmr_inlier_ratio)}
+        )
     state.model.train()
     lc = config.loss
     while state.iteration < config.iterations:
@@ -297,8 +333,10 @@ def train_fcgf(
         feats = state.model(vp.tensor).features  # (M0 + M1, D)
         loss, pos, neg = _objective(feats, vp, lc, state.gen)
         if not bool(torch.isfinite(loss)):
-            raise ValueError(f"FCGF loss became {float(loss)} at iteration {state.iteration + 1}; "
-                             f"the last good state is kept in '{state_path}'")
+            raise ValueError(
+                f"FCGF loss became {float(loss)} at iteration {state.iteration + 1}; "
+                f"the last good state is kept in '{state_path}'"
+            )
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -306,9 +344,15 @@ def train_fcgf(
         state.scheduler.step()
         state.iteration += 1
         report_progress(logger, "train fcgf (iterations)", state.iteration, config.iterations)
-        row = {"iteration": float(state.iteration), "loss": loss.item(), "pos_loss": pos.item(),
-               "neg_loss": neg.item(), "lr": lr, "num_positives": float(vp.positives.shape[0]),
-               "seconds": time.perf_counter() - t}
+        row = {
+            "iteration": float(state.iteration),
+            "loss": loss.item(),
+            "pos_loss": pos.item(),
+            "neg_loss": neg.item(),
+            "lr": lr,
+            "num_positives": float(vp.positives.shape[0]),
+            "seconds": time.perf_counter() - t,
+        }
         state.history.append(row)
         if progress is not None:
             progress(row)
@@ -316,8 +360,13 @@ def train_fcgf(
         if val and (state.iteration % max(1, config.val_every) == 0 or last):
             metrics = evaluate_fmr(state.model, val, config.fmr_inlier_distance, config.fmr_inlier_ratio)
             state.validation.append({"iteration": float(state.iteration), **metrics})
-            logger.info("iteration %d: loss %.4f, validation FMR %.3f, inlier ratio %.3f", state.iteration,
-                        row["loss"], metrics["fmr"], metrics["inlier_ratio"])
+            logger.info(
+                "iteration %d: loss %.4f, validation FMR %.3f, inlier ratio %.3f",
+                state.iteration,
+                row["loss"],
+                metrics["fmr"],
+                metrics["inlier_ratio"],
+            )
         if state.iteration % max(1, config.checkpoint_every) == 0 or last:
             _save_state(state_path, state, config, seed)
     state.model.eval()

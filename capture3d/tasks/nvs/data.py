@@ -53,9 +53,7 @@ MIN_TRIANGULATED_POINTS = 100
 # ----------------------------------------------------------------------------- public API
 
 
-def load_scene(
-    path: Path, label: str, resolution_scale: float = 1.0, points_limit: int | None = None
-) -> NvsScene:
+def load_scene(path: Path, label: str, resolution_scale: float = 1.0, points_limit: int | None = None) -> NvsScene:
     """Detect the format of ``path`` and load its posed views and sparse points.
 
     ``resolution_scale`` resizes every image (sizes rounded to int) and scales K to match; for
@@ -98,8 +96,13 @@ def load_scene(
         scene = replace(scene, points=scene.points[keep], colors=scene.colors[keep])
     v0 = scene.views[0]
     logger.info(
-        "loaded %s capture %s: %d views (%dx%d), %d points", scene.source, path, len(scene.views),
-        v0.width, v0.height, len(scene.points),
+        "loaded %s capture %s: %d views (%dx%d), %d points",
+        scene.source,
+        path,
+        len(scene.views),
+        v0.width,
+        v0.height,
+        len(scene.points),
     )
     return scene
 
@@ -136,9 +139,13 @@ def triangulate_known_poses(
     extraction.max_image_size = int(max_image_size)
     extraction.num_threads = int(num_threads)
     pycolmap.extract_features(
-        database, image_dir, image_names=file_names,
+        database,
+        image_dir,
+        image_names=file_names,
         camera_mode=pycolmap.CameraMode.SINGLE if shared else pycolmap.CameraMode.PER_IMAGE,
-        reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=pycolmap.Device.cpu,
     )
 
     # The database's cameras get the known intrinsics (used by geometric verification), and the
@@ -168,8 +175,9 @@ def triangulate_known_poses(
     matching.num_threads = int(num_threads)
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = 0
-    pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
-                              device=pycolmap.Device.cpu)
+    pycolmap.match_exhaustive(
+        database, matching_options=matching, verification_options=verification, device=pycolmap.Device.cpu
+    )
 
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = int(num_threads)
@@ -183,7 +191,10 @@ def triangulate_known_poses(
     error = float(result.compute_mean_reprojection_error()) if ids else float("nan")
     logger.info(
         "triangulated %d points from %d views with known poses: mean reprojection error %.3f px (%.1f s)",
-        len(ids), len(scene.views), error, time.perf_counter() - start,
+        len(ids),
+        len(scene.views),
+        error,
+        time.perf_counter() - start,
     )
     if len(ids) < MIN_TRIANGULATED_POINTS:
         raise CaptureError(
@@ -274,18 +285,21 @@ def _load_transforms(json_path: Path, label: str) -> NvsScene:
         model = merged.get("camera_model")
         if model is not None and str(model).upper() not in PINHOLE_MODELS:
             raise CaptureError(
-                label, f"{json_path.name}: camera model {model} is not pinhole; undistort it first "
+                label,
+                f"{json_path.name}: camera model {model} is not pinhole; undistort it first "
                 "(e.g. the sfm stage's undistorted/ output)",
             )
         distorted = [k for k in DISTORTION_KEYS if float(merged.get(k, 0.0) or 0.0) != 0.0]
         if distorted:
             raise CaptureError(
-                label, f"{json_path.name}: camera model {model or 'PINHOLE'} has distortion ({', '.join(distorted)}) "
+                label,
+                f"{json_path.name}: camera model {model or 'PINHOLE'} has distortion ({', '.join(distorted)}) "
                 "so it is not pinhole; undistort it first (e.g. the sfm stage's undistorted/ output)",
             )
 
     paths = [_resolve_frame_path(root, str(frame.get("file_path", "")), label) for frame in frames]
     images = [_read_image(p, label) for p in paths]
+
     # instant-ngp files may omit w/h: take them from the images for read_transforms_json.
     def sized(frame: dict, image: np.ndarray) -> dict:
         merged = {**data, **frame}
@@ -408,8 +422,9 @@ def _load_llff(folder: Path, label: str, resolution_scale: float) -> NvsScene:
             view = _resize_view_to(view, target)
         views.append(view)
     if abs(views[0].width / views[0].height - w_full / h_full) > 0.02 * w_full / h_full:
-        logger.warning("LLFF: image aspect %dx%d differs from the poses' %gx%g", views[0].width,
-                       views[0].height, w_full, h_full)
+        logger.warning(
+            "LLFF: image aspect %dx%d differs from the poses' %gx%g", views[0].width, views[0].height, w_full, h_full
+        )
     bounds = poses_bounds[:, 15:17]  # (N, 2) near, far
     depth_bounds = (float(bounds[:, 0].min()), float(bounds[:, 1].max()))
 

@@ -96,8 +96,12 @@ class GaussianFitResult:
 
 def view_camera(view: PosedView, device: torch.device) -> Camera:
     """A :class:`Camera` of float32 tensors on ``device`` for a view."""
-    return Camera(torch.tensor(view.K, dtype=torch.float32, device=device),
-                  torch.tensor(view.cam_from_world, dtype=torch.float32, device=device), view.width, view.height)
+    return Camera(
+        torch.tensor(view.K, dtype=torch.float32, device=device),
+        torch.tensor(view.cam_from_world, dtype=torch.float32, device=device),
+        view.width,
+        view.height,
+    )
 
 
 def background_color(name: str, device: torch.device) -> torch.Tensor:
@@ -136,11 +140,16 @@ def _payload(run: _Run) -> dict[str, Any]:
         st = run.optimizers[name].state.get(run.splats[name], {})
         adam[name] = {k: v.detach().cpu() for k, v in st.items()}
     return {
-        "iteration": run.iteration, "elapsed": run.elapsed, "order": list(run.order),
-        "splats": {k: v.detach().cpu() for k, v in run.splats.items()}, "adam": adam,
+        "iteration": run.iteration,
+        "elapsed": run.elapsed,
+        "order": list(run.order),
+        "splats": {k: v.detach().cpu() for k, v in run.splats.items()},
+        "adam": adam,
         "densify": {k: v.cpu() for k, v in run.densify.as_dict().items()},
-        "rng": run.rng.bit_generator.state, "gen": run.gen.get_state(),
-        "curve": run.curve, "densify_log": run.densify_log,
+        "rng": run.rng.bit_generator.state,
+        "gen": run.gen.get_state(),
+        "curve": run.curve,
+        "densify_log": run.densify_log,
     }
 
 
@@ -175,11 +184,23 @@ def fit_gaussians(
         raise ValueError("no training views")
     device = torch.device(device)
     extent = scene_extent(list(scene.views))
-    splats = init_gaussians(scene.points, scene.colors, config.sh_degree, config.init_opacity, extent,
-                            config.init_random_points, seed, device)
-    run = _Run(splats, make_optimizers(splats, config.lr, extent),
-               strategy.DensifyState.empty(splats["means"].shape[0], device),
-               np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+    splats = init_gaussians(
+        scene.points,
+        scene.colors,
+        config.sh_degree,
+        config.init_opacity,
+        extent,
+        config.init_random_points,
+        seed,
+        device,
+    )
+    run = _Run(
+        splats,
+        make_optimizers(splats, config.lr, extent),
+        strategy.DensifyState.empty(splats["means"].shape[0], device),
+        np.random.default_rng(seed),
+        torch.Generator().manual_seed(seed),
+    )
     identity = _identity(config, seed, len(views))
     saved = load_train_state(state_path, STATE_FORMAT, identity) if state_path is not None else None
     if saved is not None:
@@ -222,9 +243,13 @@ def fit_gaussians(
             run.densify_log.append({"iteration": run.iteration, **report})
         run.elapsed = elapsed0 + time.perf_counter() - t_call
         if run.iteration % max(1, config.log_every) == 0 or run.iteration == config.iterations:
-            row = {"iteration": float(run.iteration), "loss": float(loss.detach()),
-                   "psnr": float(psnr(out.image.detach(), targets[idx])),
-                   "num_gaussians": float(run.splats["means"].shape[0]), "seconds": run.elapsed}
+            row = {
+                "iteration": float(run.iteration),
+                "loss": float(loss.detach()),
+                "psnr": float(psnr(out.image.detach(), targets[idx])),
+                "num_gaussians": float(run.splats["means"].shape[0]),
+                "seconds": run.elapsed,
+            }
             run.curve.append(row)
             if on_log is not None:
                 on_log(row)
@@ -232,15 +257,31 @@ def fit_gaussians(
             save_train_state(state_path, STATE_FORMAT, identity, _payload(run))
     if state_path is not None:
         save_train_state(state_path, STATE_FORMAT, identity, _payload(run))
-    return GaussianFitResult(run.splats, run.curve, run.iteration, run.elapsed, resumed_from, stopped,
-                             active_sh_degree(config, max(run.iteration - 1, 0)), run.densify_log)
+    return GaussianFitResult(
+        run.splats,
+        run.curve,
+        run.iteration,
+        run.elapsed,
+        resumed_from,
+        stopped,
+        active_sh_degree(config, max(run.iteration - 1, 0)),
+        run.densify_log,
+    )
 
 
 @torch.no_grad()
-def render_views(splats: torch.nn.ParameterDict, views: Sequence[PosedView], sh_degree: int, background: str,
-                 backend: Backend, tile: int, compiled: bool = False) -> list[torch.Tensor]:
+def render_views(
+    splats: torch.nn.ParameterDict,
+    views: Sequence[PosedView],
+    sh_degree: int,
+    background: str,
+    backend: Backend,
+    tile: int,
+    compiled: bool = False,
+) -> list[torch.Tensor]:
     """Rendered images (H, W, 3) in [0, 1] of ``views``."""
     device = splats["means"].device
     bg = background_color(background, device)
-    return [render(splats, view_camera(v, device), sh_degree, bg, backend, tile, compiled).image.clamp(0, 1)
-            for v in views]
+    return [
+        render(splats, view_camera(v, device), sh_degree, bg, backend, tile, compiled).image.clamp(0, 1) for v in views
+    ]

@@ -134,10 +134,16 @@ def _seeded_model(config: NerfModelConfig, seed: int, device: torch.device) -> N
 
 
 def _save_state(path: Path, s: dict[str, Any]) -> None:
-    payload = {"model": {k: v.detach().cpu() for k, v in s["model"].state_dict().items()},
-               "optimizer": s["optimizer"].state_dict(), "scheduler": s["scheduler"].state_dict(),
-               "rng": s["rng"].bit_generator.state, "gen": s["gen"].get_state(),
-               "iteration": s["iteration"], "curve": s["curve"], "elapsed": s["elapsed"]}
+    payload = {
+        "model": {k: v.detach().cpu() for k, v in s["model"].state_dict().items()},
+        "optimizer": s["optimizer"].state_dict(),
+        "scheduler": s["scheduler"].state_dict(),
+        "rng": s["rng"].bit_generator.state,
+        "gen": s["gen"].get_state(),
+        "iteration": s["iteration"],
+        "curve": s["curve"],
+        "elapsed": s["elapsed"],
+    }
     save_train_state(path, STATE_FORMAT, s["identity"], payload)
 
 
@@ -157,22 +163,32 @@ def _restore(path: Path, s: dict[str, Any]) -> bool:
 
 def _training_rays(views: list[PosedView], norm: SceneNormalization, device: torch.device) -> list[torch.Tensor]:
     """All pixels of all views: origins, dirs, view dirs (M, 3), near, far (M,), colours (M, 3)."""
-    parts = [(*normalize_rays(*view_rays(v), norm), torch.from_numpy(np.ascontiguousarray(v.image, np.float32))
-              .reshape(-1, 3)) for v in views]
+    parts = [
+        (
+            *normalize_rays(*view_rays(v), norm),
+            torch.from_numpy(np.ascontiguousarray(v.image, np.float32)).reshape(-1, 3),
+        )
+        for v in views
+    ]
     return [torch.cat(p).to(device) for p in zip(*parts, strict=True)]
 
 
-def fit_nerf(train_views: list[PosedView] | tuple[PosedView, ...], scene: NvsScene, config: NerfFitConfig,
-             seed: int, device: torch.device | str, state_path: Path | None,
-             on_log: Callable[[dict[str, float]], None] | None = None) -> NerfFitResult:
+def fit_nerf(
+    train_views: list[PosedView] | tuple[PosedView, ...],
+    scene: NvsScene,
+    config: NerfFitConfig,
+    seed: int,
+    device: torch.device | str,
+    state_path: Path | None,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+) -> NerfFitResult:
     """Fit (or resume fitting) a NeRF; see the module docstring. ``on_log`` gets each curve row."""
     start = time.perf_counter()
     views = list(train_views)
     if not views:
         raise ValueError("no training views")
     device = torch.device(device)
-    use_ndc = config.ndc == "on" or (config.ndc == "auto" and scene.depth_bounds is not None
-                                     and forward_facing(views))
+    use_ndc = config.ndc == "on" or (config.ndc == "auto" and scene.depth_bounds is not None and forward_facing(views))
     norm = scene_normalization(views, scene.points, scene.depth_bounds, use_ndc)
     rcfg = render_config_for(config, norm)
     model = _seeded_model(config.model, seed, device)
@@ -180,17 +196,30 @@ def fit_nerf(train_views: list[PosedView] | tuple[PosedView, ...], scene: NvsSce
     opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.99), eps=eps)
     gamma = (config.lr_final / config.learning_rate) ** (1.0 / max(config.iterations, 1))
     s: dict[str, Any] = {
-        "format": STATE_FORMAT, "identity": _identity(config, seed, len(views)), "model": model,
-        "optimizer": opt, "scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, gamma),
-        "rng": np.random.default_rng(seed), "gen": torch.Generator().manual_seed(seed),
-        "iteration": 0, "curve": [], "elapsed": 0.0}
+        "format": STATE_FORMAT,
+        "identity": _identity(config, seed, len(views)),
+        "model": model,
+        "optimizer": opt,
+        "scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, gamma),
+        "rng": np.random.default_rng(seed),
+        "gen": torch.Generator().manual_seed(seed),
+        "iteration": 0,
+        "curve": [],
+        "elapsed": 0.0,
+    }
     if state_path is not None and Path(state_path).is_file() and _restore(Path(state_path), s):
         logger.info("resuming NeRF fitting at iteration %d from %s", s["iteration"], state_path)
     resumed_from = s["iteration"]
     rays = _training_rays(views, norm, device)
     num_rays = rays[0].shape[0]
-    logger.info("fitting a %s NeRF (%s rays) to %d views, %d pixels, from iteration %d", config.model.encoding,
-                norm.mode, len(views), num_rays, resumed_from)
+    logger.info(
+        "fitting a %s NeRF (%s rays) to %d views, %d pixels, from iteration %d",
+        config.model.encoding,
+        norm.mode,
+        len(views),
+        num_rays,
+        resumed_from,
+    )
     model.train()
     stopped: Literal["completed", "max_seconds"] = "completed"
     loop_start = time.perf_counter()
@@ -203,8 +232,9 @@ def fit_nerf(train_views: list[PosedView] | tuple[PosedView, ...], scene: NvsSce
         loss = mse + torch.mean((out["rgb_coarse"] - target) ** 2) if "rgb_coarse" in out else mse
         if not bool(torch.isfinite(loss)):
             kept = f"the last good state is kept in '{state_path}'" if state_path is not None else "no state file"
-            raise ValueError(f"NeRF loss became {loss.item()} at iteration {s['iteration'] + 1} (learning rate too "
-                             f"high?); {kept}")
+            raise ValueError(
+                f"NeRF loss became {loss.item()} at iteration {s['iteration'] + 1} (learning rate too high?); {kept}"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -218,8 +248,12 @@ def fit_nerf(train_views: list[PosedView] | tuple[PosedView, ...], scene: NvsSce
         out_of_time = config.max_seconds > 0 and time.perf_counter() - start > config.max_seconds and not last
         row = None
         if it % max(1, config.log_every) == 0 or last:
-            row = {"iteration": float(it), "loss": loss.item(), "psnr": mse_to_psnr(mse.item()),
-                   "seconds": s["elapsed"]}
+            row = {
+                "iteration": float(it),
+                "loss": loss.item(),
+                "psnr": mse_to_psnr(mse.item()),
+                "seconds": s["elapsed"],
+            }
             s["curve"].append(row)
             logger.debug("iteration %d: loss %.5f, PSNR %.2f dB", it, row["loss"], row["psnr"])
         if state_path is not None and (it % max(1, config.checkpoint_every) == 0 or last or out_of_time):
@@ -231,8 +265,9 @@ def fit_nerf(train_views: list[PosedView] | tuple[PosedView, ...], scene: NvsSce
             logger.info("stopping NeRF fitting at iteration %d: the %.0f s budget is spent", it, config.max_seconds)
             break
     model.eval()
-    return NerfFitResult(model, rcfg, list(s["curve"]), s["iteration"], time.perf_counter() - start, stopped,
-                         resumed_from)
+    return NerfFitResult(
+        model, rcfg, list(s["curve"]), s["iteration"], time.perf_counter() - start, stopped, resumed_from
+    )
 
 
 @dataclass
@@ -242,12 +277,17 @@ class NerfCheckpoint:
     render_config: NerfRenderConfig
 
 
-def save_nerf_checkpoint(path: Path, model: NerfModel, config: NerfFitConfig,
-                         scene_normalization: SceneNormalization) -> None:
+def save_nerf_checkpoint(
+    path: Path, model: NerfModel, config: NerfFitConfig, scene_normalization: SceneNormalization
+) -> None:
     """Write the fitted model with everything needed to render it (atomically)."""
-    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": {**_fit_fields(config), "model": dataclasses.asdict(config.model)},
-             "normalization": scene_normalization.to_dict(),
-             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": {**_fit_fields(config), "model": dataclasses.asdict(config.model)},
+        "normalization": scene_normalization.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
     with atomic_file(Path(path)) as tmp:
         torch.save(state, tmp)
 
@@ -265,8 +305,10 @@ def load_nerf_checkpoint(path: Path, device: torch.device | str = "cpu") -> Nerf
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"'{path}' is not a capture3d NeRF checkpoint")
     if saved.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"NeRF checkpoint '{path}' has version {saved.get('version')!r}; "
-                         f"this capture3d reads version {CHECKPOINT_VERSION}")
+        raise ValueError(
+            f"NeRF checkpoint '{path}' has version {saved.get('version')!r}; "
+            f"this capture3d reads version {CHECKPOINT_VERSION}"
+        )
     try:
         cfg = dict(saved["config"])
         config = NerfFitConfig(**{**cfg, "model": NerfModelConfig(**cfg["model"])})

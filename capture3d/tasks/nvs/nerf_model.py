@@ -112,11 +112,16 @@ class HashGrid(nn.Module):
         # vertex-coordinate multipliers: dense levels add them (row-major index), hashed levels xor them
         # (int32 arithmetic: the primes are stored wrapped to int32; products wrap modulo 2^32, which
         # keeps the low bits that index the power-of-two table)
-        self.mult = [(1, r + 1, (r + 1) ** 2) if d else tuple(_wrap_int32(p) for p in _PRIMES)
-                     for r, d in zip(self.res, self.dense, strict=True)]
-        self.tables = nn.ParameterList([
-            nn.Parameter(torch.empty(features, (r + 1) ** 3 if d else table_size).uniform_(-1e-4, 1e-4))
-            for r, d in zip(self.res, self.dense, strict=True)])
+        self.mult = [
+            (1, r + 1, (r + 1) ** 2) if d else tuple(_wrap_int32(p) for p in _PRIMES)
+            for r, d in zip(self.res, self.dense, strict=True)
+        ]
+        self.tables = nn.ParameterList(
+            [
+                nn.Parameter(torch.empty(features, (r + 1) ** 3 if d else table_size).uniform_(-1e-4, 1e-4))
+                for r, d in zip(self.res, self.dense, strict=True)
+            ]
+        )
 
     @property
     def out_dim(self) -> int:
@@ -151,9 +156,13 @@ class RadianceField(nn.Module):
         super().__init__()
         self.config = config
         if config.encoding == "hash":
-            self.grid: HashGrid | None = HashGrid(config.hash_levels, config.hash_log2_table_size,
-                                                  config.hash_features_per_level, config.hash_base_resolution,
-                                                  config.hash_finest_resolution)
+            self.grid: HashGrid | None = HashGrid(
+                config.hash_levels,
+                config.hash_log2_table_size,
+                config.hash_features_per_level,
+                config.hash_base_resolution,
+                config.hash_finest_resolution,
+            )
             in_dim = self.grid.out_dim
         elif config.encoding == "positional":
             self.grid = None
@@ -198,8 +207,9 @@ class NerfModel(nn.Module):
         self.fine = RadianceField(config)
         self.coarse = RadianceField(config) if config.coarse_network else None
 
-    def forward(self, points: torch.Tensor, dirs: torch.Tensor,
-                coarse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, points: torch.Tensor, dirs: torch.Tensor, coarse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """points, dirs: (N, 3) -> density (N,), rgb (N, 3); ``coarse`` picks the coarse network."""
         net = self.coarse if coarse and self.coarse is not None else self.fine
         return net(points, dirs)

@@ -65,14 +65,23 @@ class SceneNormalization:
     ndc_ay: float = 0.0  # 2 fy / H
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(map(list, v)) if k == "rotation" else list(v) if k == "center" else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (list(map(list, v)) if k == "rotation" else list(v) if k == "center" else v)
+            for k, v in asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SceneNormalization:
-        return cls(d["mode"], tuple(tuple(float(x) for x in r) for r in d["rotation"]),
-                   tuple(float(x) for x in d["center"]), float(d["scale"]), float(d["near"]), float(d["far"]),
-                   float(d["ndc_ax"]), float(d["ndc_ay"]))
+        return cls(
+            d["mode"],
+            tuple(tuple(float(x) for x in r) for r in d["rotation"]),
+            tuple(float(x) for x in d["center"]),
+            float(d["scale"]),
+            float(d["near"]),
+            float(d["far"]),
+            float(d["ndc_ax"]),
+            float(d["ndc_ay"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -90,8 +99,12 @@ def forward_facing(views: tuple[PosedView, ...] | list[PosedView], max_angle_deg
     return bool((fwd @ mean).min() >= np.cos(np.radians(max_angle_deg)))
 
 
-def scene_normalization(views: tuple[PosedView, ...] | list[PosedView], points: np.ndarray,
-                        depth_bounds: tuple[float, float] | None, ndc: bool) -> SceneNormalization:
+def scene_normalization(
+    views: tuple[PosedView, ...] | list[PosedView],
+    points: np.ndarray,
+    depth_bounds: tuple[float, float] | None,
+    ndc: bool,
+) -> SceneNormalization:
     """The world -> model mapping of the module docstring for these (training) views."""
     rots = np.stack([v.cam_from_world[:3, :3] for v in views])  # (N, 3, 3)
     centers = np.stack([v.center for v in views])  # (N, 3)
@@ -108,8 +121,16 @@ def scene_normalization(views: tuple[PosedView, ...] | list[PosedView], points: 
         x /= np.linalg.norm(x)
         R = np.stack([x, np.cross(z, x), z])  # rows: mean right, down, forward
         K, h, w = views[0].K, views[0].height, views[0].width
-        return SceneNormalization("ndc", _tup(R), _tup(centers.mean(0)), 1.0 / (0.75 * float(near)), 0.0, 1.0,
-                                  2.0 * K[0, 0] / w, 2.0 * K[1, 1] / h)
+        return SceneNormalization(
+            "ndc",
+            _tup(R),
+            _tup(centers.mean(0)),
+            1.0 / (0.75 * float(near)),
+            0.0,
+            1.0,
+            2.0 * K[0, 0] / w,
+            2.0 * K[1, 1] / h,
+        )
     if len(pts) >= 8:
         lo, hi = np.percentile(pts, 1, axis=0), np.percentile(pts, 99, axis=0)
         center, half = (lo + hi) / 2, 1.1 * float((hi - lo).max()) / 2
@@ -132,8 +153,9 @@ def _tup(a: np.ndarray) -> Any:
     return tuple(_tup(x) for x in a) if np.ndim(a) > 1 else tuple(float(x) for x in a)
 
 
-def camera_rays(K: np.ndarray, cam_from_world: np.ndarray, height: int,
-                width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_rays(
+    K: np.ndarray, cam_from_world: np.ndarray, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """World rays of every pixel, row-major: origins (H*W, 3), dirs (H*W, 3) with camera-z = 1 (float64)."""
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")  # (H, W)
     pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], -1)  # (H*W, 3)
@@ -148,8 +170,9 @@ def view_rays(view: PosedView) -> tuple[torch.Tensor, torch.Tensor]:
     return camera_rays(view.K, view.cam_from_world, view.height, view.width)
 
 
-def ndc_rays(origins: torch.Tensor, dirs: torch.Tensor, ax: float, ay: float,
-             near: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def ndc_rays(
+    origins: torch.Tensor, dirs: torch.Tensor, ax: float, ay: float, near: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NeRF's ``ndc_rays`` for OpenGL-convention rays (camera looks down -z); ax = 2 fx / W, ay = 2 fy / H."""
     t = -(near + origins[:, 2]) / dirs[:, 2]  # shift origins to the near plane z = -near
     o = origins + t[:, None] * dirs  # (R, 3)
@@ -175,8 +198,7 @@ def world_to_model(points: torch.Tensor, norm: SceneNormalization) -> torch.Tens
     return torch.stack([-norm.ndc_ax * x / z, -norm.ndc_ay * y / z, 1 + 2.0 / z], -1).float()
 
 
-def normalize_rays(origins: torch.Tensor, dirs: torch.Tensor,
-                   norm: SceneNormalization) -> tuple[torch.Tensor, ...]:
+def normalize_rays(origins: torch.Tensor, dirs: torch.Tensor, norm: SceneNormalization) -> tuple[torch.Tensor, ...]:
     """World rays (R, 3) -> model-space origins, dirs, view dirs (R, 3) and near, far (R,) (float32)."""
     o, d = _to_local(origins.double(), norm, False), _to_local(dirs.double(), norm, True)
     viewdirs = d / d.norm(dim=-1, keepdim=True)
@@ -193,17 +215,22 @@ def normalize_rays(origins: torch.Tensor, dirs: torch.Tensor,
     return o.float(), d.float(), viewdirs.float(), near.float(), far.float()
 
 
-def stratified_samples(near: torch.Tensor, far: torch.Tensor, n: int,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def stratified_samples(
+    near: torch.Tensor, far: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(R,) ranges -> sorted samples (R, n): one per equal bin, jittered with ``generator``, else bin midpoints."""
-    u = (torch.rand((near.shape[0], n), generator=generator).to(near.device) if generator is not None
-         else torch.full((near.shape[0], n), 0.5, device=near.device))
+    u = (
+        torch.rand((near.shape[0], n), generator=generator).to(near.device)
+        if generator is not None
+        else torch.full((near.shape[0], n), 0.5, device=near.device)
+    )
     frac = (torch.arange(n, device=near.device, dtype=near.dtype) + u) / n  # (R, n)
     return near[:, None] + (far - near)[:, None] * frac
 
 
-def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_pdf(
+    bins: torch.Tensor, weights: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Inverse-CDF samples (R, n) of the piecewise-constant pdf ``weights`` (R, B) over ``bins`` (R, B + 1)."""
     w = weights + 1e-5  # NeRF: keeps the pdf defined on empty rays
     cdf = torch.cumsum(w / w.sum(-1, keepdim=True), -1)
@@ -221,8 +248,14 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int,
     return b0 + (u - c0) / denom * (b1 - b0)
 
 
-def volume_render(density: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, dir_norm: torch.Tensor,
-                  last_delta: torch.Tensor, background: float) -> dict[str, torch.Tensor]:
+def volume_render(
+    density: torch.Tensor,
+    rgb: torch.Tensor,
+    t: torch.Tensor,
+    dir_norm: torch.Tensor,
+    last_delta: torch.Tensor,
+    background: float,
+) -> dict[str, torch.Tensor]:
     """Quadrature of the volume rendering integral over samples ``t`` (R, S).
 
     density (R, S), rgb (R, S, 3); the interval after sample i is t[i+1] - t[i] (``last_delta``
@@ -239,8 +272,17 @@ def volume_render(density: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, dir
     return {"rgb": color, "depth": (weights * t).sum(-1), "acc": acc, "weights": weights}
 
 
-def _shade(model: NerfModel, o: torch.Tensor, d: torch.Tensor, vd: torch.Tensor, t: torch.Tensor,
-           far: torch.Tensor, ndc: bool, background: float, coarse: bool) -> dict[str, torch.Tensor]:
+def _shade(
+    model: NerfModel,
+    o: torch.Tensor,
+    d: torch.Tensor,
+    vd: torch.Tensor,
+    t: torch.Tensor,
+    far: torch.Tensor,
+    ndc: bool,
+    background: float,
+    coarse: bool,
+) -> dict[str, torch.Tensor]:
     r, s = t.shape
     pts = o[:, None, :] + t[..., None] * d[:, None, :]  # (R, S, 3)
     dens, rgb = model(pts.reshape(-1, 3), vd[:, None, :].expand(r, s, 3).reshape(-1, 3), coarse=coarse)
@@ -248,9 +290,16 @@ def _shade(model: NerfModel, o: torch.Tensor, d: torch.Tensor, vd: torch.Tensor,
     return volume_render(dens.reshape(r, s), rgb.reshape(r, s, 3), t, d.norm(dim=-1), last, background)
 
 
-def render_rays(model: NerfModel, origins: torch.Tensor, dirs: torch.Tensor, viewdirs: torch.Tensor,
-                near: torch.Tensor, far: torch.Tensor, config: NerfRenderConfig,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def render_rays(
+    model: NerfModel,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    viewdirs: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    config: NerfRenderConfig,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Model-space rays (R, 3) / ranges (R,) -> rgb (R, 3), depth (R,), acc (R,) and, with a
     separate coarse network, rgb_coarse (R, 3). ``generator``: jittered samples (training)."""
     ndc = config.normalization.mode == "ndc"
@@ -270,12 +319,17 @@ def render_rays(model: NerfModel, origins: torch.Tensor, dirs: torch.Tensor, vie
     return out
 
 
-def render_image(model: NerfModel, view_or_camera: PosedView | Camera, config: NerfRenderConfig,
-                 chunk: int = 4096) -> torch.Tensor:
+def render_image(
+    model: NerfModel, view_or_camera: PosedView | Camera, config: NerfRenderConfig, chunk: int = 4096
+) -> torch.Tensor:
     """Render a whole image (H, W, 3) in [0, 1] (float32, on the CPU), ``chunk`` rays at a time, without gradients."""
     if isinstance(view_or_camera, PosedView):
-        K, cam_from_world, h, w = view_or_camera.K, view_or_camera.cam_from_world, view_or_camera.height, \
-            view_or_camera.width
+        K, cam_from_world, h, w = (
+            view_or_camera.K,
+            view_or_camera.cam_from_world,
+            view_or_camera.height,
+            view_or_camera.width,
+        )
     else:
         K, cam_from_world, h, w = view_or_camera
     device = next(model.parameters()).device
@@ -284,8 +338,10 @@ def render_image(model: NerfModel, view_or_camera: PosedView | Camera, config: N
     model.eval()
     try:
         with torch.no_grad():
-            out = [render_rays(model, *(x[i : i + chunk] for x in rays), config)["rgb"].cpu()
-                   for i in range(0, h * w, max(1, chunk))]
+            out = [
+                render_rays(model, *(x[i : i + chunk] for x in rays), config)["rgb"].cpu()
+                for i in range(0, h * w, max(1, chunk))
+            ]
     finally:
         model.train(was_training)
     return torch.cat(out).reshape(h, w, 3).clamp(0.0, 1.0)

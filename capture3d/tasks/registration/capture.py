@@ -123,8 +123,9 @@ def load_scans(capture: Path, label: str, units_scale: float) -> list[Scan]:
     return scans
 
 
-def prepare_scans(capture: Path, label: str, pp: PreprocessConfig
-                  ) -> tuple[list[Scan], float, list[Preprocessed], dict[str, float]]:
+def prepare_scans(
+    capture: Path, label: str, pp: PreprocessConfig
+) -> tuple[list[Scan], float, list[Preprocessed], dict[str, float]]:
     """Read, scale, size the voxel of and preprocess a capture's scans (CaptureError naming it)."""
     t = time.perf_counter()
     scans = load_scans(capture, label, pp.units_scale)
@@ -132,21 +133,28 @@ def prepare_scans(capture: Path, label: str, pp: PreprocessConfig
     try:
         voxel = auto_voxel_size(scans, pp.auto_target_points) if pp.voxel_size == "auto" else float(pp.voxel_size)
         t = time.perf_counter()
-        prepared = [preprocess(s, voxel, pp.outlier_neighbors, pp.outlier_std_ratio, pp.normal_radius_factor,
-                               min_points=pp.min_points) for s in scans]
+        prepared = [
+            preprocess(
+                s, voxel, pp.outlier_neighbors, pp.outlier_std_ratio, pp.normal_radius_factor, min_points=pp.min_points
+            )
+            for s in scans
+        ]
     except ValueError as exc:
         raise CaptureError(label, str(exc)) from None
     timings["preprocess_s"] = time.perf_counter() - t
     return scans, voxel, prepared, timings
 
 
-def sensor_views(capture: Path, label: str, scans: list[Scan], mode: OriginMode, units_scale: float
-                 ) -> tuple[list[RangeImage | None], dict[str, str]]:
+def sensor_views(
+    capture: Path, label: str, scans: list[Scan], mode: OriginMode, units_scale: float
+) -> tuple[list[RangeImage | None], dict[str, str]]:
     """Each scan's range image from its sensor origin (None where unknown) and the origins' sources."""
     try:
         origins = sensor_origins([s.name for s in scans], list_scan_files(scan_dir(capture)), capture, mode)
-        views = [None if origin is None else range_image(scan.points, origin * units_scale)
-                 for scan, (origin, _) in zip(scans, origins)]
+        views = [
+            None if origin is None else range_image(scan.points, origin * units_scale)
+            for scan, (origin, _) in zip(scans, origins)
+        ]
     except ValueError as exc:
         raise CaptureError(label, str(exc)) from None
     return views, {scan.name: source for scan, (_, source) in zip(scans, origins)}

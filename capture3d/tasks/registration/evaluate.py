@@ -179,6 +179,9 @@ def overlap_ratio(source: np.ndarray, target: np.ndarray, target_from_source: np
     if len(source) == 0 or len(target) == 0:
         return 0.0
     moved = source @ target_from_source[:3, :3].T + target_from_source[:3, 3]  # (N, 3)
-    distances = np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(moved)).compute_point_cloud_distance(
-        o3d.geometry.PointCloud(o3d.utility.Vector3dVector(target))))  # (N,)
+    distances = np.asarray(
+        o3d.geometry.PointCloud(o3d.utility.Vector3dVector(moved)).compute_point_cloud_distance(
+            o3d.geometry.PointCloud(o3d.utility.Vector3dVector(target))
+        )
+    )  # (N,)
     return float(np.mean(distances <= radius))

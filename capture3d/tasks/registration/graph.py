@@ -101,13 +101,24 @@ class Evidence:
         verdict: bool | None = None
         reason = "no sensor origin known for one of the scans: free space cannot be checked"
         if self.views[a] is not None and self.views[b] is not None:
-            visibility = pair_visibility(self.views[a], self.probes(a), self.views[b], self.probes(b), b_from_a,  # type: ignore[arg-type]
-                                         self.config.free_space_tolerance_factor * self.voxel)
+            visibility = pair_visibility(
+                self.views[a],
+                self.probes(a),
+                self.views[b],
+                self.probes(b),
+                b_from_a,  # type: ignore[arg-type]
+                self.config.free_space_tolerance_factor * self.voxel,
+            )
             verdict, reason = free_space_verdict(visibility, self.config)
         colour = self._colour(a, b, b_from_a)
         if verdict is not False and colour is not None and colour < self.config.min_colour_correlation:
-            verdict, reason = False, (f"the colours of matching surfaces disagree (intensity correlation {colour:.2f} "
-                                      f"< {self.config.min_colour_correlation:g})")
+            verdict, reason = (
+                False,
+                (
+                    f"the colours of matching surfaces disagree (intensity correlation {colour:.2f} "
+                    f"< {self.config.min_colour_correlation:g})"
+                ),
+            )
         return Check(verdict, reason, visibility, colour)
 
     def _colour(self, a: int, b: int, b_from_a: np.ndarray) -> float | None:
@@ -166,20 +177,24 @@ def _informative(score: VisibilityScore, config: VerifyConfig) -> bool:
     return score.observed >= config.min_observed_points
 
 
-def free_space_verdict(scores: tuple[VisibilityScore, VisibilityScore], config: VerifyConfig
-                       ) -> tuple[bool | None, str]:
+def free_space_verdict(
+    scores: tuple[VisibilityScore, VisibilityScore], config: VerifyConfig
+) -> tuple[bool | None, str]:
     """(True: verified, False: contradicted, None: not enough overlap to tell) and a reason."""
     worst = max(scores, key=lambda s: s.free_fraction if _informative(s, config) else -1.0)
     if _informative(worst, config) and worst.free_fraction > config.max_free_fraction:
-        return False, (f"{100 * worst.free_fraction:.1f}% of the points in view lie in space the other sensor "
-                       f"saw as empty (> {100 * config.max_free_fraction:.1f}%)")
+        return False, (
+            f"{100 * worst.free_fraction:.1f}% of the points in view lie in space the other sensor "
+            f"saw as empty (> {100 * config.max_free_fraction:.1f}%)"
+        )
     if any(_informative(s, config) and s.agree >= config.min_observed_points for s in scores):
         return True, ""
     return None, "too little of either scan in view of the other sensor to check free space"
 
 
-def build_candidates(pairs: list[tuple[int, int, PairResult]], evidence: Evidence
-                     ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
+def build_candidates(
+    pairs: list[tuple[int, int, PairResult]], evidence: Evidence
+) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
     """Gate-passing hypotheses as candidates (checked against the evidence), and the rejected ones."""
     kept: list[Candidate] = []
     rejected: list[tuple[Candidate, str]] = []
@@ -218,8 +233,13 @@ def _resolve_ambiguous_pairs(candidates: list[Candidate], rejected: list[tuple[C
         losers = ranked if second >= _AMBIGUITY * best else ranked[1:]
         for c in losers:
             drop.add(id(c))
-            rejected.append((c, "ambiguous: another hypothesis of this pair passes the free-space test"
-                             + (" with as much agreement" if c is ranked[0] else " with more agreement")))
+            rejected.append(
+                (
+                    c,
+                    "ambiguous: another hypothesis of this pair passes the free-space test"
+                    + (" with as much agreement" if c is ranked[0] else " with more agreement"),
+                )
+            )
     return [c for c in candidates if id(c) not in drop]
 
 
@@ -240,7 +260,7 @@ def _cycle_support(candidates: list[Candidate], voxel: float, config: VerifyConf
             ab = by_pair.get((a, b), [])
             if not ab:
                 continue
-            for c in nodes[b_i + 1:]:
+            for c in nodes[b_i + 1 :]:
                 bc, ac = by_pair.get((b, c), []), by_pair.get((a, c), [])
                 for x in ab:
                     for y in bc:
@@ -272,8 +292,9 @@ def greedy_merge(n: int, candidates: list[Candidate], evidence: Evidence) -> Sel
             continue
         if group[i] == group[j]:
             relative = np.linalg.inv(poses[j]) @ poses[i]
-            if _agree(relative, cand.transformation, config.max_edge_rotation_deg,
-                      config.max_edge_translation_factor * voxel):
+            if _agree(
+                relative, cand.transformation, config.max_edge_rotation_deg, config.max_edge_translation_factor * voxel
+            ):
                 loops.append(cand)
                 linked.add((i, j))
             else:
@@ -297,12 +318,19 @@ def greedy_merge(n: int, candidates: list[Candidate], evidence: Evidence) -> Sel
     best = min(sizes, key=lambda g: (-sizes[g], min(k for k in range(n) if group[k] == g)))
     members = [k for k in range(n) if group[k] == best]
     others = [{k: poses[k] for k in range(n) if group[k] == g} for g in sorted(set(group) - {best})]
-    return Selection(poses={k: poses[k] for k in members}, tree=tree, loops=loops, rejected=rejected,
-                     conflicts=conflicts, others=others)
+    return Selection(
+        poses={k: poses[k] for k in members},
+        tree=tree,
+        loops=loops,
+        rejected=rejected,
+        conflicts=conflicts,
+        others=others,
+    )
 
 
-def grow_with_model(selection: Selection, pairs: list[tuple[int, int, PairResult]], evidence: Evidence,
-                    pair_config: PairConfig) -> None:
+def grow_with_model(
+    selection: Selection, pairs: list[tuple[int, int, PairResult]], evidence: Evidence, pair_config: PairConfig
+) -> None:
     """Join the other groups to the placed one by registering each against the placed model.
 
     A scan (or group) whose pairwise hypotheses all missed (little overlap with any single scan)
@@ -350,8 +378,13 @@ def fuse_clouds(
     return fused.voxel_down_sample(voxel) if voxel > 0 else fused
 
 
-def _join(main: dict[int, np.ndarray], other: dict[int, np.ndarray], pairs: list[tuple[int, int, PairResult]],
-          evidence: Evidence, pair_config: PairConfig) -> tuple[dict[int, np.ndarray], Candidate] | None:
+def _join(
+    main: dict[int, np.ndarray],
+    other: dict[int, np.ndarray],
+    pairs: list[tuple[int, int, PairResult]],
+    evidence: Evidence,
+    pair_config: PairConfig,
+) -> tuple[dict[int, np.ndarray], Candidate] | None:
     """(other's scans in main's frame, the tree link) when an unambiguous verified join is found, else None."""
     voxel = evidence.voxel
     seeds: list[tuple[float, np.ndarray]] = []  # (hypothesis fitness, main_from_other (4, 4))
@@ -376,8 +409,9 @@ def _join(main: dict[int, np.ndarray], other: dict[int, np.ndarray], pairs: list
         tried.append(guess)
         refined = refine(source, target, guess, voxel, pair_config)
         T = np.array(refined.transformation)  # main_from_other
-        if not judge(refined.fitness, refined.inlier_rmse, voxel, pair_config)[0] \
-                or any(_agree(T, p[1], 2.0, 2.0 * voxel) for p in passing):
+        if not judge(refined.fitness, refined.inlier_rmse, voxel, pair_config)[0] or any(
+            _agree(T, p[1], 2.0, 2.0 * voxel) for p in passing
+        ):
             continue
         moved = {k: T @ pose for k, pose in other.items()}
         reason, total, best = _cross_check(main, moved, evidence)
@@ -387,8 +421,14 @@ def _join(main: dict[int, np.ndarray], other: dict[int, np.ndarray], pairs: list
         return None
     passing.sort(key=lambda p: -p[0])
     if len(passing) > 1 and passing[1][0] >= _AMBIGUITY * passing[0][0]:
-        logger.warning("scans %s: %d distinct poses against the placed model pass every check (agreement %d vs %d):"
-                       " ambiguous, left unplaced", sorted(other), len(passing), passing[0][0], passing[1][0])
+        logger.warning(
+            "scans %s: %d distinct poses against the placed model pass every check (agreement %d vs %d):"
+            " ambiguous, left unplaced",
+            sorted(other),
+            len(passing),
+            passing[0][0],
+            passing[1][0],
+        )
         return None
     _, T, fitness, rmse, (a, b) = passing[0]
     moved = {k: T @ pose for k, pose in other.items()}
@@ -399,8 +439,9 @@ def _join(main: dict[int, np.ndarray], other: dict[int, np.ndarray], pairs: list
     return moved, link
 
 
-def _cross_check(placed: dict[int, np.ndarray], moved: dict[int, np.ndarray], evidence: Evidence
-                 ) -> tuple[str, int, tuple[int, int] | None]:
+def _cross_check(
+    placed: dict[int, np.ndarray], moved: dict[int, np.ndarray], evidence: Evidence
+) -> tuple[str, int, tuple[int, int] | None]:
     """Check every pair across two groups whose poses share a frame.
 
     Returns ("" or the first contradiction, agreeing points over the verified pairs, the verified

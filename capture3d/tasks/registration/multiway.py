@@ -103,9 +103,14 @@ class MultiwayConfig:
     """coloured scans: intensities of matched points must correlate this much"""
 
     def verify(self) -> VerifyConfig:
-        return VerifyConfig(self.max_free_fraction, self.free_space_tolerance_factor, self.min_observed_points,
-                            self.max_edge_rotation_deg, self.max_edge_translation_factor,
-                            self.min_colour_correlation)
+        return VerifyConfig(
+            self.max_free_fraction,
+            self.free_space_tolerance_factor,
+            self.min_observed_points,
+            self.max_edge_rotation_deg,
+            self.max_edge_translation_factor,
+            self.min_colour_correlation,
+        )
 
 
 @dataclass
@@ -128,8 +133,12 @@ def candidate_pairs(n: int, config: MultiwayConfig) -> list[tuple[int, int]]:
     if config.pairs == "all" and n <= config.max_all_pairs_scans:
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
     if config.pairs == "all":
-        logger.info("%d scans > max_all_pairs_scans %d: sequential pairs within %d", n,
-                    config.max_all_pairs_scans, config.window)
+        logger.info(
+            "%d scans > max_all_pairs_scans %d: sequential pairs within %d",
+            n,
+            config.max_all_pairs_scans,
+            config.window,
+        )
     window = max(1, config.window)
     return [(i, j) for i in range(n) for j in range(i + 1, min(n, i + window + 1))]
 
@@ -154,8 +163,9 @@ def register_multiway(
     index_pairs = candidate_pairs(n, config)
     pairs: list[PairResult] = []
     for count, (i, j) in enumerate(index_pairs, start=1):
-        pairs.append(register_pair(names[i], clouds[i], features[i], names[j], clouds[j], features[j],
-                                   voxel, pair_config))
+        pairs.append(
+            register_pair(names[i], clouds[i], features[i], names[j], clouds[j], features[j], voxel, pair_config)
+        )
         report_progress(logger, "register scans (pairs)", count, len(index_pairs))
     t_pairs = time.perf_counter()
 
@@ -177,32 +187,51 @@ def register_multiway(
     confidence, low = _confidence(reference, placed, kept, poses, evidence)
     t_end = time.perf_counter()
 
-    unplaced = {names[k]: _unplaced_reason(k, names, index_pairs, pairs, candidates, rejected, selection.poses,
-                                           dropped, free_unplaced)
-                for k in range(n) if k not in placed}
+    unplaced = {
+        names[k]: _unplaced_reason(
+            k, names, index_pairs, pairs, candidates, rejected, selection.poses, dropped, free_unplaced
+        )
+        for k in range(n)
+        if k not in placed
+    }
     for name, reason in unplaced.items():
         logger.warning("scan %s unplaced: %s", name, reason)
     for k, reason in sorted(low.items()):
         logger.warning("scan %s placed with low confidence: %s", names[k], reason)
-    logger.info("multiway: %d/%d scans placed in %s's frame (%d low confidence), %d links kept, "
-                "%d hypotheses rejected by free space or colour", len(placed), n, names[reference], len(low), len(kept),
-                len(rejected) + len(selection.rejected))
+    logger.info(
+        "multiway: %d/%d scans placed in %s's frame (%d low confidence), %d links kept, "
+        "%d hypotheses rejected by free space or colour",
+        len(placed),
+        n,
+        names[reference],
+        len(low),
+        len(kept),
+        len(rejected) + len(selection.rejected),
+    )
     with_view = sum(v is not None for v in views)
     return MultiwayResult(
         poses={names[k]: poses[k] for k in sorted(placed)},
         unplaced=unplaced,
         pairs=pairs,
         kept_edges=[(names[i], names[j]) for i, j in kept],
-        seconds={"pairs_s": t_pairs - t_start, "verify_s": (t_select - t_pairs) + (t_end - t_opt),
-                 "optimize_s": t_opt - t_select, "total_s": t_end - t_start},
+        seconds={
+            "pairs_s": t_pairs - t_start,
+            "verify_s": (t_select - t_pairs) + (t_end - t_opt),
+            "optimize_s": t_opt - t_select,
+            "total_s": t_end - t_start,
+        },
         reference=names[reference],
         confidence={names[k]: confidence[k] for k in sorted(placed)},
         low_confidence={names[k]: r for k, r in sorted(low.items())},
         verification={
-            "free_space_test": "used" if with_view >= 2 else "not possible: fewer than two scans have a known "
-                               "sensor origin (fell back to the fitness/RMSE gates and cycle consistency)",
+            "free_space_test": "used"
+            if with_view >= 2
+            else "not possible: fewer than two scans have a known "
+            "sensor origin (fell back to the fitness/RMSE gates and cycle consistency)",
             "scans_with_sensor_origin": with_view,
-            "colour_test": "used" if sum(c.has_colors() for c in clouds) >= 2 else "not possible: scans without colours",
+            "colour_test": "used"
+            if sum(c.has_colors() for c in clouds) >= 2
+            else "not possible: scans without colours",
             "num_hypotheses": int(sum(len(p.hypotheses) for p in pairs)),
             "num_candidate_links": len(candidates),
             "num_rejected_by_free_space_or_colour": len(rejected),
@@ -224,8 +253,13 @@ def _most_linked(poses: dict[int, np.ndarray], links: list[Candidate]) -> int:
 
 
 def _optimise(
-    poses: dict[int, np.ndarray], reference: int, tree: list[Candidate], loops: list[Candidate],
-    clouds: list[o3d.geometry.PointCloud], voxel: float, config: MultiwayConfig,
+    poses: dict[int, np.ndarray],
+    reference: int,
+    tree: list[Candidate],
+    loops: list[Candidate],
+    clouds: list[o3d.geometry.PointCloud],
+    voxel: float,
+    config: MultiwayConfig,
 ) -> list[tuple[int, int, np.ndarray]]:
     """Optimise ``poses`` in place; returns the surviving links (source, target, pair T (4, 4))."""
     if len(poses) < 2:
@@ -238,8 +272,9 @@ def _optimise(
     distance = config.max_correspondence_factor * voxel
     for cand, uncertain in [(c, False) for c in tree] + [(c, True) for c in loops]:
         info = information_matrix(clouds[cand.source], clouds[cand.target], cand.transformation, distance)
-        graph.edges.append(reg.PoseGraphEdge(node[cand.source], node[cand.target], cand.transformation, info,
-                                             uncertain=uncertain))
+        graph.edges.append(
+            reg.PoseGraphEdge(node[cand.source], node[cand.target], cand.transformation, info, uncertain=uncertain)
+        )
     option = reg.GlobalOptimizationOption(
         max_correspondence_distance=distance,
         edge_prune_threshold=config.edge_prune_threshold,
@@ -248,8 +283,9 @@ def _optimise(
     )
     before = {(e.source_node_id, e.target_node_id) for e in graph.edges}
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-        reg.global_optimization(graph, reg.GlobalOptimizationLevenbergMarquardt(),
-                                reg.GlobalOptimizationConvergenceCriteria(), option)
+        reg.global_optimization(
+            graph, reg.GlobalOptimizationLevenbergMarquardt(), reg.GlobalOptimizationConvergenceCriteria(), option
+        )
     after = {(e.source_node_id, e.target_node_id) for e in graph.edges}
     for s, t in sorted(before - after):
         logger.info("loop closure %d -> %d pruned by the line process", order[s], order[t])
@@ -260,8 +296,12 @@ def _optimise(
 
 
 def _check_links(
-    reference: int, poses: dict[int, np.ndarray], kept: list[tuple[int, int, np.ndarray]], voxel: float,
-    config: MultiwayConfig, names: list[str],
+    reference: int,
+    poses: dict[int, np.ndarray],
+    kept: list[tuple[int, int, np.ndarray]],
+    voxel: float,
+    config: MultiwayConfig,
+    names: list[str],
 ) -> tuple[set[int], list[tuple[int, int]], set[int]]:
     """(placed scans, agreeing links, scans cut off by disagreeing links): links must fit the optimised poses."""
     agreeing = []
@@ -270,16 +310,25 @@ def _check_links(
         if angle <= config.max_edge_rotation_deg and shift <= config.max_edge_translation_factor * voxel:
             agreeing.append((i, j))
         else:
-            logger.warning("link %s -> %s dropped: optimised pose differs from the pair by %.2f deg, %.4g",
-                           names[i], names[j], angle, shift)
+            logger.warning(
+                "link %s -> %s dropped: optimised pose differs from the pair by %.2f deg, %.4g",
+                names[i],
+                names[j],
+                angle,
+                shift,
+            )
     placed = component(reference, agreeing) if len(poses) > 1 else {reference}
     dropped = set(poses) - placed
     return placed, [e for e in agreeing if e[0] in placed], dropped
 
 
 def _check_final_poses(
-    reference: int, placed: set[int], links: list[tuple[int, int]], poses: dict[int, np.ndarray],
-    evidence: Evidence, names: list[str],
+    reference: int,
+    placed: set[int],
+    links: list[tuple[int, int]],
+    poses: dict[int, np.ndarray],
+    evidence: Evidence,
+    names: list[str],
 ) -> tuple[set[int], dict[int, str]]:
     """Unplace the scans whose optimised poses another scan's evidence contradicts, worst first."""
     placed = set(placed)
@@ -288,7 +337,7 @@ def _check_final_poses(
         violations: dict[int, list[tuple[int, str]]] = {}
         ordered = sorted(placed)
         for x, a in enumerate(ordered):
-            for b in ordered[x + 1:]:
+            for b in ordered[x + 1 :]:
                 check = evidence.check(a, b, np.linalg.inv(poses[b]) @ poses[a])
                 if check.verdict is False:
                     violations.setdefault(a, []).append((b, check.reason))
@@ -308,7 +357,11 @@ def _check_final_poses(
 
 
 def _confidence(
-    reference: int, placed: set[int], links: list[tuple[int, int]], poses: dict[int, np.ndarray], evidence: Evidence,
+    reference: int,
+    placed: set[int],
+    links: list[tuple[int, int]],
+    poses: dict[int, np.ndarray],
+    evidence: Evidence,
 ) -> tuple[dict[int, str], dict[int, str]]:
     """("high" | "low" per placed scan, the reasons of the low ones).
 
@@ -327,21 +380,31 @@ def _confidence(
             continue
         verified = evidence.views[k] is not None and any(
             evidence.check(k, other, np.linalg.inv(poses[other]) @ poses[k]).verdict is True
-            for other in sorted(placed - {k}) if evidence.views[other] is not None)
+            for other in sorted(placed - {k})
+            if evidence.views[other] is not None
+        )
         on_cycle = all(reference in component(k, [e for e in inner if e != b]) for b in cut_edges)
         if verified or on_cycle:
             confidence[k] = "high"
         else:
             confidence[k] = "low"
-            low[k] = ("placed through a single link that neither a cycle of other links nor a free-space test "
-                      "confirms" + ("" if evidence.views[k] is not None else " (no sensor origin known for it)"))
+            low[k] = (
+                "placed through a single link that neither a cycle of other links nor a free-space test "
+                "confirms" + ("" if evidence.views[k] is not None else " (no sensor origin known for it)")
+            )
     return confidence, low
 
 
 def _unplaced_reason(
-    k: int, names: list[str], index_pairs: list[tuple[int, int]], pairs: list[PairResult],
-    candidates: list[Candidate], rejected: list[tuple[Candidate, str]], grouped: dict[int, np.ndarray],
-    dropped: set[int], free_unplaced: dict[int, str],
+    k: int,
+    names: list[str],
+    index_pairs: list[tuple[int, int]],
+    pairs: list[PairResult],
+    candidates: list[Candidate],
+    rejected: list[tuple[Candidate, str]],
+    grouped: dict[int, np.ndarray],
+    dropped: set[int],
+    free_unplaced: dict[int, str],
 ) -> str:
     """Why scan ``k`` has no pose."""
     if k in free_unplaced:
@@ -351,8 +414,7 @@ def _unplaced_reason(
         return "no pair was attempted with it"
     if not any(h.confident for _, p in own for h in p.hypotheses):
         other, best = max(own, key=lambda item: item[1].fitness)
-        return (f"no confident pair with any scan (best fitness {best.fitness:.3f} with {names[other]}: "
-                f"{best.reason})")
+        return f"no confident pair with any scan (best fitness {best.fitness:.3f} with {names[other]}: {best.reason})"
     mine = [r for c, r in rejected if k in (c.source, c.target)]
     if not any(k in (c.source, c.target) for c in candidates) and mine:
         return f"every confident hypothesis of its pairs failed the free-space or colour test ({mine[0]})"

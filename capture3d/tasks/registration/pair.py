@@ -138,8 +138,15 @@ def global_registration(
     src_feat = _feature(source_features, len(source.points))  # (D, N)
     tgt_feat = _feature(target_features, len(target.points))  # (D, M)
     if method == "ransac":
-        modes = global_hypotheses(source, target, source_features, target_features, voxel,
-                                  dataclasses.replace(config, num_hypotheses=1), "ransac")
+        modes = global_hypotheses(
+            source,
+            target,
+            source_features,
+            target_features,
+            voxel,
+            dataclasses.replace(config, num_hypotheses=1),
+            "ransac",
+        )
         return (modes[0][0] if modes else np.eye(4)), method
     if method != "fgr":
         raise ValueError(f"unknown global registration method {method!r}")
@@ -225,15 +232,28 @@ def global_hypotheses(
     if matches is None and (method == "ransac" or n > 1):
         matches = feature_matches(source_features, target_features, config.mutual_filter)
     if method == "ransac":
-        modes = ransac_modes(src_points, tgt_points, matches, config.distance_factor * voxel,
-                             config.ransac_max_iterations, n, config.seed)
+        modes = ransac_modes(
+            src_points,
+            tgt_points,
+            matches,
+            config.distance_factor * voxel,
+            config.ransac_max_iterations,
+            n,
+            config.seed,
+        )
         return [(m.transformation, f"ransac#{k}") for k, m in enumerate(modes)]
     return _fgr_modes(source, target, source_features, target_features, voxel, config, n, matches)
 
 
 def _fgr_modes(
-    source: o3d.geometry.PointCloud, target: o3d.geometry.PointCloud, source_features: np.ndarray,
-    target_features: np.ndarray, voxel: float, config: PairConfig, n: int, matches: np.ndarray | None,
+    source: o3d.geometry.PointCloud,
+    target: o3d.geometry.PointCloud,
+    source_features: np.ndarray,
+    target_features: np.ndarray,
+    voxel: float,
+    config: PairConfig,
+    n: int,
+    matches: np.ndarray | None,
 ) -> list[tuple[np.ndarray, str]]:
     """FGR's answer, then FGR again on the correspondences the earlier answers do not explain.
 
@@ -292,8 +312,11 @@ def register_pair(
             _feature(source_features, len(source.points))  # shape checks, one line each
             _feature(target_features, len(target.points))
             matches = feature_matches(source_features, target_features, config.mutual_filter)  # (K, 2)
-        guesses = [g for m in methods for g in global_hypotheses(source, target, source_features, target_features,
-                                                                 voxel, config, m, matches)]  # type: ignore[arg-type]
+        guesses = [
+            g
+            for m in methods
+            for g in global_hypotheses(source, target, source_features, target_features, voxel, config, m, matches)
+        ]  # type: ignore[arg-type]
     seconds["global_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     icp = icp_name(source, target, config)
@@ -304,30 +327,56 @@ def register_pair(
         if any(_same_pose(T, h.transformation, voxel) for h in hypotheses):
             continue
         confident, reason = judge(refined.fitness, refined.inlier_rmse, voxel, config)
-        hypotheses.append(Hypothesis(T, float(refined.fitness), float(refined.inlier_rmse), confident, reason,
-                                     f"{label}+{icp}"))
+        hypotheses.append(
+            Hypothesis(T, float(refined.fitness), float(refined.inlier_rmse), confident, reason, f"{label}+{icp}")
+        )
     seconds["icp_s"] = time.perf_counter() - t0
     if not hypotheses:  # no guess at all (e.g. fewer than 3 feature matches): the identity, judged
         refined = reg.evaluate_registration(source, target, finest, np.eye(4))
-        hypotheses.append(Hypothesis(np.eye(4), float(refined.fitness), float(refined.inlier_rmse), False,
-                                     "no global hypothesis", f"none+{icp}"))
+        hypotheses.append(
+            Hypothesis(
+                np.eye(4),
+                float(refined.fitness),
+                float(refined.inlier_rmse),
+                False,
+                "no global hypothesis",
+                f"none+{icp}",
+            )
+        )
     hypotheses.sort(key=lambda h: (not h.confident, -h.fitness, h.inlier_rmse))
     best = hypotheses[0]
     information = information_matrix(source, target, best.transformation, finest)
-    logger.info("%s -> %s: %d hypotheses, best %s fitness %.3f rmse %.4f %s", source_name, target_name,
-                len(hypotheses), best.method, best.fitness, best.inlier_rmse,
-                "confident" if best.confident else f"NOT confident: {best.reason}")
+    logger.info(
+        "%s -> %s: %d hypotheses, best %s fitness %.3f rmse %.4f %s",
+        source_name,
+        target_name,
+        len(hypotheses),
+        best.method,
+        best.fitness,
+        best.inlier_rmse,
+        "confident" if best.confident else f"NOT confident: {best.reason}",
+    )
     return PairResult(
-        source=source_name, target=target_name, transformation=best.transformation,
-        fitness=best.fitness, inlier_rmse=best.inlier_rmse, information=information,
-        confident=best.confident, reason=best.reason, method=best.method, seconds=seconds,
+        source=source_name,
+        target=target_name,
+        transformation=best.transformation,
+        fitness=best.fitness,
+        inlier_rmse=best.inlier_rmse,
+        information=information,
+        confident=best.confident,
+        reason=best.reason,
+        method=best.method,
+        seconds=seconds,
         hypotheses=hypotheses,
     )
 
 
 def _coarse_survivors(
-    source: o3d.geometry.PointCloud, target: o3d.geometry.PointCloud, guesses: list[tuple[np.ndarray, str]],
-    voxel: float, config: PairConfig,
+    source: o3d.geometry.PointCloud,
+    target: o3d.geometry.PointCloud,
+    guesses: list[tuple[np.ndarray, str]],
+    voxel: float,
+    config: PairConfig,
 ) -> list[tuple[np.ndarray, str]]:
     """Guesses after the coarsest ICP scale, duplicates removed, those that cannot pass the gate dropped.
 
@@ -354,8 +403,9 @@ def _coarse_survivors(
     return viable
 
 
-def information_matrix(source: o3d.geometry.PointCloud, target: o3d.geometry.PointCloud, transformation: np.ndarray,
-                       distance: float) -> np.ndarray:
+def information_matrix(
+    source: o3d.geometry.PointCloud, target: o3d.geometry.PointCloud, transformation: np.ndarray, distance: float
+) -> np.ndarray:
     """The (6, 6) information matrix of ``transformation`` (4, 4) at correspondence ``distance``."""
     return np.array(reg.get_information_matrix_from_point_clouds(source, target, distance, transformation))
 

@@ -76,7 +76,10 @@ def auto_voxel_size(scans: list[Scan], target_points: int = 5000) -> float:
     voxel = _round_significant(float(np.median(voxels)))
     logger.info(
         "auto voxel %.3g for ~%d points per scan (per-scan range %.3g-%.3g)",
-        voxel, target_points, min(voxels), max(voxels),
+        voxel,
+        target_points,
+        min(voxels),
+        max(voxels),
     )
     return voxel
 
@@ -96,9 +99,7 @@ def _origin_outside_box(points: np.ndarray) -> bool:
     return bool((points.min(axis=0) > 0.0).any() or (points.max(axis=0) < 0.0).any())
 
 
-def orient_normals(
-    pcd: o3d.geometry.PointCloud, orient: Literal["auto", "sensor", "tangent_plane"] = "auto"
-) -> str:
+def orient_normals(pcd: o3d.geometry.PointCloud, orient: Literal["auto", "sensor", "tangent_plane"] = "auto") -> str:
     """Orient ``pcd``'s normals in place (rules: module docstring); returns the method used."""
     points = np.asarray(pcd.points)
     method = orient
@@ -151,6 +152,11 @@ def preprocess(
     method = orient_normals(kept, orient)
     logger.debug(
         "scan %s: %d -> %d points (voxel %.3g), %d outliers removed, normals oriented by %s",
-        scan.name, len(scan.points), len(kept.points), voxel, removed, method,
+        scan.name,
+        len(scan.points),
+        len(kept.points),
+        voxel,
+        removed,
+        method,
     )
     return Preprocessed(name=scan.name, pcd=kept, num_input_points=len(scan.points), num_removed_outliers=removed)

@@ -87,9 +87,9 @@ def _count(transforms: np.ndarray, source: np.ndarray, target: np.ndarray, dista
     """Inliers (B,) of transforms (B, 4, 4) on matched points (K, 3) -> (K, 3)."""
     counts = np.empty(len(transforms), dtype=np.int64)
     for start in range(0, len(transforms), _CHUNK):
-        T = transforms[start:start + _CHUNK]
+        T = transforms[start : start + _CHUNK]
         moved = np.einsum("bij,kj->bki", T[:, :3, :3], source) + T[:, None, :3, 3]  # (b, K, 3)
-        counts[start:start + _CHUNK] = (np.sum((moved - target) ** 2, axis=2) < distance * distance).sum(axis=1)
+        counts[start : start + _CHUNK] = (np.sum((moved - target) ** 2, axis=2) < distance * distance).sum(axis=1)
     return counts
 
 
@@ -140,8 +140,9 @@ def ransac_modes(
     tgt = np.asarray(target_points, dtype=np.float64)[matches[:, 1]]  # (K, 3)
     rng = np.random.default_rng(seed)
     triplets = rng.integers(0, len(matches), size=(iterations, 3))  # (I, 3)
-    triplets = triplets[(triplets[:, 0] != triplets[:, 1]) & (triplets[:, 1] != triplets[:, 2])
-                        & (triplets[:, 0] != triplets[:, 2])]
+    triplets = triplets[
+        (triplets[:, 0] != triplets[:, 1]) & (triplets[:, 1] != triplets[:, 2]) & (triplets[:, 0] != triplets[:, 2])
+    ]
     s, t = src[triplets], tgt[triplets]  # (I, 3, 3)
     edges = [(0, 1), (1, 2), (0, 2)]
     ls = np.stack([np.linalg.norm(s[:, a] - s[:, b], axis=1) for a, b in edges], axis=1)  # (I, 3)
@@ -168,13 +169,21 @@ def ransac_modes(
         if full[k] < 3:
             break
         T, count = _refit(finalists[k], src, tgt, distance)
-        if any(rotation_angle_deg(T, m.transformation) < min_separation_deg
-               and np.linalg.norm(T[:3, 3] - m.transformation[:3, 3]) < min_separation for m in modes):
+        if any(
+            rotation_angle_deg(T, m.transformation) < min_separation_deg
+            and np.linalg.norm(T[:3, 3] - m.transformation[:3, 3]) < min_separation
+            for m in modes
+        ):
             continue
         modes.append(Mode(T, count))
         if len(modes) == num_modes:
             break
     modes.sort(key=lambda m: -m.inliers)
-    logger.debug("ransac: %d matches, %d/%d triplets valid, modes %s", len(matches), len(transforms),
-                 iterations, [m.inliers for m in modes])
+    logger.debug(
+        "ransac: %d matches, %d/%d triplets valid, modes %s",
+        len(matches),
+        len(transforms),
+        iterations,
+        [m.inliers for m in modes],
+    )
     return modes

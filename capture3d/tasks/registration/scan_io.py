@@ -214,7 +214,8 @@ def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
 
 
 def check_rigid(T: np.ndarray, where: str) -> np.ndarray:
-    """``T`` as a (4, 4) float64 rigid transform, rotation re-orthonormalised; ValueError naming ``where`` if not rigid."""
+    """``T`` as a (4, 4) float64 rigid transform, rotation re-orthonormalised; ValueError naming
+    ``where`` if not rigid."""
     M = np.asarray(T, dtype=np.float64)
     if M.shape != (4, 4):
         raise ValueError(f"{where}: expected a 4x4 matrix, got shape {M.shape}")
@@ -358,9 +359,7 @@ def detect_gt_format(path: Path) -> str:
     raise ValueError(f"{path}: cannot tell the ground-truth format; pass one of {', '.join(GT_FORMATS[1:])}")
 
 
-def read_gt_poses(
-    path: Path, names: list[str], fmt: str = "auto", require_all: bool = True
-) -> dict[str, np.ndarray]:
+def read_gt_poses(path: Path, names: list[str], fmt: str = "auto", require_all: bool = True) -> dict[str, np.ndarray]:
     """world_from_scan (4, 4) poses (``p_world = T @ [p; 1]``) of the scans in ``names`` the file covers.
 
     ``fmt`` is one of :data:`GT_FORMATS` (formats and conventions: module docstring). Entries for
@@ -425,7 +424,10 @@ def write_poses_json(path: Path, poses: dict[str, np.ndarray], confidence: dict[
 
 
 def write_point_cloud(
-    path: Path, points: np.ndarray, colors: np.ndarray | None = None, normals: np.ndarray | None = None,
+    path: Path,
+    points: np.ndarray,
+    colors: np.ndarray | None = None,
+    normals: np.ndarray | None = None,
     viewpoint: np.ndarray | None = None,
 ) -> None:
     """Write points (N, 3), optional colours (N, 3) in [0, 1] and normals (N, 3) as a binary PLY.

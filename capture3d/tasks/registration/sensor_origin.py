@@ -88,12 +88,14 @@ def capture_origins(capture: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected an object of scan name (or 'default') -> [x, y, z]")
-    return {str(k): _numbers(list(map(str, v)) if isinstance(v, list) else [], path, f"entry {k!r}")
-            for k, v in raw.items()}
+    return {
+        str(k): _numbers(list(map(str, v)) if isinstance(v, list) else [], path, f"entry {k!r}") for k, v in raw.items()
+    }
 
 
-def sensor_origins(names: list[str], paths: list[Path], capture: Path, mode: OriginMode
-                   ) -> list[tuple[np.ndarray | None, str]]:
+def sensor_origins(
+    names: list[str], paths: list[Path], capture: Path, mode: OriginMode
+) -> list[tuple[np.ndarray | None, str]]:
     """Per scan (origin (3,) in its frame or None, source): see the module docstring."""
     if len(names) != len(paths):
         raise ValueError(f"{len(names)} scan names for {len(paths)} files")

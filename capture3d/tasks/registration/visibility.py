@@ -78,8 +78,12 @@ class VisibilityScore:
         return self.agree / self.observed if self.observed else 0.0
 
     def __add__(self, other: VisibilityScore) -> VisibilityScore:
-        return VisibilityScore(self.free + other.free, self.agree + other.agree,
-                               self.occluded + other.occluded, self.unobserved + other.unobserved)
+        return VisibilityScore(
+            self.free + other.free,
+            self.agree + other.agree,
+            self.occluded + other.occluded,
+            self.unobserved + other.unobserved,
+        )
 
 
 def _directions(points: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,8 +150,7 @@ def _min_filter3(image: np.ndarray) -> np.ndarray:
     return np.minimum(np.minimum(np.roll(rows, 1, axis=1), rows), np.roll(rows, -1, axis=1))
 
 
-def score_probes(image: RangeImage, probes: np.ndarray, tolerance: float, min_range: float = 0.0
-                 ) -> VisibilityScore:
+def score_probes(image: RangeImage, probes: np.ndarray, tolerance: float, min_range: float = 0.0) -> VisibilityScore:
     """Classify probe points (M, 3), given in the image's scan frame, against ``image``."""
     probes = np.asarray(probes, dtype=np.float64)
     if len(probes) == 0:
@@ -173,9 +176,13 @@ def transform(points: np.ndarray, T: np.ndarray) -> np.ndarray:
 
 
 def pair_visibility(
-    source_image: RangeImage, source_probes: np.ndarray,
-    target_image: RangeImage, target_probes: np.ndarray,
-    target_from_source: np.ndarray, tolerance: float, min_range: float = 0.0,
+    source_image: RangeImage,
+    source_probes: np.ndarray,
+    target_image: RangeImage,
+    target_probes: np.ndarray,
+    target_from_source: np.ndarray,
+    tolerance: float,
+    min_range: float = 0.0,
 ) -> tuple[VisibilityScore, VisibilityScore]:
     """(source probes against the target's image, target probes against the source's image)."""
     T = np.asarray(target_from_source, dtype=np.float64)

@@ -291,9 +291,7 @@ def pose_errors(
     s, R_align, t_align = umeyama_similarity(C_est, C_gt, with_scale=True)
     C_aligned = s * C_est @ R_align.T + t_align  # (N, 3)
     position_errors = np.linalg.norm(C_aligned - C_gt, axis=1)  # (N,)
-    rotation_errors = np.array(
-        [_rotation_angle_deg(gt[n].R @ (est[n].R @ R_align.T).T) for n in common]
-    )  # (N,)
+    rotation_errors = np.array([_rotation_angle_deg(gt[n].R @ (est[n].R @ R_align.T).T) for n in common])  # (N,)
 
     gt_names = sorted(gt)
     pair_errors = []

@@ -38,8 +38,9 @@ def write_points_ply(model: pycolmap.Reconstruction, path: Path) -> int:
     ids = sorted(model.points3D)
     xyz = np.array([model.points3D[i].xyz for i in ids], dtype=np.float32).reshape(-1, 3)  # (N, 3)
     rgb = np.array([model.points3D[i].color for i in ids], dtype=np.uint8).reshape(-1, 3)  # (N, 3)
-    vertex = np.empty(len(ids), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-                                       ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    vertex = np.empty(
+        len(ids), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    )
     vertex["x"], vertex["y"], vertex["z"] = xyz.T
     vertex["red"], vertex["green"], vertex["blue"] = rgb.T
     header = (
@@ -75,10 +76,16 @@ def pinhole_cameras(model: pycolmap.Reconstruction) -> list[PinholeCamera]:
         if camera.model_name not in ("PINHOLE", "SIMPLE_PINHOLE"):
             raise ValueError(f"image {image.name}: camera model {camera.model_name} is not pinhole")
         pose = image.cam_from_world()
-        cams.append(PinholeCamera(
-            image.name, int(camera.width), int(camera.height), np.asarray(camera.calibration_matrix()),
-            np.asarray(pose.rotation.matrix()), np.asarray(pose.translation),
-        ))
+        cams.append(
+            PinholeCamera(
+                image.name,
+                int(camera.width),
+                int(camera.height),
+                np.asarray(camera.calibration_matrix()),
+                np.asarray(pose.rotation.matrix()),
+                np.asarray(pose.translation),
+            )
+        )
     return sorted(cams, key=lambda c: c.name)
 
 

@@ -163,8 +163,14 @@ def run_sfm(
         _judge(attempt, models, len(image_names), config.min_registered_fraction)
         logger.info(
             "attempt %d (%s, %s, %s): %d/%d registered in %d model(s): %s",
-            index, current.matcher, current.mapper, accumulated or "base", attempt.num_registered,
-            len(image_names), attempt.num_models, attempt.reason,
+            index,
+            current.matcher,
+            current.mapper,
+            accumulated or "base",
+            attempt.num_registered,
+            len(image_names),
+            attempt.num_models,
+            attempt.reason,
         )
         attempts.append(attempt)
         results.append(models)
@@ -189,11 +195,19 @@ def extract_features(
     extraction.num_threads = config.num_threads
     extraction.sift.max_num_features = config.max_num_features
     # "auto" is resolved by the caller from the image sizes; COLMAP's AUTO makes one camera per image.
-    mode = {"single": pycolmap.CameraMode.SINGLE, "per_image": pycolmap.CameraMode.PER_IMAGE,
-            "auto": pycolmap.CameraMode.PER_IMAGE}[config.camera_mode]
+    mode = {
+        "single": pycolmap.CameraMode.SINGLE,
+        "per_image": pycolmap.CameraMode.PER_IMAGE,
+        "auto": pycolmap.CameraMode.PER_IMAGE,
+    }[config.camera_mode]
     pycolmap.extract_features(
-        database, image_dir, image_names=list(image_names), camera_mode=mode, reader_options=reader,
-        extraction_options=extraction, device=_device(config.device),
+        database,
+        image_dir,
+        image_names=list(image_names),
+        camera_mode=mode,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=_device(config.device),
     )
 
 
@@ -214,13 +228,19 @@ def match_features(database: Path, config: SfmConfig) -> None:
     verification.min_num_inliers = config.min_num_matches
     verification.ransac.random_seed = config.seed
     if config.matcher == "exhaustive":
-        pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
-                                  device=_device(config.device))
+        pycolmap.match_exhaustive(
+            database, matching_options=matching, verification_options=verification, device=_device(config.device)
+        )
     else:
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = config.sequential_overlap
-        pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
-                                  verification_options=verification, device=_device(config.device))
+        pycolmap.match_sequential(
+            database,
+            matching_options=matching,
+            pairing_options=pairing,
+            verification_options=verification,
+            device=_device(config.device),
+        )
 
 
 def map_images(

@@ -32,20 +32,21 @@ logger = logging.getLogger(__name__)
 class SyntheticBodies:
     """Ground truth and observations of ``B`` synthetic people in ``V`` views each."""
 
-    pose: BodyPose                  # ground-truth parameters (B rows)
-    names: tuple[str, ...]          # keypoint names (K)
-    points: np.ndarray              # (B, K, 3) ground-truth 3D keypoints, metres, world frame
-    rot: np.ndarray                 # (B, V, 3, 3) world -> camera
-    trans: np.ndarray               # (B, V, 3)
-    k: np.ndarray                   # (3, 3) intrinsics shared by all views
-    xy: np.ndarray                  # (B, V, K, 2) noisy projections, pixels
-    xy_clean: np.ndarray            # (B, V, K, 2) exact projections
+    pose: BodyPose  # ground-truth parameters (B rows)
+    names: tuple[str, ...]  # keypoint names (K)
+    points: np.ndarray  # (B, K, 3) ground-truth 3D keypoints, metres, world frame
+    rot: np.ndarray  # (B, V, 3, 3) world -> camera
+    trans: np.ndarray  # (B, V, 3)
+    k: np.ndarray  # (3, 3) intrinsics shared by all views
+    xy: np.ndarray  # (B, V, K, 2) noisy projections, pixels
+    xy_clean: np.ndarray  # (B, V, K, 2) exact projections
     width: int
     height: int
 
 
-def random_poses(model: BodyModel, count: int, rng: np.random.Generator, *, yaw_deg: float = 60.0,
-                 shape_sigma: float = 0.5) -> BodyPose:
+def random_poses(
+    model: BodyModel, count: int, rng: np.random.Generator, *, yaw_deg: float = 60.0, shape_sigma: float = 0.5
+) -> BodyPose:
     """``count`` random upright bodies at the origin (model frame rotated so z is up in the world
     whose y axis points down: world = OpenCV camera axes of a level camera)."""
     joints = model.pose_joint_names
@@ -66,17 +67,30 @@ def random_poses(model: BodyModel, count: int, rng: np.random.Generator, *, yaw_
     upright = torch.tensor([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]], dtype=torch.float64)
     yaw = np.radians(rng.uniform(-yaw_deg, yaw_deg, size=count))
     lean = rng.normal(0.0, 0.08, size=(count, 2))
-    spin = torch.from_numpy(np.stack([lean[:, 0], yaw, lean[:, 1]], 1))        # about camera x, y, z
+    spin = torch.from_numpy(np.stack([lean[:, 0], yaw, lean[:, 1]], 1))  # about camera x, y, z
     orient = matrix_to_axis_angle(axis_angle_to_matrix(spin) @ upright)
     cast = {"dtype": model.dtype, "device": model.device}
-    return BodyPose(global_orient=orient.to(**cast), body_pose=torch.from_numpy(body).to(**cast),
-                    shape=torch.from_numpy(rng.normal(0.0, shape_sigma, size=(count, model.num_shape))).to(**cast),
-                    transl=torch.zeros(count, 3, **cast))
+    return BodyPose(
+        global_orient=orient.to(**cast),
+        body_pose=torch.from_numpy(body).to(**cast),
+        shape=torch.from_numpy(rng.normal(0.0, shape_sigma, size=(count, model.num_shape))).to(**cast),
+        transl=torch.zeros(count, 3, **cast),
+    )
 
 
-def synthesize_bodies(model: BodyModel, *, count: int, views: int = 1, width: int = 640, height: int = 480,
-                      fov_deg: float = 55.0, noise_px: float = 2.0, names: tuple[str, ...], seed: int = 0,
-                      view_spread_deg: float = 120.0) -> SyntheticBodies:
+def synthesize_bodies(
+    model: BodyModel,
+    *,
+    count: int,
+    views: int = 1,
+    width: int = 640,
+    height: int = 480,
+    fov_deg: float = 55.0,
+    noise_px: float = 2.0,
+    names: tuple[str, ...],
+    seed: int = 0,
+    view_spread_deg: float = 120.0,
+) -> SyntheticBodies:
     """``count`` random people, each seen by ``views`` cameras (the first looks straight at them,
     the others are spread over ``view_spread_deg`` around them at the same distance)."""
     rng = np.random.default_rng(seed)
@@ -90,8 +104,10 @@ def synthesize_bodies(model: BodyModel, *, count: int, views: int = 1, width: in
     k = intrinsics(width, height, focal)
     rot = np.zeros((count, views, 3, 3))
     trans = np.zeros((count, views, 3))
-    angles = [0.0] + [view_spread_deg * (2 * (v - 1) / max(views - 2, 1) - 1) if views > 2 else view_spread_deg / 2
-                      for v in range(1, views)]
+    angles = [0.0] + [
+        view_spread_deg * (2 * (v - 1) / max(views - 2, 1) - 1) if views > 2 else view_spread_deg / 2
+        for v in range(1, views)
+    ]
     for b in range(count):
         target = offset[b] * np.array([1.0, 0.0, 1.0]) + np.array([0.0, offset[b, 1], 0.0])
         for v, angle in enumerate(angles):
@@ -102,5 +118,15 @@ def synthesize_bodies(model: BodyModel, *, count: int, views: int = 1, width: in
     cam = np.einsum("bvij,bkj->bvki", rot, points) + trans[:, :, None, :]
     clean = np.einsum("ij,bvkj->bvki", k[:2, :2], cam[..., :2] / cam[..., 2:3]) + k[:2, 2]
     noisy = clean + rng.normal(0.0, noise_px, size=clean.shape)
-    return SyntheticBodies(pose=pose, names=tuple(names), points=points, rot=rot, trans=trans, k=k, xy=noisy,
-                           xy_clean=clean, width=width, height=height)
+    return SyntheticBodies(
+        pose=pose,
+        names=tuple(names),
+        points=points,
+        rot=rot,
+        trans=trans,
+        k=k,
+        xy=noisy,
+        xy_clean=clean,
+        width=width,
+        height=height,
+    )

@@ -173,8 +173,10 @@ def _make_object(kind: str, rng: np.random.Generator) -> tuple[o3d.geometry.Tria
         return mesh, _cylinder_corner_normals(mesh)
     if kind == "torus":
         mesh = o3d.geometry.TriangleMesh.create_torus(
-            torus_radius=rng.uniform(0.4, 0.55), tube_radius=rng.uniform(0.12, 0.18),
-            radial_resolution=48, tubular_resolution=24,
+            torus_radius=rng.uniform(0.4, 0.55),
+            tube_radius=rng.uniform(0.12, 0.18),
+            radial_resolution=48,
+            tubular_resolution=24,
         )
         return mesh, _corner_normals(mesh, smooth=True)
     raise ValueError(f"unknown primitive kind {kind!r}")
@@ -509,7 +511,11 @@ def render_capture(
         images = list(pool.map(lambda cam: _render_view(rc, scene, cam, supersample), cameras))
     logger.info(
         "rendered %d synthetic %dx%d images (seed %d) in %.1f s",
-        num_images, width, height, seed, time.perf_counter() - start,
+        num_images,
+        width,
+        height,
+        seed,
+        time.perf_counter() - start,
     )
     return SyntheticCapture(images=images, cameras=cameras, mesh=_vertex_coloured_mesh(scene))
 

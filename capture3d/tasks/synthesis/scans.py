@@ -150,7 +150,10 @@ def render_scans(
         poses[name] = pose
     logger.info(
         "simulated %d scans (seed %d, %d-%d points each)",
-        num_scans, seed, min(len(s.points) for s in scans), max(len(s.points) for s in scans),
+        num_scans,
+        seed,
+        min(len(s.points) for s in scans),
+        max(len(s.points) for s in scans),
     )
     return scans, poses
 

@@ -36,9 +36,7 @@ logger = logging.getLogger(__name__)
 
 def _check_weight(weight: torch.Tensor, kernel_size: int, in_channels: int) -> None:
     if weight.ndim != 3 or weight.shape[0] != kernel_size**3 or weight.shape[1] != in_channels:
-        raise ValueError(
-            f"weight must be (K={kernel_size**3}, C_in={in_channels}, C_out), got {tuple(weight.shape)}"
-        )
+        raise ValueError(f"weight must be (K={kernel_size**3}, C_in={in_channels}, C_out), got {tuple(weight.shape)}")
 
 
 class _KernelMapConv(torch.autograd.Function):
@@ -105,8 +103,12 @@ def _cached_transpose_map(x: SparseTensor, target_coords: torch.Tensor, kernel_s
         hit = x.kernel_maps.get(("conv", x.stride // stride, kernel_size, stride))
         if hit is not None and hit[0] is target_coords and hit[1].out_coords is x.coords:
             fwd = hit[1]
-            return KernelMap(pairs=tuple((o, i) for i, o in fwd.pairs), out_coords=target_coords,
-                             out_stride=x.stride // stride, kernel_size=kernel_size)
+            return KernelMap(
+                pairs=tuple((o, i) for i, o in fwd.pairs),
+                out_coords=target_coords,
+                out_stride=x.stride // stride,
+                kernel_size=kernel_size,
+            )
     return build_transpose_kernel_map(x.coords, x.stride, target_coords, kernel_size, stride)
 
 
@@ -155,16 +157,12 @@ def sparse_conv_transpose(
 def cat_features(a: SparseTensor, b: SparseTensor) -> SparseTensor:
     """Concatenate (N, C_a) and (N, C_b) features of two tensors on identical coords (same row order)."""
     if a.stride != b.stride or a.coords.shape != b.coords.shape or not torch.equal(a.coords, b.coords):
-        raise ValueError(
-            "cat_features needs both tensors on the same coordinates, in the same order, same stride"
-        )
+        raise ValueError("cat_features needs both tensors on the same coordinates, in the same order, same stride")
     return a.with_features(torch.cat([a.features, b.features], dim=1))
 
 
 class _SparseConvBase(nn.Module):
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels

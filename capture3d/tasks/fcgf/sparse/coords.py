@@ -57,9 +57,7 @@ class SparseTensor:
 
     def __post_init__(self) -> None:
         if self.coords.dtype != torch.int64 or self.coords.ndim != 2 or self.coords.shape[1] != 4:
-            raise ValueError(
-                f"coords must be (M, 4) int64, got {tuple(self.coords.shape)} {self.coords.dtype}"
-            )
+            raise ValueError(f"coords must be (M, 4) int64, got {tuple(self.coords.shape)} {self.coords.dtype}")
         if self.features.ndim != 2 or self.features.shape[0] != self.coords.shape[0]:
             raise ValueError(
                 f"features must be (M, C) with M = {self.coords.shape[0]}, got {tuple(self.features.shape)}"
@@ -83,9 +81,7 @@ class SparseTensor:
 
     def to(self, device: torch.device | str) -> SparseTensor:
         """A copy on ``device`` (autograd-tracked for the features)."""
-        return SparseTensor(
-            features=self.features.to(device), coords=self.coords.to(device), stride=self.stride
-        )
+        return SparseTensor(features=self.features.to(device), coords=self.coords.to(device), stride=self.stride)
 
 
 def quantize(

@@ -108,7 +108,8 @@ def match_offsets(
     if bool((lo >= SPATIAL_MIN).all() and (hi <= SPATIAL_MAX).all()):
         # Every query packs: the key of out + d is key(out) + key-delta(d) (no carries between fields).
         delta = pack_keys_unchecked(torch.cat([torch.zeros_like(offsets[:, :1]), offsets], 1)) - pack_keys_unchecked(
-            torch.zeros(1, 4, dtype=torch.int64, device=offsets.device))  # (K,)
+            torch.zeros(1, 4, dtype=torch.int64, device=offsets.device)
+        )  # (K,)
         q_keys = (pack_keys_unchecked(out_coords)[None, :] + delta[:, None]).reshape(-1)  # (K * N_out,)
         q_index = torch.arange(q_keys.shape[0], device=out_coords.device)
     else:
@@ -139,9 +140,7 @@ def build_kernel_map(in_coords: torch.Tensor, in_stride: int, kernel_size: int, 
         out_coords.shape[0],
         sum(int(p[0].numel()) for p in pairs),
     )
-    return KernelMap(
-        pairs=pairs, out_coords=out_coords, out_stride=in_stride * stride, kernel_size=kernel_size
-    )
+    return KernelMap(pairs=pairs, out_coords=out_coords, out_stride=in_stride * stride, kernel_size=kernel_size)
 
 
 def build_transpose_kernel_map(

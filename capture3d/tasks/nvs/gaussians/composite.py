@@ -39,7 +39,9 @@ T_MIN = 1e-4
 CHUNK_EVALS = 1 << 17
 
 
-def chunk_bounds(tid: torch.Tensor, num_tiles: int, per_pair: int, chunk_evals: int = CHUNK_EVALS) -> list[tuple[int, int, int, int]]:
+def chunk_bounds(
+    tid: torch.Tensor, num_tiles: int, per_pair: int, chunk_evals: int = CHUNK_EVALS
+) -> list[tuple[int, int, int, int]]:
     """Chunks of whole tiles: (first pair, end pair, first tile, end tile) with ~chunk_evals evaluations."""
     counts = torch.bincount(tid, minlength=num_tiles)
     ends = torch.cumsum(counts, 0)  # pair index after each tile
@@ -133,8 +135,9 @@ class _Composite(torch.autograd.Function):
         for p0, p1, _t0, _t1 in chunks:
             g_, t_ = gid[p0:p1], tid[p0:p1]
             start, _end = _segments(t_)
-            contrib, w = fwd(means2d[g_], conics[g_], opacities[g_], colors[g_], _origins(t_, tiles_x, tile, dtype),
-                             offsets, start)
+            contrib, w = fwd(
+                means2d[g_], conics[g_], opacities[g_], colors[g_], _origins(t_, tiles_x, tile, dtype), offsets, start
+            )
             rgb.index_add_(0, t_, contrib)
             acc.index_add_(0, t_, w)
         ctx.save_for_backward(means2d, conics, colors, opacities, gid, tid, acc)
@@ -153,8 +156,18 @@ class _Composite(torch.autograd.Function):
         for p0, p1, _t0, _t1 in chunks:
             g_, t_ = gid[p0:p1], tid[p0:p1]
             start, end = _segments(t_)
-            dm, dcon, dcol, dop = bwd(means2d[g_], conics[g_], opacities[g_], colors[g_],
-                                      _origins(t_, tiles_x, tile, colors.dtype), offsets, start, end, g_rgb[t_], t_ga[t_])
+            dm, dcon, dcol, dop = bwd(
+                means2d[g_],
+                conics[g_],
+                opacities[g_],
+                colors[g_],
+                _origins(t_, tiles_x, tile, colors.dtype),
+                offsets,
+                start,
+                end,
+                g_rgb[t_],
+                t_ga[t_],
+            )
             v_m.index_add_(0, g_, dm)
             v_con.index_add_(0, g_, dcon)
             v_col.index_add_(0, g_, dcol)
@@ -163,8 +176,16 @@ class _Composite(torch.autograd.Function):
 
 
 def composite_tiles(
-    means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor, opacities: torch.Tensor,
-    gid: torch.Tensor, tid: torch.Tensor, tiles_x: int, num_tiles: int, tile: int, compiled: bool = False,
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    gid: torch.Tensor,
+    tid: torch.Tensor,
+    tiles_x: int,
+    num_tiles: int,
+    tile: int,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tile colours (num_tiles, tile^2, C) without background, and alpha (num_tiles, tile^2)."""
     return _Composite.apply(means2d, conics, colors, opacities, gid, tid, tiles_x, num_tiles, tile, compiled)

@@ -37,8 +37,9 @@ def rasterize_dense(
     op = opacities[keep][order].to(dtype)  # (G,)
     col = colors[keep][order].to(dtype)  # (G, C)
     r0, r1 = rows if rows is not None else (0, height)
-    ys, xs = torch.meshgrid(torch.arange(r0, r1, dtype=dtype) + 0.5, torch.arange(width, dtype=dtype) + 0.5,
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(r0, r1, dtype=dtype) + 0.5, torch.arange(width, dtype=dtype) + 0.5, indexing="ij"
+    )
     pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # (HW, 2)
     dx = pix[:, None, 0] - m[None, :, 0]  # (HW, G)
     dy = pix[:, None, 1] - m[None, :, 1]

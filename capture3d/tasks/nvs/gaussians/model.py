@@ -98,8 +98,14 @@ def neighbour_distance(points: np.ndarray, k: int) -> np.ndarray:
 
 def make_optimizers(splats: torch.nn.ParameterDict, lr: LearningRates, extent: float) -> dict[str, torch.optim.Adam]:
     """One Adam per parameter (eps 1e-15, as 3DGS), so densification can edit each one's state."""
-    rates = {"means": lr.means * extent, "scales": lr.scales, "quats": lr.quats, "opacities": lr.opacities,
-             "sh0": lr.sh0, "shN": lr.shN}
+    rates = {
+        "means": lr.means * extent,
+        "scales": lr.scales,
+        "quats": lr.quats,
+        "opacities": lr.opacities,
+        "sh0": lr.sh0,
+        "shN": lr.shN,
+    }
     return {name: torch.optim.Adam([splats[name]], lr=rates[name], eps=1e-15) for name in PARAM_NAMES}
 
 

@@ -21,9 +21,11 @@ logger = logging.getLogger(__name__)
 
 def ply_property_names(num_rest: int) -> list[str]:
     """Vertex property names for ``num_rest`` = 3 (K - 1) higher-order SH coefficients."""
-    return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-            + [f"f_rest_{i}" for i in range(num_rest)]
-            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    return (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(num_rest)]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
 
 
 def write_gaussians_ply(path: Path, splats: dict[str, torch.Tensor] | torch.nn.ParameterDict) -> int:
@@ -31,8 +33,15 @@ def write_gaussians_ply(path: Path, splats: dict[str, torch.Tensor] | torch.nn.P
     t = {k: v.detach().float().cpu().numpy() for k, v in splats.items()}
     n = t["means"].shape[0]
     rest = t["shN"].transpose(0, 2, 1).reshape(n, -1)  # (N, 3 (K-1)) channel-major
-    cols = [t["means"], np.zeros((n, 3), np.float32), t["sh0"].reshape(n, 3), rest, t["opacities"].reshape(n, 1),
-            t["scales"], t["quats"]]
+    cols = [
+        t["means"],
+        np.zeros((n, 3), np.float32),
+        t["sh0"].reshape(n, 3),
+        rest,
+        t["opacities"].reshape(n, 1),
+        t["scales"],
+        t["quats"],
+    ]
     data = np.concatenate(cols, axis=1).astype("<f4")
     names = ply_property_names(rest.shape[1])
     header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"
@@ -52,7 +61,7 @@ def read_gaussians_ply(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a binary little-endian PLY")
     n = next(int(x.split()[2]) for x in lines if x.startswith("element vertex"))
     names = [x.split()[2] for x in lines if x.startswith("property float")]
-    data = np.frombuffer(raw[end:end + 4 * n * len(names)], dtype="<f4").reshape(n, len(names))
+    data = np.frombuffer(raw[end : end + 4 * n * len(names)], dtype="<f4").reshape(n, len(names))
     col = {name: i for i, name in enumerate(names)}
 
     def take(prefix: str, count: int) -> np.ndarray:
@@ -62,7 +71,9 @@ def read_gaussians_ply(path: Path) -> dict[str, torch.Tensor]:
     rest = take("f_rest_", num_rest).reshape(n, 3, num_rest // 3).transpose(0, 2, 1)
     return {
         "means": torch.tensor(data[:, [col["x"], col["y"], col["z"]]]),
-        "scales": torch.tensor(take("scale_", 3)), "quats": torch.tensor(take("rot_", 4)),
+        "scales": torch.tensor(take("scale_", 3)),
+        "quats": torch.tensor(take("rot_", 4)),
         "opacities": torch.tensor(data[:, col["opacity"]].copy()),
-        "sh0": torch.tensor(take("f_dc_", 3)[:, None, :].copy()), "shN": torch.tensor(rest.copy()),
+        "sh0": torch.tensor(take("f_dc_", 3)[:, None, :].copy()),
+        "shN": torch.tensor(rest.copy()),
     }

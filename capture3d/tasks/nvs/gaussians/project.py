@@ -53,11 +53,20 @@ class Projection:
 def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
     """(N, 4) quaternions (w, x, y, z), normalised here -> (N, 3, 3) rotation matrices."""
     w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(quats.shape[:-1] + (3, 3))
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(quats.shape[:-1] + (3, 3))
 
 
 def covariance(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -91,8 +100,9 @@ def project(
     tx = z_safe * torch.clamp(x / z_safe, -lim_x_neg, lim_x_pos)
     ty = z_safe * torch.clamp(y / z_safe, -lim_y_neg, lim_y_pos)
     zero = torch.zeros_like(z)
-    J = torch.stack([fx / z_safe, zero, -fx * tx / z_safe**2,
-                     zero, fy / z_safe, -fy * ty / z_safe**2], -1).reshape(-1, 2, 3)  # (N, 2, 3)
+    J = torch.stack([fx / z_safe, zero, -fx * tx / z_safe**2, zero, fy / z_safe, -fy * ty / z_safe**2], -1).reshape(
+        -1, 2, 3
+    )  # (N, 2, 3)
     cov2d = J @ cov @ J.transpose(1, 2) + eps2d * torch.eye(2, dtype=means.dtype, device=means.device)
     a, b, c = cov2d[:, 0, 0], 0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0]), cov2d[:, 1, 1]
     det = (a * c - b * b).clamp_min(1e-12)
@@ -103,8 +113,12 @@ def project(
         r2 = 2.0 * tau.clamp_min(0.0)
         extents = torch.stack([torch.sqrt(r2 * a.detach()), torch.sqrt(r2 * c.detach())], -1)  # (N, 2)
         m = means2d.detach()
-        inside = ((m[:, 0] + extents[:, 0] > 0) & (m[:, 0] - extents[:, 0] < width)
-                  & (m[:, 1] + extents[:, 1] > 0) & (m[:, 1] - extents[:, 1] < height))
+        inside = (
+            (m[:, 0] + extents[:, 0] > 0)
+            & (m[:, 0] - extents[:, 0] < width)
+            & (m[:, 1] + extents[:, 1] > 0)
+            & (m[:, 1] - extents[:, 1] < height)
+        )
         visible = (z.detach() > near) & (tau > 0) & inside & torch.isfinite(m).all(-1)
     return Projection(means2d, conics, z, extents, visible)
 

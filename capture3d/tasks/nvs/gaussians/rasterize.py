@@ -30,9 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TILE = 8
 
 
-def tile_pairs(
-    proj: Projection, width: int, height: int, tile: int
-) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+def tile_pairs(proj: Projection, width: int, height: int, tile: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(gaussian index (P,), tile index (P,)) of every footprint/tile overlap, sorted by tile then depth."""
     tiles_x, tiles_y = (width + tile - 1) // tile, (height + tile - 1) // tile
     with torch.no_grad():
@@ -76,8 +74,9 @@ def rasterize(
     ``compiled`` runs the per-chunk math through ``torch.compile`` (same results, faster on the CPU).
     """
     gid, tid, tiles_x, tiles_y = tile_pairs(proj, width, height, tile)
-    rgb_tiles, acc_tiles = composite_tiles(proj.means2d, proj.conics, colors, opacities, gid, tid, tiles_x,
-                                           tiles_x * tiles_y, tile, compiled)
+    rgb_tiles, acc_tiles = composite_tiles(
+        proj.means2d, proj.conics, colors, opacities, gid, tid, tiles_x, tiles_x * tiles_y, tile, compiled
+    )
     image = _untile(rgb_tiles, tiles_x, tiles_y, tile)[:height, :width]  # (H, W, C)
     acc = _untile(acc_tiles[..., None], tiles_x, tiles_y, tile)[:height, :width, 0]  # (H, W)
     if background is not None:

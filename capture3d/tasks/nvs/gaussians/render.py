@@ -77,8 +77,9 @@ def render(
         return _render_gsplat(splats, camera, sh_degree, background)
     scales = torch.exp(splats["scales"])
     opacities = torch.sigmoid(splats["opacities"])
-    proj = project(splats["means"], splats["quats"], scales, opacities, camera.viewmat, camera.K,
-                   camera.width, camera.height)
+    proj = project(
+        splats["means"], splats["quats"], scales, opacities, camera.viewmat, camera.K, camera.width, camera.height
+    )
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
     R, t = camera.viewmat[:3, :3], camera.viewmat[:3, 3]
@@ -94,9 +95,18 @@ def _render_gsplat(
 
     colors = torch.cat([splats["sh0"], splats["shN"]], 1)  # (N, K, 3)
     image, alpha, meta = rasterization(
-        splats["means"], splats["quats"], torch.exp(splats["scales"]), torch.sigmoid(splats["opacities"]),
-        colors, camera.viewmat[None], camera.K[None], camera.width, camera.height, sh_degree=sh_degree,
-        backgrounds=background[None], packed=False,
+        splats["means"],
+        splats["quats"],
+        torch.exp(splats["scales"]),
+        torch.sigmoid(splats["opacities"]),
+        colors,
+        camera.viewmat[None],
+        camera.K[None],
+        camera.width,
+        camera.height,
+        sh_degree=sh_degree,
+        backgrounds=background[None],
+        packed=False,
     )
     means2d = meta["means2d"]  # (1, N, 2)
     if means2d.requires_grad:

@@ -17,8 +17,15 @@ logger = logging.getLogger(__name__)
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
 SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 
 
 def num_sh_bases(degree: int) -> int:
@@ -36,12 +43,23 @@ def sh_bases(degree: int, dirs: torch.Tensor) -> torch.Tensor:
         out += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
     if degree >= 2:
         xx, yy, zz = x * x, y * y, z * z
-        out += [SH_C2[0] * x * y, SH_C2[1] * y * z, SH_C2[2] * (2 * zz - xx - yy), SH_C2[3] * x * z,
-                SH_C2[4] * (xx - yy)]
+        out += [
+            SH_C2[0] * x * y,
+            SH_C2[1] * y * z,
+            SH_C2[2] * (2 * zz - xx - yy),
+            SH_C2[3] * x * z,
+            SH_C2[4] * (xx - yy),
+        ]
     if degree >= 3:
-        out += [SH_C3[0] * y * (3 * xx - yy), SH_C3[1] * x * y * z, SH_C3[2] * y * (4 * zz - xx - yy),
-                SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy), SH_C3[4] * x * (4 * zz - xx - yy),
-                SH_C3[5] * z * (xx - yy), SH_C3[6] * x * (xx - 3 * yy)]
+        out += [
+            SH_C3[0] * y * (3 * xx - yy),
+            SH_C3[1] * x * y * z,
+            SH_C3[2] * y * (4 * zz - xx - yy),
+            SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+            SH_C3[4] * x * (4 * zz - xx - yy),
+            SH_C3[5] * z * (xx - yy),
+            SH_C3[6] * x * (xx - 3 * yy),
+        ]
     return torch.stack(out, dim=-1)
 
 

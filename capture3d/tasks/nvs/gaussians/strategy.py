@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DensifyConfig:
-    """Hyperparameters of adaptive density control (3DGS: threshold 0.0002, 1 % dense, refine 500-15k every 100, reset every 3000)."""
+    """Hyperparameters of adaptive density control (3DGS: threshold 0.0002, 1 % dense, refine
+    500-15k every 100, reset every 3000)."""
 
     grad_threshold: float
     """mean screen-space gradient (NDC units) that triggers clone / split"""
@@ -91,8 +92,11 @@ def accumulate(state: DensifyState, out: RenderOutput, width: int, height: int) 
         state.max_radius[seen] = torch.maximum(state.max_radius[seen], out.radii[seen].float() / max(width, height))
 
 
-def _edit(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Adam],
-          fn: Callable[[str, torch.Tensor, bool], torch.Tensor]) -> None:
+def _edit(
+    splats: torch.nn.ParameterDict,
+    optimizers: dict[str, torch.optim.Adam],
+    fn: Callable[[str, torch.Tensor, bool], torch.Tensor],
+) -> None:
     """Replace every parameter p (named n) by fn(n, p, False) and its Adam moments m by fn(n, m, True)."""
     for name in list(splats.keys()):
         old = splats[name]
@@ -109,16 +113,26 @@ def _edit(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Adam
 
 def _append(splats, optimizers, new_rows: dict[str, torch.Tensor]) -> None:
     """Append rows (new Gaussians) to every parameter, with zero Adam moments."""
-    _edit(splats, optimizers, lambda name, x, moment: torch.cat(
-        [x, torch.zeros_like(new_rows[name]) if moment else new_rows[name]]))
+    _edit(
+        splats,
+        optimizers,
+        lambda name, x, moment: torch.cat([x, torch.zeros_like(new_rows[name]) if moment else new_rows[name]]),
+    )
 
 
 def _keep(splats, optimizers, mask: torch.Tensor) -> None:
     _edit(splats, optimizers, lambda name, x, moment: x[mask])
 
 
-def refine(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Adam], state: DensifyState,
-           step: int, config: DensifyConfig, extent: float, generator: torch.Generator) -> dict[str, int]:
+def refine(
+    splats: torch.nn.ParameterDict,
+    optimizers: dict[str, torch.optim.Adam],
+    state: DensifyState,
+    step: int,
+    config: DensifyConfig,
+    extent: float,
+    generator: torch.Generator,
+) -> dict[str, int]:
     """Clone, split and prune once; returns the counts. ``state`` is reset to the new size."""
     n = splats["means"].shape[0]
     with torch.no_grad():
@@ -158,8 +172,12 @@ def refine(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Ada
         prune = opac < config.prune_opacity
         if step > config.reset_every:
             prune |= torch.exp(splats["scales"]).amax(-1) > config.prune_scale3d * extent
-            radius = torch.cat([state.max_radius[~split], torch.zeros(splats["means"].shape[0] - int((~split).sum()),
-                                                                      device=prune.device)])
+            radius = torch.cat(
+                [
+                    state.max_radius[~split],
+                    torch.zeros(splats["means"].shape[0] - int((~split).sum()), device=prune.device),
+                ]
+            )
             prune |= radius > config.prune_scale2d
         _keep(splats, optimizers, ~prune)
     n_new = splats["means"].shape[0]
@@ -180,8 +198,15 @@ def reset_opacity(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.op
         st["exp_avg_sq"].zero_()
 
 
-def step(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Adam], state: DensifyState,
-         iteration: int, config: DensifyConfig, extent: float, generator: torch.Generator) -> dict[str, int] | None:
+def step(
+    splats: torch.nn.ParameterDict,
+    optimizers: dict[str, torch.optim.Adam],
+    state: DensifyState,
+    iteration: int,
+    config: DensifyConfig,
+    extent: float,
+    generator: torch.Generator,
+) -> dict[str, int] | None:
     """After ``iteration``'s optimiser step: refine and/or reset opacities when due."""
     report = None
     if config.refine_start < iteration < config.refine_stop and iteration % config.refine_every == 0:
