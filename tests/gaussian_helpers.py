@@ -10,8 +10,9 @@ from capture3d.tasks.nvs.gaussians.render import Camera
 from capture3d.tasks.nvs.scene import PosedView
 
 
-def random_splats(n: int, sh_degree: int, seed: int, dtype: torch.dtype = torch.float64,
-                  spread: float = 1.0, size: float = 0.08) -> dict[str, torch.Tensor]:
+def random_splats(
+    n: int, sh_degree: int, seed: int, dtype: torch.dtype = torch.float64, spread: float = 1.0, size: float = 0.08
+) -> dict[str, torch.Tensor]:
     """n Gaussians in a cube of half-size ``spread`` around the origin, with random SH colours."""
     g = torch.Generator().manual_seed(seed)
     k = (sh_degree + 1) ** 2
@@ -25,8 +26,9 @@ def random_splats(n: int, sh_degree: int, seed: int, dtype: torch.dtype = torch.
     }
 
 
-def ring_cameras(num: int, width: int, height: int, radius: float = 4.0, height_z: float = 1.0,
-                 fov_deg: float = 50.0) -> list[tuple[np.ndarray, np.ndarray]]:
+def ring_cameras(
+    num: int, width: int, height: int, radius: float = 4.0, height_z: float = 1.0, fov_deg: float = 50.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(K, cam_from_world) of ``num`` cameras on a ring around the origin, looking at it."""
     f = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
     K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
@@ -42,5 +44,7 @@ def camera(K: np.ndarray, pose: np.ndarray, width: int, height: int, dtype: torc
 
 
 def views_of(images: list[torch.Tensor], cams: list[tuple[np.ndarray, np.ndarray]]) -> list[PosedView]:
-    return [PosedView(f"{i:03d}.png", img.detach().float().numpy(), K, pose)
-            for i, (img, (K, pose)) in enumerate(zip(images, cams))]
+    return [
+        PosedView(f"{i:03d}.png", img.detach().float().numpy(), K, pose)
+        for i, (img, (K, pose)) in enumerate(zip(images, cams))
+    ]

@@ -51,8 +51,10 @@ class FaultProxy:
                 fault = proxy._pick(self.command, self.path)
                 if fault in ("slowdown", "internal"):
                     code, status = ("SlowDown", 503) if fault == "slowdown" else ("InternalError", 500)
-                    payload = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
-                               f"<Message>injected by the test proxy</Message></Error>").encode()
+                    payload = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                        f"<Message>injected by the test proxy</Message></Error>"
+                    ).encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))

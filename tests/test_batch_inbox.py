@@ -61,8 +61,9 @@ def body_captures(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("captures")
     model = AnnyBody()
     for i in range(3):
-        config = synthesize_bodies.SynthesizeBodiesConfig(count=1, views=2, width=160, height=120, fov_deg=55.0,
-                                                          noise_px=2.0, seed=i)
+        config = synthesize_bodies.SynthesizeBodiesConfig(
+            count=1, views=2, width=160, height=120, fov_deg=55.0, noise_px=2.0, seed=i
+        )
         synthesize_bodies.run(synthesize_bodies.Inputs(), root / f"people{i}", config, model)
     return root
 
@@ -117,7 +118,7 @@ def test_checkpoints_load_with_weights_only(repo_root: Path):
         text = path.read_text()
         start = 0
         while (i := text.find("torch.load(", start)) >= 0:
-            call = text[i: text.find(")", i) + 1]
+            call = text[i : text.find(")", i) + 1]
             calls += call.startswith("torch.load(path")
             if "weights_only=True" not in call and call != "torch.load(weights_only=True)":
                 offenders.append(f"{path.relative_to(repo_root)}: {call}")
@@ -133,8 +134,11 @@ def test_s3_inbox_to_dvc_remote_with_manifests_and_noop_rerun(moto_url, body_cap
     file written for them; a rerun does nothing; a changed object re-runs its capture alone."""
     _upload(moto_url, "inbox", "incoming", body_captures)
     client = _client(moto_url)
-    for key in ("incoming/../escape/keypoints/a.json", "incoming/we$ird/keypoints/a.json",
-                "incoming/people9/../../x/keypoints.json"):
+    for key in (
+        "incoming/../escape/keypoints/a.json",
+        "incoming/we$ird/keypoints/a.json",
+        "incoming/people9/../../x/keypoints.json",
+    ):
         client.put_object(Bucket="inbox", Key=key, Body=b"{}")
     client.create_bucket(Bucket="store")
     work = tmp_path / "work"
@@ -145,18 +149,27 @@ def test_s3_inbox_to_dvc_remote_with_manifests_and_noop_rerun(moto_url, body_cap
     for name in names:
         manifest = _manifest(work, name)
         assert manifest["status"] == "ok" and manifest["kind"] == "bodies"
-        assert manifest["source"]["url"] == "s3://inbox/incoming" and manifest["source"]["fetched"] == manifest["source"]["files"]
+        assert (
+            manifest["source"]["url"] == "s3://inbox/incoming"
+            and manifest["source"]["fetched"] == manifest["source"]["files"]
+        )
         assert len(manifest["source"]["input_hash"]) == 64 and len(manifest["params"]["hash"]) == 64
         assert manifest["code_version"] and manifest["started"] <= manifest["finished"]
         assert [s["name"] for s in manifest["stages"]] == ["fit_bodies", "evaluate_bodies"]
-        assert manifest["metrics"]["bodies_fitted"] == 1 and manifest["metrics"]["body_mpjpe_mm"] > 0, manifest["metrics"]
+        assert manifest["metrics"]["bodies_fitted"] == 1 and manifest["metrics"]["body_mpjpe_mm"] > 0, manifest[
+            "metrics"
+        ]
         pushed = {o["path"]: o for o in manifest["dvc"]["outputs"]}
         assert set(pushed) == {f"results/{name}/fit_bodies", f"results/{name}/evaluate_bodies"}
         assert all(o["md5"].endswith(".dir") and o["remote"] == "s3://store/dvc" for o in pushed.values())
     run = _runs(work)[-1]
     refused = {r["capture"]: r for r in run["captures"] if r["status"] == "refused"}
     assert {"..", "we$ird", "people9"} <= set(refused), run["captures"]
-    assert not list(tmp_path.rglob("escape")) and not list(tmp_path.rglob("x")) and not (work / "inbox" / "people9").exists()
+    assert (
+        not list(tmp_path.rglob("escape"))
+        and not list(tmp_path.rglob("x"))
+        and not (work / "inbox" / "people9").exists()
+    )
 
     # The remote holds the outputs: drop them and the cache, pull them back, compare.
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="store", Prefix="dvc/").get("Contents", [])]
@@ -164,24 +177,36 @@ def test_s3_inbox_to_dvc_remote_with_manifests_and_noop_rerun(moto_url, body_cap
     fitted = work / "results" / "people1" / "fit_bodies"
     before = {p.relative_to(fitted): p.read_bytes() for p in fitted.rglob("*") if p.is_file()}
     subprocess.run(["rm", "-rf", str(fitted), str(work / ".dvc" / "cache")], check=True)
-    pull = subprocess.run([sys.executable, "-m", "dvc", "pull", "-q", "results/people1/fit_bodies.dvc"], cwd=work,
-                          capture_output=True, text=True)
+    pull = subprocess.run(
+        [sys.executable, "-m", "dvc", "pull", "-q", "results/people1/fit_bodies.dvc"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     assert pull.returncode == 0, pull.stderr
     assert {p.relative_to(fitted): p.read_bytes() for p in fitted.rglob("*") if p.is_file()} == before
 
     # No-op rerun: nothing pending, no Prefect, well under the 5 s target.
     stamp = (work / "manifests" / "people0.json").read_bytes()
     start = time.perf_counter()
-    assert _batch("s3://inbox/incoming", "--work", str(work), "--endpoint-url", moto_url, "--remote", "s3://store/dvc") == 1
+    assert (
+        _batch("s3://inbox/incoming", "--work", str(work), "--endpoint-url", moto_url, "--remote", "s3://store/dvc")
+        == 1
+    )
     assert time.perf_counter() - start < 5.0
     assert "nothing to do (3 current, 3 refused)" in capsys.readouterr().out
     assert (work / "manifests" / "people0.json").read_bytes() == stamp
 
     # One changed object: only its capture runs again, fetching that one file.
-    key = next(o["Key"] for o in client.list_objects_v2(Bucket="inbox", Prefix="incoming/people2/keypoints/")["Contents"])
+    key = next(
+        o["Key"] for o in client.list_objects_v2(Bucket="inbox", Prefix="incoming/people2/keypoints/")["Contents"]
+    )
     body = json.loads(client.get_object(Bucket="inbox", Key=key)["Body"].read())
     client.put_object(Bucket="inbox", Key=key, Body=json.dumps(body, indent=1).encode())
-    assert _batch("s3://inbox/incoming", "--work", str(work), "--endpoint-url", moto_url, "--remote", "s3://store/dvc") == 1
+    assert (
+        _batch("s3://inbox/incoming", "--work", str(work), "--endpoint-url", moto_url, "--remote", "s3://store/dvc")
+        == 1
+    )
     assert (work / "manifests" / "people0.json").read_bytes() == stamp
     again = _manifest(work, "people2")
     assert again["source"]["fetched"] == 1 and again["source"]["reused"] == again["source"]["files"] - 1
@@ -201,8 +226,17 @@ def test_transient_s3_faults_are_retried(moto_url, body_captures, tmp_path, caps
         _upload(moto_url, "faulty", "in", body_captures)
         _client(moto_url).create_bucket(Bucket="faulty-store")
         work = tmp_path / "work"
-        rc = _batch("s3://faulty/in", "--work", str(work), "--endpoint-url", proxy.url, "--remote", "s3://faulty-store/dvc",
-                    "--set", "batch.retry_base_s=0.01")
+        rc = _batch(
+            "s3://faulty/in",
+            "--work",
+            str(work),
+            "--endpoint-url",
+            proxy.url,
+            "--remote",
+            "s3://faulty-store/dvc",
+            "--set",
+            "batch.retry_base_s=0.01",
+        )
         out = capsys.readouterr().out
     finally:
         proxy.close()
@@ -233,8 +267,12 @@ def test_corrupt_capture_fails_alone(body_captures, tmp_path, capsys):
     inbox = _local_inbox(body_captures, tmp_path, corrupt=True)
     work = tmp_path / "work"
     (work / "runs").mkdir(parents=True)
-    baseline = {"run_id": "20000101T000000-1", "code_version": "0", "finished": "2000-01-01T00:00:00+00:00",
-                "captures": [{"capture": f"people{i}", "status": "ok", "body_mpjpe_mm": 1.0} for i in (0, 2)]}
+    baseline = {
+        "run_id": "20000101T000000-1",
+        "code_version": "0",
+        "finished": "2000-01-01T00:00:00+00:00",
+        "captures": [{"capture": f"people{i}", "status": "ok", "body_mpjpe_mm": 1.0} for i in (0, 2)],
+    }
     (work / "runs" / "20000101T000000-1.json").write_text(json.dumps(baseline))
     assert _batch(str(inbox), "--work", str(work), "--set", "batch.isolate_stages=true") == 1
     summary = _runs(work)[-1]
@@ -247,17 +285,32 @@ def test_corrupt_capture_fails_alone(body_captures, tmp_path, capsys):
     assert rows["people0"]["status"] == "ok" and rows["people2"]["status"] == "ok"
     assert rows["people1"]["status"] == "failed"
     reason = rows["people1"]["reason"]
-    assert reason.startswith("capture 'people1': stage fit_bodies: keypoints file") and "not valid JSON" in reason, reason
+    assert reason.startswith("capture 'people1': stage fit_bodies: keypoints file") and "not valid JSON" in reason, (
+        reason
+    )
     assert "people1" in next((work / "runs").glob("*.md")).read_text()
     assert not (work / "manifests" / "people1.json").exists()
     assert not (work / "results" / "people1" / "fit_bodies").exists()
 
 
 def _spawn(inbox: Path, work: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "capture3d.cli", "batch", str(inbox), "--work", str(work), "--remote", str(work.parent / "remote"),
-           *[a for s in FAST for a in ("--set", s)], *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "capture3d.cli",
+        "batch",
+        str(inbox),
+        "--work",
+        str(work),
+        "--remote",
+        str(work.parent / "remote"),
+        *[a for s in FAST for a in ("--set", s)],
+        *extra,
+    ]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
 
 
 @pytest.mark.slow
@@ -299,8 +352,9 @@ def test_two_batches_at_once(body_captures, tmp_path):
         statuses = sorted(next(r["status"] for r in run["captures"] if r["capture"] == f"people{i}") for run in runs)
         assert statuses == ["current", "ok"], f"people{i} processed {statuses}"
         assert _manifest(work, f"people{i}")["status"] == "ok"
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud", "--json"], cwd=work,
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--cloud", "--json"], cwd=work, capture_output=True, text=True
+    )
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout + status.stderr
     assert not _leftovers(work)
 
@@ -346,12 +400,18 @@ def test_deployment_runs_once_on_a_gpu_pool_worker(body_captures, tmp_path):
     env.pop("PREFECT_API_URL", None)
     overrides = [a for s in FAST for a in ("--set", s)]
     cli = [sys.executable, "-m", "capture3d.cli"]
-    deploy = subprocess.run([*cli, "deploy", str(inbox), "--work", str(work), "--interval", "86400", "--run-now",
-                             *overrides], env=env, capture_output=True, text=True, timeout=300)
+    deploy = subprocess.run(
+        [*cli, "deploy", str(inbox), "--work", str(work), "--interval", "86400", "--run-now", *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert deploy.returncode == 0, deploy.stderr[-2000:]
     assert "deployment batch/batch-gpu" in deploy.stdout and "deployment batch/batch-cpu" in deploy.stdout
-    worker = subprocess.run([*cli, "worker", "--pool", "capture3d-gpu", "--run-once"], env=env, capture_output=True,
-                            text=True, timeout=600)
+    worker = subprocess.run(
+        [*cli, "worker", "--pool", "capture3d-gpu", "--run-once"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert worker.returncode == 0, worker.stderr[-2000:]
     runs = _runs(work)
     assert len(runs) == 1, "the worker ran the deployment's flow once"

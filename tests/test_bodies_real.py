@@ -208,9 +208,11 @@ def test_real_frames_fit_quality(body_data: Path, repo_root: Path, tmp_path: Pat
     out = fit_bodies.run(fit_bodies.BodyInputs.from_capture(tmp_path / "mv"), tmp_path / "fit_mv", config, model)
     multi = json.loads((out / "metrics.json").read_text())
     seconds = time.perf_counter() - start
-    logger.info(f"real frames: single-view median PA-MPJPE {single['median_pa_mpjpe_mm']:.1f} mm, root MPJPE "
-          f"{single['median_root_mpjpe_mm']:.1f} mm; shelf 5-view MPJPE {multi['median_mpjpe_mm']:.1f} mm, "
-          f"PA {multi['median_pa_mpjpe_mm']:.1f} mm; {seconds:.1f} s")
+    logger.info(
+        f"real frames: single-view median PA-MPJPE {single['median_pa_mpjpe_mm']:.1f} mm, root MPJPE "
+        f"{single['median_root_mpjpe_mm']:.1f} mm; shelf 5-view MPJPE {multi['median_mpjpe_mm']:.1f} mm, "
+        f"PA {multi['median_pa_mpjpe_mm']:.1f} mm; {seconds:.1f} s"
+    )
     for metrics in (single, multi):
         assert metrics["joints_compared"] == list(LIMB_JOINTS)
         assert metrics["median_error_px"] < 5.0, metrics["per_body"]  # the 2D fit itself is fine

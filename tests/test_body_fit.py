@@ -33,8 +33,11 @@ BOX_PX = 300.0  # residual normalisation: about the height of a person 3-4.5 m a
 # A short schedule for the tests that compare two fits with each other (not with the truth).
 QUICK = (FitStage(20, 0.05, body=False), FitStage(20, 0.03))
 # Shorter than DEFAULT_STAGES, same shape (torso, then the prior relaxed 20 -> 4): for the video test.
-SHORT = (FitStage(40, 0.05, body=False), FitStage(60, 0.05, pose_weight=20.0, shape_weight=10.0, bend_weight=3.0),
-         FitStage(60, 0.03, pose_weight=4.0, shape_weight=4.0, bend_weight=1.0))
+SHORT = (
+    FitStage(40, 0.05, body=False),
+    FitStage(60, 0.05, pose_weight=20.0, shape_weight=10.0, bend_weight=3.0),
+    FitStage(60, 0.03, pose_weight=4.0, shape_weight=4.0, bend_weight=1.0),
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,8 +70,15 @@ def _observations(syn, names=NAMES, xy=None, conf=None, repeat: int = 1) -> Body
         return np.concatenate([a] * repeat)
 
     conf = torch.ones(batch, views, len(names)) if conf is None else conf
-    return BodyObservations(tuple(names), _t(xy), conf, _t(rep(syn.rot)), _t(rep(syn.trans)),
-                            _t(np.broadcast_to(syn.k, (batch, views, 3, 3))), torch.full((batch, views), BOX_PX))
+    return BodyObservations(
+        tuple(names),
+        _t(xy),
+        conf,
+        _t(rep(syn.rot)),
+        _t(rep(syn.trans)),
+        _t(np.broadcast_to(syn.k, (batch, views, 3, 3))),
+        torch.full((batch, views), BOX_PX),
+    )
 
 
 def _fitted_points(model, result, names=NAMES) -> np.ndarray:
@@ -76,6 +86,7 @@ def _fitted_points(model, result, names=NAMES) -> np.ndarray:
 
 
 # -- the model: fast keypoints -----------------------------------------------------------------
+
 
 def _random_bodies(model, count: int, seed: int) -> BodyPose:
     """Plausible articulations with random shapes, global rotations (any angle) and translations."""
@@ -118,8 +129,9 @@ def test_hand_keypoints_are_the_posed_bone_heads(one_thread):
     assert len(hand_names) == 32 and len(hands.pose_joint_names) == 50
     with torch.no_grad():
         fast = hands.keypoints(pose, hand_names + list(NAMES))
-        full = hands._model(pose_parameters=hands._pose_matrices(pose.body_pose),
-                            phenotype_kwargs=hands.phenotypes(pose.shape))
+        full = hands._model(
+            pose_parameters=hands._pose_matrices(pose.body_pose), phenotype_kwargs=hands.phenotypes(pose.shape)
+        )
         bones = [hands._bone_index[hands._hand_bones[n]] for n in hand_names]
         heads = hands._to_world(full["bone_poses"][:, bones, :3, 3], pose)
         regressed = hands.regressed_from_mesh(hands._to_world(full["vertices"], pose), NAMES)
@@ -160,6 +172,7 @@ def test_keypoint_gradients_reach_every_pose_field(anny):
 
 
 # -- rotations -----------------------------------------------------------------------------------
+
 
 def _rodrigues64(rotvec: torch.Tensor) -> torch.Tensor:
     """Reference Rodrigues formula in float64: cos t I + sin t [a]x + (1 - cos t) a a^T."""
@@ -203,7 +216,7 @@ def test_axis_angle_to_matrix_smooth_at_zero():
         assert torch.isfinite(v.grad).all(), f"non-finite gradient at angle {value}"
     # at zero the derivative of R = I + [v]x + O(v^2) is the skew generator: d/dv_x R = [e_x]x
     v = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    jac = torch.autograd.functional.jacobian(axis_angle_to_matrix, v)          # (3, 3, 3)
+    jac = torch.autograd.functional.jacobian(axis_angle_to_matrix, v)  # (3, 3, 3)
     expected = _rodrigues_generators()
     assert torch.allclose(jac, expected, atol=1e-12), "wrong derivative at the zero rotation"
 
@@ -218,13 +231,16 @@ def _rodrigues_generators() -> torch.Tensor:
     return gens
 
 
-@pytest.mark.parametrize("gap", [
-    None,    # random angles in (1e-3, pi)
-    0.0,     # exactly pi (v and -v are the same rotation)
-    1e-3,    # near pi, still the antisymmetric-part branch
-    5e-5,    # inside the near-pi branch: the axis sign must come from the antisymmetric part
-    1e-7,    # deep inside it, where acos would have lost half the digits of the angle
-])
+@pytest.mark.parametrize(
+    "gap",
+    [
+        None,  # random angles in (1e-3, pi)
+        0.0,  # exactly pi (v and -v are the same rotation)
+        1e-3,  # near pi, still the antisymmetric-part branch
+        5e-5,  # inside the near-pi branch: the axis sign must come from the antisymmetric part
+        1e-7,  # deep inside it, where acos would have lost half the digits of the angle
+    ],
+)
 def test_matrix_to_axis_angle_round_trip(gap):
     angles = None if gap is None else torch.full((300,), math.pi - gap, dtype=torch.float64)
     rotvec = _random_rotvecs(300, seed=1, angles=angles)
@@ -246,6 +262,7 @@ def test_matrix_to_axis_angle_identity_and_float32():
 
 # -- accuracy on synthetic captures --------------------------------------------------------------
 
+
 def test_single_view_median_pa_mpjpe(anny):
     # 16 people (the issue's example). Measured: median 40.6 mm (per person 29-219 mm). Over 60
     # people from seeds 0-4 (12 each) the median is 45 mm and the per-seed medians 38-58 mm: the
@@ -264,11 +281,11 @@ def three_view_fits(anny):
     wrist 200 px off in the first view, confidence 1), in one batch: rows are independent."""
     syn = synthesize_bodies(anny, count=6, views=3, names=NAMES, seed=5, noise_px=2.0)
     xy = np.concatenate([syn.xy, syn.xy])
-    xy[len(syn.xy):, 0, NAMES.index("left_wrist")] += np.array([200.0, 0.0])
+    xy[len(syn.xy) :, 0, NAMES.index("left_wrist")] += np.array([200.0, 0.0])
     result = fit_bodies(anny, _observations(syn, xy=xy, repeat=2), BodyFitConfig())
     points = _fitted_points(anny, result)
     errors = mpjpe(points, np.concatenate([syn.points, syn.points])) * 1000
-    return errors[:len(syn.xy)], errors[len(syn.xy):]
+    return errors[: len(syn.xy)], errors[len(syn.xy) :]
 
 
 def test_three_views_median_mpjpe(three_view_fits):
@@ -285,11 +302,14 @@ def test_geman_mcclure_outlier_barely_moves_the_fit(three_view_fits):
     # added 39-50 mm. 5 mm sits well above the first and an order of magnitude below the second.
     clean, outlier = three_view_fits
     change = np.abs(outlier - clean)
-    assert change.max() < 5.0, (f"a 200 px outlier changed MPJPE by up to {change.max():.1f} mm "
-                                f"(clean {np.round(clean, 1)}, outlier {np.round(outlier, 1)})")
+    assert change.max() < 5.0, (
+        f"a 200 px outlier changed MPJPE by up to {change.max():.1f} mm "
+        f"(clean {np.round(clean, 1)}, outlier {np.round(outlier, 1)})"
+    )
 
 
 # -- batching ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("both_facings", [False, True])
 def test_batched_fit_equals_fitting_rows_alone(anny, both_facings):
@@ -299,8 +319,9 @@ def test_batched_fit_equals_fitting_rows_alone(anny, both_facings):
     batched = fit_bodies(anny, obs, config)
     for row in range(3):
         alone = fit_bodies(anny, _observations(_row(syn, row)), config)
-        for field, a, b in zip(("global_orient", "body_pose", "shape", "transl"), batched.pose.tensors(),
-                               alone.pose.tensors()):
+        for field, a, b in zip(
+            ("global_orient", "body_pose", "shape", "transl"), batched.pose.tensors(), alone.pose.tensors()
+        ):
             diff = (a[row] - b[0]).abs().max().item()
             assert diff < BATCH_TOL, f"row {row}: {field} differs by {diff:.2e} between batched and alone"
 
@@ -317,11 +338,19 @@ def _row(syn, row: int):
     from dataclasses import replace
 
     sl = slice(row, row + 1)
-    return replace(syn, pose=syn.pose.index([row]), points=syn.points[sl], rot=syn.rot[sl], trans=syn.trans[sl],
-                   xy=syn.xy[sl], xy_clean=syn.xy_clean[sl])
+    return replace(
+        syn,
+        pose=syn.pose.index([row]),
+        points=syn.points[sl],
+        rot=syn.rot[sl],
+        trans=syn.trans[sl],
+        xy=syn.xy[sl],
+        xy_clean=syn.xy_clean[sl],
+    )
 
 
 # -- temporal smoothness -------------------------------------------------------------------------
+
 
 def _video(model, frames: int, seed: int, noise_px: float = 2.0):
     """One body seen by a level camera at the origin, its pose moving a quarter of the way from one
@@ -330,9 +359,12 @@ def _video(model, frames: int, seed: int, noise_px: float = 2.0):
     first, second = random_poses(model, 2, rng).index([0]), random_poses(model, 2, rng).index([1])
     s = torch.linspace(0.0, 0.25, frames)[:, None, None]
     transl = torch.tensor([0.1, 0.1, 3.5]) + torch.linspace(0.0, 0.05, frames)[:, None] * torch.tensor([1.0, 0, 0])
-    pose = BodyPose(first.global_orient.expand(frames, 3).clone(),
-                    first.body_pose + s * (second.body_pose - first.body_pose),
-                    first.shape.expand(frames, -1).clone(), transl)
+    pose = BodyPose(
+        first.global_orient.expand(frames, 3).clone(),
+        first.body_pose + s * (second.body_pose - first.body_pose),
+        first.shape.expand(frames, -1).clone(),
+        transl,
+    )
     with torch.no_grad():
         points = model.keypoints(pose, NAMES).to(torch.float64).numpy()
     k = intrinsics(640, 480, focal_from_fov(640, 480, 55.0))
@@ -349,9 +381,16 @@ def test_temporal_smoothness_reduces_jitter(anny):
     xy = np.concatenate([xy, xy])
     batch = 2 * frames
     pairs = torch.stack([torch.arange(frames - 1), torch.arange(1, frames)], 1)
-    obs = BodyObservations(NAMES, _t(xy), torch.ones(batch, 1, len(NAMES)), torch.eye(3).expand(batch, 1, 3, 3),
-                           torch.zeros(batch, 1, 3), _t(k).expand(batch, 1, 3, 3), torch.full((batch, 1), BOX_PX),
-                           sequence_pairs=pairs)
+    obs = BodyObservations(
+        NAMES,
+        _t(xy),
+        torch.ones(batch, 1, len(NAMES)),
+        torch.eye(3).expand(batch, 1, 3, 3),
+        torch.zeros(batch, 1, 3),
+        _t(k).expand(batch, 1, 3, 3),
+        torch.full((batch, 1), BOX_PX),
+        sequence_pairs=pairs,
+    )
     # Weights: 0.01-0.03 per cm^2 (joints) and 0.1-0.3 (pose) cut the jitter 4-5x at an unchanged
     # PA-MPJPE; from about 0.1 per cm^2 the coupled problem converges too slowly for these schedules
     # (data term 20-80 instead of 14, PA-MPJPE 40 -> 57-86 mm).
@@ -372,21 +411,23 @@ def test_temporal_smoothness_reduces_jitter(anny):
 
 # -- confidences ---------------------------------------------------------------------------------
 
+
 def test_zero_confidence_keypoint_is_ignored(anny):
     syn = synthesize_bodies(anny, count=3, views=1, names=NAMES, seed=9, noise_px=2.0)
     knee = NAMES.index("left_knee")
     xy = syn.xy.copy()
-    xy[:, :, knee] = np.array([5000.0, -3000.0])        # wildly wrong, far outside the image
+    xy[:, :, knee] = np.array([5000.0, -3000.0])  # wildly wrong, far outside the image
     conf = torch.ones(3, 1, len(NAMES))
     conf[:, :, knee] = 0.0
-    config = BodyFitConfig(stages=QUICK)                 # both facings: the selection must ignore it too
+    config = BodyFitConfig(stages=QUICK)  # both facings: the selection must ignore it too
     with_point = fit_bodies(anny, _observations(syn, xy=xy, conf=conf), config)
     keep = [i for i in range(len(NAMES)) if i != knee]
     names = tuple(NAMES[i] for i in keep)
     without = fit_bodies(anny, _observations(syn, names=names, xy=syn.xy[:, :, keep]), config)
     assert torch.equal(with_point.facing_away, without.facing_away)
-    for field, a, b in zip(("global_orient", "body_pose", "shape", "transl"), with_point.pose.tensors(),
-                           without.pose.tensors()):
+    for field, a, b in zip(
+        ("global_orient", "body_pose", "shape", "transl"), with_point.pose.tensors(), without.pose.tensors()
+    ):
         diff = (a - b).abs().max().item()
         assert diff < 1e-4, f"a zero-confidence keypoint changed {field} by {diff:.2e}"
 
@@ -427,7 +468,7 @@ def test_interpenetration_penalty(anny):
     assert penalty.item() > 0, "no penalty with the forearm through the torso"
 
     # The gradient with respect to the keypoints pushes the wrist away from the torso axis ...
-    grad_points, = torch.autograd.grad(penalty.sum(), points, retain_graph=True)
+    (grad_points,) = torch.autograd.grad(penalty.sum(), points, retain_graph=True)
     wrist = points[0, names.index("left_wrist")].detach()
     neck, hip = points[0, names.index("neck")].detach(), points[0, names.index("mid_hip")].detach()
     axis = (hip - neck) / (hip - neck).norm()

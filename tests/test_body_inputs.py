@@ -22,9 +22,25 @@ from capture3d.tasks.body.model import COCO17
 from capture3d.tasks.body.observations import GroupingError, build_batch
 from capture3d.tasks.cameras import PinholeCamera
 
-H36M = ("root", "right_hip", "right_knee", "right_foot", "left_hip", "left_knee", "left_foot", "spine", "thorax",
-        "neck_base", "head", "left_shoulder", "left_elbow", "left_wrist", "right_shoulder", "right_elbow",
-        "right_wrist")  # mmpose's Human3.6M order
+H36M = (
+    "root",
+    "right_hip",
+    "right_knee",
+    "right_foot",
+    "left_hip",
+    "left_knee",
+    "left_foot",
+    "spine",
+    "thorax",
+    "neck_base",
+    "head",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+)  # mmpose's Human3.6M order
 FIT_NAMES = COCO17 + ("neck", "mid_hip")
 
 
@@ -44,8 +60,9 @@ def params(repo_root: Path) -> dict:
 @pytest.fixture(scope="module")
 def capture(anny, tmp_path_factory) -> Path:
     """2 synthetic bodies x 3 calibrated views (each body has its own cameras), with groups and gt."""
-    config = synthesize_bodies.SynthesizeBodiesConfig(count=2, views=3, width=320, height=240, fov_deg=55.0,
-                                                      noise_px=1.0, seed=5)
+    config = synthesize_bodies.SynthesizeBodiesConfig(
+        count=2, views=3, width=320, height=240, fov_deg=55.0, noise_px=1.0, seed=5
+    )
     return synthesize_bodies.run(synthesize_bodies.Inputs(), tmp_path_factory.mktemp("syn") / "bodies", config, anny)
 
 
@@ -91,10 +108,13 @@ def _coco_doc(order: tuple[str, ...], canonical: tuple[str, ...], seed: int = 0)
     kps = []
     for name in canonical:
         kps += [*truth[name], 0 if name == hidden else 2]
-    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 320, "height": 320}],
-           "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "iscrowd": 0, "keypoints": kps,
-                            "bbox": [10, 10, 300, 300]}],
-           "categories": [{"id": 1, "name": "person", "keypoints": list(order)}]}
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 320, "height": 320}],
+        "annotations": [
+            {"id": 5, "image_id": 1, "category_id": 1, "iscrowd": 0, "keypoints": kps, "bbox": [10, 10, 300, 300]}
+        ],
+        "categories": [{"id": 1, "name": "person", "keypoints": list(order)}],
+    }
     return doc, {n: (p, n != hidden) for n, p in truth.items()}
 
 
@@ -104,8 +124,12 @@ def test_permuted_coco_categories_are_read_by_name(tmp_path: Path) -> None:
     doc, truth = _coco_doc(order, order)
     (tmp_path / "permuted.json").write_text(json.dumps(doc))
     plain = {**doc, "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17)}]}
-    plain["annotations"] = [{**doc["annotations"][0], "keypoints": [
-        v for name in COCO17 for v in (*truth[name][0], 2 if truth[name][1] else 0)]}]
+    plain["annotations"] = [
+        {
+            **doc["annotations"][0],
+            "keypoints": [v for name in COCO17 for v in (*truth[name][0], 2 if truth[name][1] else 0)],
+        }
+    ]
     (tmp_path / "plain.json").write_text(json.dumps(plain))
     [p] = read_coco(tmp_path / "permuted.json")
     [q] = read_coco(tmp_path / "plain.json")
@@ -125,9 +149,25 @@ def test_permuted_coco_categories_are_read_by_name(tmp_path: Path) -> None:
 
 
 def test_h36m_order_mapped_by_name_and_unknown_layouts_refused(tmp_path: Path) -> None:
-    canonical = ("pelvis", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "spine",
-                 "thorax", "neck_base", "head", "left_shoulder", "left_elbow", "left_wrist", "right_shoulder",
-                 "right_elbow", "right_wrist")
+    canonical = (
+        "pelvis",
+        "right_hip",
+        "right_knee",
+        "right_ankle",
+        "left_hip",
+        "left_knee",
+        "left_ankle",
+        "spine",
+        "thorax",
+        "neck_base",
+        "head",
+        "left_shoulder",
+        "left_elbow",
+        "left_wrist",
+        "right_shoulder",
+        "right_elbow",
+        "right_wrist",
+    )
     doc, truth = _coco_doc(H36M, canonical)
     (tmp_path / "h36m.json").write_text(json.dumps(doc))
     [p] = load_keypoints(tmp_path / "h36m.json")
@@ -166,8 +206,9 @@ def test_unknown_layout_fails_the_stage_in_one_line(params, tmp_path: Path) -> N
     doc["categories"][0]["keypoints"][0] = "wing"
     (tmp_path / "kp.json").write_text(json.dumps(doc))
     with pytest.raises(CaptureError) as exc:
-        fit_bodies.run(fit_bodies.BodyInputs(keypoints=tmp_path / "kp.json", name="birds"), tmp_path / "out",
-                       _config(params))
+        fit_bodies.run(
+            fit_bodies.BodyInputs(keypoints=tmp_path / "kp.json", name="birds"), tmp_path / "out", _config(params)
+        )
     _one_line(exc, "birds", "kp.json", "'wing'")
     assert not (tmp_path / "out").exists()
 
@@ -196,8 +237,9 @@ def test_without_groups_different_people_are_separate_bodies(anny, params, captu
     assert metrics["people_fitted"] == 6 and metrics["views_max"] == 1
 
 
-def test_without_groups_people_tied_by_file_ids_else_ambiguous_is_refused(anny, params, capture: Path,
-                                                                         tmp_path: Path) -> None:
+def test_without_groups_people_tied_by_file_ids_else_ambiguous_is_refused(
+    anny, params, capture: Path, tmp_path: Path
+) -> None:
     # two people per image (body00 and body01 seen through body00's cameras), no groups
     people = {p.image: p for p in load_keypoints(capture / "keypoints", capture / "images")}
     cams = _cameras(capture)
@@ -214,9 +256,14 @@ def test_without_groups_people_tied_by_file_ids_else_ambiguous_is_refused(anny, 
 
     write_cameras_json(folder / "cameras.json", cameras)
     with pytest.raises(CaptureError) as exc:
-        fit_bodies.run(fit_bodies.BodyInputs(keypoints=folder / "keypoints", images=capture / "images",
-                                             cameras=folder / "cameras.json", name="crowd"),
-                       tmp_path / "out", _config(params), anny)
+        fit_bodies.run(
+            fit_bodies.BodyInputs(
+                keypoints=folder / "keypoints", images=capture / "images", cameras=folder / "cameras.json", name="crowd"
+            ),
+            tmp_path / "out",
+            _config(params),
+            anny,
+        )
     _one_line(exc, "crowd", "2 people in", "add 'groups'")
     assert not (tmp_path / "out").exists()
 
@@ -290,8 +337,11 @@ def test_camera_check_geometry(capture: Path) -> None:
 
 
 def test_ground_truth_with_fewer_than_three_joints_is_an_error(anny, params, capture: Path, tmp_path: Path) -> None:
-    record = {"body": "frame000#0", "views": [],
-              "keypoints3d": {"names": ["left_knee", "right_knee", "nose"], "points": [[0, 0, 1]] * 3}}
+    record = {
+        "body": "frame000#0",
+        "views": [],
+        "keypoints3d": {"names": ["left_knee", "right_knee", "nose"], "points": [[0, 0, 1]] * 3},
+    }
     gt3d = {"frame000#0": {"left_knee": [0, 0, 1], "right_knee": [0.2, 0, 1], "head_top": [0, -0.9, 1]}}
     with pytest.raises(GroundTruthError) as exc:
         evaluate_records([record], None, gt3d)
@@ -307,8 +357,9 @@ def test_ground_truth_with_fewer_than_three_joints_is_an_error(anny, params, cap
     gt.mkdir(parents=True)
     (gt / "joints3d.json").write_text(json.dumps({"frame000#0": {"left_knee": [0, 0, 1], "hip": [0, 0, 1]}}))
     with pytest.raises(CaptureError) as exc:
-        evaluate_bodies.run(evaluate_bodies.Inputs(result, tmp_path / "cap"), tmp_path / "ev",
-                            evaluate_bodies.EvaluateBodiesConfig(0.1))
+        evaluate_bodies.run(
+            evaluate_bodies.Inputs(result, tmp_path / "cap"), tmp_path / "ev", evaluate_bodies.EvaluateBodiesConfig(0.1)
+        )
     _one_line(exc, "cap", "frame000#0", "shares 1 joint(s)", "left_knee")
     assert not (tmp_path / "ev").exists()
 
@@ -333,8 +384,12 @@ def test_without_groups_one_camera_centre_keeps_people_apart(shared_data: Path) 
     coco = shared_data / "body" / "coco"
     people = read_coco(coco / "test_coco.json")
     sizes = {p.image: p.image_size for p in people}
-    cameras = {image: PinholeCamera(image, w, h, np.array([[500.0, 0, w / 2], [0, 500.0, h / 2], [0, 0, 1]]),
-                                    np.eye(3), np.zeros(3)) for image, (w, h) in sizes.items()}
+    cameras = {
+        image: PinholeCamera(
+            image, w, h, np.array([[500.0, 0, w / 2], [0, 500.0, h / 2], [0, 0, 1]]), np.eye(3), np.zeros(3)
+        )
+        for image, (w, h) in sizes.items()
+    }
     batch = build_batch(people, FIT_NAMES, cameras=cameras, groups=None)
     assert len(batch.rows) == 12 and all(len(r.people) == 1 for r in batch.rows)
     assert any("share one camera centre" in n for n in batch.notes), batch.notes
@@ -344,8 +399,13 @@ def test_without_groups_a_stray_detection_does_not_make_it_ambiguous(anny, captu
     """A second 'person' too weak to fit (fewer than min_keypoints points) neither blocks the
     grouping nor joins a body: one person's three views stay one body and the stray is skipped."""
     people = [p for p in load_keypoints(capture / "keypoints", capture / "images") if p.image.startswith("body01_")]
-    stray = type(people[0])(**{**people[0].__dict__, "person": "body01_view0#1", "conf": np.where(
-        np.arange(len(people[0].names)) < 3, 1.0, 0.0)})
+    stray = type(people[0])(
+        **{
+            **people[0].__dict__,
+            "person": "body01_view0#1",
+            "conf": np.where(np.arange(len(people[0].names)) < 3, 1.0, 0.0),
+        }
+    )
     batch = build_batch([*people, stray], anny.keypoint_names, cameras=_cameras(capture), groups=None)
     assert [r.body for r in batch.rows] == ["frame000#0"] and len(batch.rows[0].people) == 3, batch.notes
     assert [s["person"] for s in batch.skipped] == ["body01_view0#1"]

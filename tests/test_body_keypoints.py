@@ -54,8 +54,7 @@ def _person(names: tuple[str, ...], seed: int = 0, **kw) -> PersonKeypoints:
     rng = np.random.default_rng(seed)
     xy = rng.uniform(10, 90, size=(len(names), 2))
     conf = rng.uniform(0.3, 1.0, size=len(names))
-    fields = dict(image="a.jpg", person="a#0", names=names, xy=xy, conf=conf, image_size=(100, 100),
-                  source_format="x")
+    fields = dict(image="a.jpg", person="a#0", names=names, xy=xy, conf=conf, image_size=(100, 100), source_format="x")
     fields.update(kw)
     return PersonKeypoints(**fields)
 
@@ -72,8 +71,14 @@ def test_formats_are_canonical_and_ordered() -> None:
     assert not set(FACE70) & canonical
     assert all(a in canonical and b in canonical for a, b in SKELETON_EDGES)
     assert len(BODY25) == 25 and BODY25[1] == "neck" and BODY25[8] == "mid_hip"
-    assert BODY25[19:] == ("left_big_toe", "left_small_toe", "left_heel",
-                           "right_big_toe", "right_small_toe", "right_heel")
+    assert BODY25[19:] == (
+        "left_big_toe",
+        "left_small_toe",
+        "left_heel",
+        "right_big_toe",
+        "right_small_toe",
+        "right_heel",
+    )
     assert HAND21_LEFT[0] == "left_hand_root" and HAND21_LEFT[1:5] == tuple(f"left_thumb{i}" for i in range(1, 5))
     assert HAND21_RIGHT[17:] == tuple(f"right_pinky{i}" for i in range(1, 5))
     assert format_for(25) == "body25" and format_for(17) == "coco17" and format_for(18) == "coco18"
@@ -214,8 +219,12 @@ def test_write_openpose_real_round_trip(body_data: Path, tmp_path: Path) -> None
 def test_format_auto_detection(body_data: Path, tmp_path: Path) -> None:
     coco = [p for p in read_coco(body_data / "coco" / "test_coco.json") if p.image != "000000000785.jpg"]
     results = [
-        {"image_id": int(p.image.split(".")[0]), "category_id": 1, "score": 0.9,
-         "keypoints": np.column_stack([p.xy, p.conf * 0.8]).ravel().tolist()}
+        {
+            "image_id": int(p.image.split(".")[0]),
+            "category_id": 1,
+            "score": 0.9,
+            "keypoints": np.column_stack([p.xy, p.conf * 0.8]).ravel().tolist(),
+        }
         for p in coco
     ]
     folder = tmp_path / "kp"
@@ -265,8 +274,11 @@ def test_errors_are_one_line_keypoint_errors(tmp_path: Path) -> None:
     _one_line(exc, "a.json", "not COCO")
 
     short = tmp_path / "short.json"
-    short.write_text(json.dumps({"people": [{"pose_keypoints_2d": [1.0, 2.0, 0.5] * 25},
-                                            {"pose_keypoints_2d": [1.0, 2.0, 0.5] * 20}]}))
+    short.write_text(
+        json.dumps(
+            {"people": [{"pose_keypoints_2d": [1.0, 2.0, 0.5] * 25}, {"pose_keypoints_2d": [1.0, 2.0, 0.5] * 20}]}
+        )
+    )
     with pytest.raises(KeypointError) as exc:
         load_keypoints(short)
     _one_line(exc, "short.json", "person 1", "20 points")
@@ -277,8 +289,14 @@ def test_errors_are_one_line_keypoint_errors(tmp_path: Path) -> None:
     _one_line(exc, "ragged.json", "person 0", "not a multiple of 3")
 
     coco = tmp_path / "coco.json"
-    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg", "width": 9, "height": 9}],
-                                "annotations": [{"id": 77, "image_id": 1, "keypoints": [0, 0, 0] * 16}]}))
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "x.jpg", "width": 9, "height": 9}],
+                "annotations": [{"id": 77, "image_id": 1, "keypoints": [0, 0, 0] * 16}],
+            }
+        )
+    )
     with pytest.raises(KeypointError) as exc:
         load_keypoints(coco)
     _one_line(exc, "coco.json", "annotation 77", "16 keypoints")

@@ -50,7 +50,7 @@ def test_summary_keys_feed_the_status_table_and_the_report() -> None:
     from capture3d.ops.report_html import SUMMARY_KEYS as REPORT_KEYS
 
     keys = catalog.summary_keys()
-    assert SUMMARY_KEYS == keys and REPORT_KEYS[:-1] == keys
+    assert keys == SUMMARY_KEYS and REPORT_KEYS[:-1] == keys
     assert "gaussians_psnr" in keys and "body_pa_mpjpe_mm" in keys and "num_placed" in keys
     exact = {k for k in DEFAULT_THRESHOLDS if "*" not in k}  # regression thresholds on named summary keys
     assert exact <= set(keys), exact - set(keys)
@@ -117,13 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return stage_main(__name__, argv)
 '''
 
-NEW_STEP = '''
+NEW_STEP = """
 PHOTOS = dataclasses.replace(PHOTOS, steps=(*PHOTOS.steps, Step(
     "image_stats", _m(capture="{capture}"), summary=_m(mean_sharpness="mean_sharpness"),
     display=("num_images", "mean_brightness", "mean_sharpness"), command=("image-stats",),
     help="brightness and sharpness of a photo capture")))
 PIPELINES = (PHOTOS, *PIPELINES[1:])
-'''
+"""
 
 
 def test_a_new_photos_stage_needs_four_places(repo_root: Path, tmp_path: Path) -> None:
@@ -133,25 +133,33 @@ def test_a_new_photos_stage_needs_four_places(repo_root: Path, tmp_path: Path) -
     repo = tmp_path / "project"
     shutil.copytree(repo_root / "capture3d", repo / "capture3d", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(repo_root / "params.yaml", repo / "params.yaml")
-    (repo / "capture3d/tasks/sfm/image_stats.py").write_text(textwrap.dedent(NEW_TASK))       # 1
-    (repo / "capture3d/stages/image_stats.py").write_text(textwrap.dedent(NEW_STAGE))        # 2
+    (repo / "capture3d/tasks/sfm/image_stats.py").write_text(textwrap.dedent(NEW_TASK))  # 1
+    (repo / "capture3d/stages/image_stats.py").write_text(textwrap.dedent(NEW_STAGE))  # 2
     text = (repo / "capture3d/catalog.py").read_text()
     marker = "PIPELINES: tuple[Pipeline, ...] = (PHOTOS, SCANS, FCGF, BODIES)"
-    text = text.replace(marker, marker + "\n" + textwrap.dedent(NEW_STEP))                   # 3
-    text = text.replace("from __future__ import annotations\n", "from __future__ import annotations\n\nimport dataclasses\n", 1)
+    text = text.replace(marker, marker + "\n" + textwrap.dedent(NEW_STEP))  # 3
+    text = text.replace(
+        "from __future__ import annotations\n", "from __future__ import annotations\n\nimport dataclasses\n", 1
+    )
     (repo / "capture3d/catalog.py").write_text(text)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["image_stats"] = {"min_sharpness": 1.0}                                          # 4
+    params["image_stats"] = {"min_sharpness": 1.0}  # 4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(repo), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
     def py(code: str) -> str:
-        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
-    out = py('''
+    out = py("""
         from pathlib import Path
         import yaml
         from capture3d.ops.dvc_yaml import render
@@ -160,13 +168,19 @@ def test_a_new_photos_stage_needs_four_places(repo_root: Path, tmp_path: Path) -
         print(stage["foreach"], stage["do"]["cmd"])
         print("DEPS", " ".join(stage["do"]["deps"]))
         print("SECTIONS", " ".join(kind_sections("photos")))
-    ''')
+    """)
     assert "${captures} python -m capture3d.stages.image_stats --capture data/captures/${item}" in out
     deps = out.split("DEPS ")[1].split("\n")[0].split()
     assert "capture3d/tasks/sfm/image_stats.py" in deps and "capture3d/tasks/sfm/image_folder.py" in deps
     assert "image_stats" in out.split("SECTIONS ")[1]
-    help_text = subprocess.run([sys.executable, "-m", "capture3d.cli", "image-stats", "--help"], cwd=repo, env=env,
-                               capture_output=True, text=True, timeout=120)
+    help_text = subprocess.run(
+        [sys.executable, "-m", "capture3d.cli", "image-stats", "--help"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert help_text.returncode == 0 and "--min-sharpness" in help_text.stdout, help_text.stdout + help_text.stderr
     captures = tmp_path / "captures" / "cap" / "images"
     captures.mkdir(parents=True)
@@ -175,12 +189,12 @@ def test_a_new_photos_stage_needs_four_places(repo_root: Path, tmp_path: Path) -
     rng = __import__("numpy").random.default_rng(0)
     for i in range(3):
         Image.fromarray((rng.random((48, 64, 3)) * 255).astype("uint8")).save(captures / f"{i}.png")
-    out = py(f'''
+    out = py(f"""
         from pathlib import Path
         from capture3d.config import load_params
         from capture3d.ops.steps import run_step
         print(run_step("photos", "image_stats", "cap", Path({str(captures.parent)!r}), Path({str(tmp_path / "res")!r}),
                        load_params(Path("params.yaml"))))
-    ''')
+    """)
     assert "mean_sharpness" in out
     assert (tmp_path / "res" / "image_stats" / "metrics.json").is_file()

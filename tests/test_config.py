@@ -233,7 +233,7 @@ def test_fallback_rung_with_wrong_type_fails(base_params):
 
 def test_fallback_ladder_keys_are_config_fields():
     names = {f.name for f in dataclasses.fields(SfmConfig)}
-    assert LADDER_KEYS <= names
+    assert names >= LADDER_KEYS
 
 
 # ----------------------------------------------------------------------------- atomic_dir
@@ -245,12 +245,11 @@ def leftovers(parent: Path, name: str) -> list[str]:
 
 def test_atomic_dir_failure_leaves_nothing(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_dir(out) as tmp:
-            assert tmp.parent == tmp_path and tmp.name.startswith(".out.tmp-")
-            (tmp / "half.txt").write_text("half-written")
-            (tmp / "sub").mkdir()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_dir(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".out.tmp-")
+        (tmp / "half.txt").write_text("half-written")
+        (tmp / "sub").mkdir()
+        raise RuntimeError("boom")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -259,10 +258,9 @@ def test_atomic_dir_failure_keeps_previous_output(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(out) as tmp:
-            (tmp / "new.txt").write_text("new")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise KeyboardInterrupt
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
     assert leftovers(tmp_path, "out") == []
 

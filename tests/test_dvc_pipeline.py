@@ -36,7 +36,8 @@ def test_dvc_yaml_is_generated_from_the_catalog(repo_root: Path) -> None:
     # dvc.yaml is written by `python -m capture3d.ops.dvc_yaml --write` from capture3d/catalog.py;
     # a hand edit, a catalog change or a new import without regenerating fails here.
     assert (repo_root / "dvc.yaml").read_text() == render(repo_root), (
-        "dvc.yaml differs from the catalog: run python -m capture3d.ops.dvc_yaml --write")
+        "dvc.yaml differs from the catalog: run python -m capture3d.ops.dvc_yaml --write"
+    )
     stages = _dvc_yaml(repo_root)["stages"]
     assert list(stages) == [s.name for s in steps()]
 
@@ -66,16 +67,18 @@ def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
         # reuse stale results after it changes (every stage missed some before this test).
         code = sorted(d for d in body["deps"] if d.startswith("capture3d/"))
         closure = import_closure(f"capture3d.stages.{name}", repo_root)
-        assert code == closure, (f"stage {name}: missing {sorted(set(closure) - set(code))}, "
-                                 f"not imported {sorted(set(code) - set(closure))}")
+        assert code == closure, (
+            f"stage {name}: missing {sorted(set(closure) - set(code))}, not imported {sorted(set(code) - set(closure))}"
+        )
     assert set(params) == used_sections | FLOW_SECTIONS | {"captures", "scan_captures", "body_captures"}
     assert isinstance(params["captures"], list) and "demo" in params["captures"]
     assert isinstance(params["scan_captures"], list) and "demo_scans" in params["scan_captures"]
 
 
 def _copy_project(repo_root: Path, dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo_root, check=True,
-                           capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=repo_root, check=True, capture_output=True, text=True
+    ).stdout.split()
     for rel in files:
         src = repo_root / rel
         if src.is_file() and not rel.startswith(("results/", "data/")) and rel != "dvc.lock":
@@ -109,8 +112,15 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["synthesize"].update(num_images=12, width=320, height=240)
     # FCGF: a token training run (the pipeline's wiring is under test, not the model).
-    params["train_fcgf"]["data"].update(synthetic_seeds=[1], validation_seeds=[7], num_scans=4, width=80, height=60,
-                                        auto_target_points=1500, max_val_pairs=1)
+    params["train_fcgf"]["data"].update(
+        synthetic_seeds=[1],
+        validation_seeds=[7],
+        num_scans=4,
+        width=80,
+        height=60,
+        auto_target_points=1500,
+        max_val_pairs=1,
+    )
     params["train_fcgf"].update(iterations=2, val_every=2, device="cpu")
     params["evaluate_features"]["global_method"] = "fgr"
     # NVS: token fits (their quality is tested elsewhere); the stages, outputs and records are under test.
@@ -121,8 +131,12 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     for stage in params["fit_bodies"]["stages"]:
         stage["iterations"] = 5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+    }
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     _run(["git", "init", "-q"], repo, env)
     _run([*git, "add", "-A"], repo, env)
@@ -202,12 +216,19 @@ def test_import_closure_follows_lazy_and_package_imports(tmp_path: Path) -> None
     (pkg / "tasks").mkdir()
     for init in (pkg, pkg / "stages", pkg / "tasks"):
         (init / "__init__.py").write_text("")
-    (pkg / "stages" / "a.py").write_text("import numpy\nfrom capture3d.tasks import b\n"
-                                         "def run():\n    from capture3d.tasks.c import f\n")
+    (pkg / "stages" / "a.py").write_text(
+        "import numpy\nfrom capture3d.tasks import b\ndef run():\n    from capture3d.tasks.c import f\n"
+    )
     (pkg / "tasks" / "b.py").write_text("from .d import g\n")
     (pkg / "tasks" / "c.py").write_text("def f(): pass\n")
     (pkg / "tasks" / "d.py").write_text("g = 1\n")
     (pkg / "tasks" / "unused.py").write_text("")
     assert import_closure("capture3d.stages.a", tmp_path) == [
-        "capture3d/__init__.py", "capture3d/stages/__init__.py", "capture3d/stages/a.py",
-        "capture3d/tasks/__init__.py", "capture3d/tasks/b.py", "capture3d/tasks/c.py", "capture3d/tasks/d.py"]
+        "capture3d/__init__.py",
+        "capture3d/stages/__init__.py",
+        "capture3d/stages/a.py",
+        "capture3d/tasks/__init__.py",
+        "capture3d/tasks/b.py",
+        "capture3d/tasks/c.py",
+        "capture3d/tasks/d.py",
+    ]

@@ -114,6 +114,6 @@ def test_fuse_transforms_and_downsamples() -> None:
     assert fused.shape == (4000, 3)
     np.testing.assert_allclose(fused[2000:], cloud, atol=1e-12)
     down = fuse([cloud, copy_in_other_frame], [np.eye(4), T], voxel=0.2)
-    assert len(down) <= 6 ** 3 and len(down) > 50
+    assert len(down) <= 6**3 and len(down) > 50
     with pytest.raises(ValueError):
         fuse([cloud], [np.eye(4), T], voxel=0.1)

@@ -229,7 +229,7 @@ def test_pose_errors_needs_three_common_images() -> None:
 def test_read_strecha_fountain() -> None:
     cams = read_strecha_cameras(FOUNTAIN_GT, scale=0.25)
     assert len(cams) == 11
-    assert sorted(cams)[0] == "0000.jpg"
+    assert min(cams) == "0000.jpg"
     c0 = cams["0000.jpg"]
     # 0000.jpg.camera: fx 2759.48, fy 2764.16, cx 1520.69, cy 1006.81, C (-7.28137, -7.57667, 0.204446)
     assert c0.K[0, 0] == pytest.approx(2759.48 * 0.25)

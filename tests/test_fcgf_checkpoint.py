@@ -24,8 +24,14 @@ from capture3d.tasks.fcgf.model import extract_features
 
 
 def _config(**kw: object) -> FcgfModelConfig:
-    base = dict(arch="ResUNetBN2C", in_channels=1, out_channels=32, conv1_kernel_size=5, bn_momentum=0.05,
-                normalize_feature=True)
+    base = dict(
+        arch="ResUNetBN2C",
+        in_channels=1,
+        out_channels=32,
+        conv1_kernel_size=5,
+        bn_momentum=0.05,
+        normalize_feature=True,
+    )
     base.update(kw)
     return FcgfModelConfig(**base)  # type: ignore[arg-type]
 
@@ -93,10 +99,24 @@ def test_official_minkowski_checkpoint_maps_by_name_and_layout(tmp_path: Path, m
     _EasyDict.__module__, _EasyDict.__qualname__ = "easydict", "EasyDict"
     fake.EasyDict = _EasyDict  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "easydict", fake)
-    official = {"epoch": 100, "state_dict": me, "optimizer": {}, "scheduler": {"last_epoch": 99},
-                "config": _EasyDict({"model": "ResUNetBN2C", "model_n_out": 16, "conv1_kernel_size": 7,
-                                     "normalize_feature": True, "voxel_size": 0.025}),
-                "best_val": 0.9, "best_val_epoch": 90, "best_val_metric": "feat_match_ratio"}
+    official = {
+        "epoch": 100,
+        "state_dict": me,
+        "optimizer": {},
+        "scheduler": {"last_epoch": 99},
+        "config": _EasyDict(
+            {
+                "model": "ResUNetBN2C",
+                "model_n_out": 16,
+                "conv1_kernel_size": 7,
+                "normalize_feature": True,
+                "voxel_size": 0.025,
+            }
+        ),
+        "best_val": 0.9,
+        "best_val_epoch": 90,
+        "best_val_metric": "feat_match_ratio",
+    }
     torch.save(official, tmp_path / "official.pth")
     monkeypatch.delitem(sys.modules, "easydict")  # loading must not need the package
 

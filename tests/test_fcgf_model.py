@@ -62,7 +62,13 @@ def test_forward_backward_and_names(model: ResUNetBN2C) -> None:
     (y.features * torch.randn_like(y.features)).sum().backward()
     names = dict(model.named_parameters())
     assert "conv1.weight" in names and "final.weight" in names and "final.bias" in names
-    for n in ("norm1.bn.weight", "block1.conv1.weight", "conv4_tr.weight", "block2_tr.norm2.bn.bias", "conv1_tr.weight"):
+    for n in (
+        "norm1.bn.weight",
+        "block1.conv1.weight",
+        "conv4_tr.weight",
+        "block2_tr.norm2.bn.bias",
+        "conv1_tr.weight",
+    ):
         assert n in names, n
     assert model.conv1.weight.shape == (125, 1, 32)
     assert model.final.weight.shape == (1, model.TR_CHANNELS[1], 32)
@@ -182,7 +188,9 @@ def test_point_info_nce_prefers_matching_descriptors_and_has_gradients() -> None
     pos = torch.randn(64, 3, generator=g, dtype=torch.float64) * 10
     noise = torch.randn(64, 16, generator=g)
     with torch.no_grad():
-        values = [float(point_info_nce_loss(_unit(f0), _unit(f0 + s * noise), pairs, pos, pos, 0.1)) for s in (0.0, 0.5, 3.0)]
+        values = [
+            float(point_info_nce_loss(_unit(f0), _unit(f0 + s * noise), pairs, pos, pos, 0.1)) for s in (0.0, 0.5, 3.0)
+        ]
     assert values[0] < values[1] < values[2], values
     loss = point_info_nce_loss(_unit(f0), _unit(f0.detach() + noise), pairs, pos, pos, 0.1, num_pos=32, generator=g)
     loss.backward()

@@ -40,8 +40,11 @@ def _config(iterations: int, **kw: object) -> FcgfTrainConfig:
         optim=OptimConfig("adam", 1e-3, 0.8, 1e-4, 0.5, 1000),
         loss=LossConfig("hardest_contrastive", 512, 256, 0.1, 1.4, 1.5, 0.0, 32, 0.07),
         augment=AugmentConfig(20.0, 0.5, 0.7, 0.05),
-        iterations=iterations, checkpoint_every=1, val_every=1000,
-        fmr_inlier_distance=0.10, fmr_inlier_ratio=0.05,
+        iterations=iterations,
+        checkpoint_every=1,
+        val_every=1000,
+        fmr_inlier_distance=0.10,
+        fmr_inlier_ratio=0.05,
     )
     base.update(kw)
     return FcgfTrainConfig(**base)  # type: ignore[arg-type]
@@ -50,8 +53,9 @@ def _config(iterations: int, **kw: object) -> FcgfTrainConfig:
 @pytest.fixture(scope="module")
 def small_pairs() -> list[ScanPair]:
     """Pairs of small synthetic scans (80 x 60 sensor, ~1500 voxels per scan)."""
-    return synthetic_pairs([1], num_scans=4, noise_sigma=0.002, width=80, height=60, auto_target_points=1500,
-                           min_overlap=0.3)
+    return synthetic_pairs(
+        [1], num_scans=4, noise_sigma=0.002, width=80, height=60, auto_target_points=1500, min_overlap=0.3
+    )
 
 
 class _Stop(Exception):
@@ -65,9 +69,11 @@ def test_interrupted_training_resumes_to_the_same_curve(small_pairs: list[ScanPa
     def stop_at_three(row: dict[str, float]) -> None:
         if row["iteration"] == 3:
             raise _Stop  # killed after iteration 2 was checkpointed
+
     with pytest.raises(_Stop):
-        train_fcgf(small_pairs, [], config, seed=5, device="cpu", state_path=tmp_path / "cut.pt",
-                   progress=stop_at_three)
+        train_fcgf(
+            small_pairs, [], config, seed=5, device="cpu", state_path=tmp_path / "cut.pt", progress=stop_at_three
+        )
     resumed = train_fcgf(small_pairs, [], config, seed=5, device="cpu", state_path=tmp_path / "cut.pt")
     assert resumed.resumed_from == 2
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
@@ -119,8 +125,9 @@ def test_point_info_nce_generalises_to_a_held_out_courtyard(small_pairs: list[Sc
     These tiny scans have ~12 cm voxels, so matches count within 0.2 m: the 3DMatch protocol's
     10 cm at the 5.8 cm voxel of full-size scans is the same 1.7 voxels.
     """
-    held_out = synthetic_pairs([7], num_scans=4, noise_sigma=0.002, width=80, height=60, auto_target_points=1500,
-                               min_overlap=0.3)
+    held_out = synthetic_pairs(
+        [7], num_scans=4, noise_sigma=0.002, width=80, height=60, auto_target_points=1500, min_overlap=0.3
+    )
     loss = LossConfig("point_info_nce", 512, 256, 0.1, 1.4, 1.5, 2.0, 32, 0.07)
     config = _config(60, loss=loss, checkpoint_every=1000, val_every=1000, augment=AugmentConfig(0.0, 0.5, 0.7, 0.05))
     assert 0.10 < held_out[0].voxel < 0.14
@@ -138,8 +145,16 @@ def test_point_info_nce_generalises_to_a_held_out_courtyard(small_pairs: list[Sc
 def _stage_params(base_params: dict, **data: object) -> dict:
     params = dict(base_params)
     section = json.loads(json.dumps(params["train_fcgf"]))
-    section["data"].update(synthetic_seeds=[1], validation_seeds=[7], num_scans=4, width=80, height=60,
-                           auto_target_points=1500, max_val_pairs=2, **data)
+    section["data"].update(
+        synthetic_seeds=[1],
+        validation_seeds=[7],
+        num_scans=4,
+        width=80,
+        height=60,
+        auto_target_points=1500,
+        max_val_pairs=2,
+        **data,
+    )
     section.update(iterations=3, checkpoint_every=1, val_every=2, device="cpu")
     params["train_fcgf"] = section
     return params
@@ -159,13 +174,17 @@ def test_stage_writes_checkpoint_curves_and_metrics(base_params: dict, tmp_path:
     assert not stage.state_path_for(out).exists(), "the resume state is removed after success"
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("missing", "capture 'nope': training capture folder"),
-    ("no_gt", "capture 'bare': no ground-truth poses"),
-    ("zero", "needs iterations >= 1"),
-])
-def test_stage_bad_training_input_is_one_line(case: str, expected: str, base_params: dict, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing", "capture 'nope': training capture folder"),
+        ("no_gt", "capture 'bare': no ground-truth poses"),
+        ("zero", "needs iterations >= 1"),
+    ],
+)
+def test_stage_bad_training_input_is_one_line(
+    case: str, expected: str, base_params: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["--out", str(tmp_path / "fcgf"), "--params", str(tmp_path / "params.yaml")]
     params = _stage_params(base_params)
     if case == "missing":

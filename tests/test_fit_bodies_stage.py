@@ -36,10 +36,13 @@ def _config(params: dict, **changes) -> fit_bodies.FitBodiesConfig:
 
 
 def test_synthetic_multiview_capture_meets_3d_target(anny, params, tmp_path: Path) -> None:
-    syn_config = synthesize_bodies.SynthesizeBodiesConfig(count=4, views=3, width=320, height=240, fov_deg=55.0,
-                                                          noise_px=2.0, seed=3)
+    syn_config = synthesize_bodies.SynthesizeBodiesConfig(
+        count=4, views=3, width=320, height=240, fov_deg=55.0, noise_px=2.0, seed=3
+    )
     capture = synthesize_bodies.run(synthesize_bodies.Inputs(), tmp_path / "bodies", syn_config, anny)
-    out = fit_bodies.run(fit_bodies.BodyInputs.from_capture(capture), tmp_path / "fit", _config(params, overlays=True), anny)
+    out = fit_bodies.run(
+        fit_bodies.BodyInputs.from_capture(capture), tmp_path / "fit", _config(params, overlays=True), anny
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["people_fitted"] == 4 and metrics["views_max"] == 3
     assert metrics["reference_2d"] == "ground truth"
@@ -49,8 +52,9 @@ def test_synthetic_multiview_capture_meets_3d_target(anny, params, tmp_path: Pat
     assert len(list((out / "overlays").glob("*.png"))) == 12
     saved = np.load(out / "params" / "frame000_0.npz")
     assert saved["body_pose"].shape == (len(anny.pose_joint_names), 3)
-    ev = evaluate_bodies.run(evaluate_bodies.Inputs(out, capture), tmp_path / "ev",
-                             evaluate_bodies.EvaluateBodiesConfig(0.1))
+    ev = evaluate_bodies.run(
+        evaluate_bodies.Inputs(out, capture), tmp_path / "ev", evaluate_bodies.EvaluateBodiesConfig(0.1)
+    )
     again = json.loads((ev / "metrics.json").read_text())
     assert again["median_mpjpe_mm"] == pytest.approx(metrics["median_mpjpe_mm"])
 
@@ -71,8 +75,9 @@ def test_real_coco_people_fitted(anny, params, shared_data: Path, tmp_path: Path
 def test_spin_openpose_example_cli(shared_data: Path, tmp_path: Path) -> None:
     spin = shared_data / "body" / "spin_example"
     out = tmp_path / "spin"
-    code = cli_main(["fit", "bodies", "--images", str(spin), "--keypoints", str(spin), "--out", str(out),
-                     "--name", "spin"])
+    code = cli_main(
+        ["fit", "bodies", "--images", str(spin), "--keypoints", str(spin), "--out", str(out), "--name", "spin"]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["people_fitted"] == 1 and "left_big_toe" in metrics["keypoints_used"]
@@ -85,7 +90,9 @@ def test_spin_openpose_example_cli(shared_data: Path, tmp_path: Path) -> None:
 def test_bad_inputs_fail_in_one_line_without_output(anny, params, shared_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     with pytest.raises(CaptureError, match="cap1.*no such file"):
-        fit_bodies.run(fit_bodies.BodyInputs(keypoints=tmp_path / "missing.json", name="cap1"), out, _config(params), anny)
+        fit_bodies.run(
+            fit_bodies.BodyInputs(keypoints=tmp_path / "missing.json", name="cap1"), out, _config(params), anny
+        )
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(CaptureError, match="cap2"):
@@ -93,8 +100,12 @@ def test_bad_inputs_fail_in_one_line_without_output(anny, params, shared_data: P
     # everybody below min_keypoints: nothing fitted to noise, one line naming why
     coco = shared_data / "body" / "coco"
     with pytest.raises(CaptureError, match="no person has enough keypoints"):
-        fit_bodies.run(fit_bodies.BodyInputs(keypoints=coco / "test_coco.json", images=coco, name="cap3"), out,
-                       _config(params, min_keypoints=18), anny)
+        fit_bodies.run(
+            fit_bodies.BodyInputs(keypoints=coco / "test_coco.json", images=coco, name="cap3"),
+            out,
+            _config(params, min_keypoints=18),
+            anny,
+        )
     assert not out.exists()
     # keypoints far outside the image are dropped and noted
     spin = shared_data / "body" / "spin_example"
@@ -108,8 +119,20 @@ def test_bad_inputs_fail_in_one_line_without_output(anny, params, shared_data: P
     done = fit_bodies.run(fit_bodies.BodyInputs(keypoints=folder, images=folder, name="cap4"), out, config, anny)
     assert any("outside" in n and "nose" in n for n in json.loads((done / "metrics.json").read_text())["notes"])
     # a missing SMPL model file: one line from the CLI, nothing written
-    code = cli_main(["fit", "bodies", "--keypoints", str(folder), "--out", str(tmp_path / "smpl"), "--model", "smpl",
-                     "--model-file", str(tmp_path / "SMPL_NEUTRAL.npz")])
+    code = cli_main(
+        [
+            "fit",
+            "bodies",
+            "--keypoints",
+            str(folder),
+            "--out",
+            str(tmp_path / "smpl"),
+            "--model",
+            "smpl",
+            "--model-file",
+            str(tmp_path / "SMPL_NEUTRAL.npz"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "SMPL_NEUTRAL.npz" in err[0], err
     assert not (tmp_path / "smpl").exists()

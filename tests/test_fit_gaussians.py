@@ -29,23 +29,47 @@ def scene() -> NvsScene:
     gt = {k: v.float() for k, v in random_splats(300, 1, 11, torch.float32, spread=0.8, size=0.15).items()}
     gt["opacities"] = gt["opacities"].abs() + 1.0
     cams = ring_cameras(16, W, H, radius=3.5, height_z=1.2)
-    images = [render(gt, camera(K, pose, W, H, torch.float32), 1, torch.zeros(3), "cpu").image.clamp(0, 1)
-              for K, pose in cams]
+    images = [
+        render(gt, camera(K, pose, W, H, torch.float32), 1, torch.zeros(3), "cpu").image.clamp(0, 1) for K, pose in cams
+    ]
     rng = np.random.default_rng(0)
     pts = gt["means"].numpy() + rng.normal(0, 0.05, (300, 3))
-    return NvsScene(tuple(views_of(images, cams)), pts.astype(np.float32), np.full((300, 3), 0.5, np.float32), None,
-                    "test")
+    return NvsScene(
+        tuple(views_of(images, cams)), pts.astype(np.float32), np.full((300, 3), 0.5, np.float32), None, "test"
+    )
 
 
 def _config(**kw) -> GaussianFitConfig:
     base = dict(
-        iterations=240, sh_degree=1, sh_degree_interval=100, init_opacity=0.1, init_random_points=0,
-        lambda_dssim=0.2, background="black",
+        iterations=240,
+        sh_degree=1,
+        sh_degree_interval=100,
+        init_opacity=0.1,
+        init_random_points=0,
+        lambda_dssim=0.2,
+        background="black",
         lr=LearningRates(1.6e-4, 1.6e-6, 5e-3, 1e-3, 5e-2, 2.5e-3, 1.25e-4),
-        densify=DensifyConfig(grad_threshold=0.0002, percent_dense=0.01, split_scale_factor=1.6, prune_opacity=0.005,
-                              prune_scale3d=0.1, prune_scale2d=0.15, refine_start=50, refine_stop=200,
-                              refine_every=50, reset_every=3000, reset_opacity=0.01, max_gaussians=5000),
-        backend="cpu", tile_size=8, cpu_compile=False, checkpoint_every=40, log_every=10, max_seconds=0.0)
+        densify=DensifyConfig(
+            grad_threshold=0.0002,
+            percent_dense=0.01,
+            split_scale_factor=1.6,
+            prune_opacity=0.005,
+            prune_scale3d=0.1,
+            prune_scale2d=0.15,
+            refine_start=50,
+            refine_stop=200,
+            refine_every=50,
+            reset_every=3000,
+            reset_opacity=0.01,
+            max_gaussians=5000,
+        ),
+        backend="cpu",
+        tile_size=8,
+        cpu_compile=False,
+        checkpoint_every=40,
+        log_every=10,
+        max_seconds=0.0,
+    )
     return GaussianFitConfig(**{**base, **kw})
 
 

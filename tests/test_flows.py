@@ -10,15 +10,20 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness
 
-from capture3d.config import load_params  # noqa: E402
-from capture3d.flows.batch import run_folder  # noqa: E402
-from capture3d.stages import synthesize  # noqa: E402
+from capture3d.config import load_params
+from capture3d.flows.batch import run_folder
+from capture3d.stages import synthesize
 
 SMALL = ["synthesize.num_images=12", "synthesize.width=320", "synthesize.height=240"]
-NVS_TOKEN = ["fit_gaussians.iterations=20", "fit_gaussians.cpu_compile=false", "fit_gaussians.orbit_frames=2",
-             "fit_nerf.iterations=20", "fit_nerf.orbit_frames=2"]
+NVS_TOKEN = [
+    "fit_gaussians.iterations=20",
+    "fit_gaussians.cpu_compile=false",
+    "fit_gaussians.orbit_frames=2",
+    "fit_nerf.iterations=20",
+    "fit_nerf.orbit_frames=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +44,14 @@ def test_reconstruct_batch_isolates_failures(harness, tmp_path: Path, repo_root:
         (few / name).write_bytes((captures / "scene" / "images" / name).read_bytes())
     (captures / ".hidden").mkdir()
 
-    statuses = run_folder("photos", captures, tmp_path / "results", None, repo_root / "params.yaml",
-                          ["sfm.max_image_size=640", *NVS_TOKEN])
+    statuses = run_folder(
+        "photos",
+        captures,
+        tmp_path / "results",
+        None,
+        repo_root / "params.yaml",
+        ["sfm.max_image_size=640", *NVS_TOKEN],
+    )
     by_name = {s.name: s for s in statuses}
     assert sorted(by_name) == ["empty", "few", "scene"]
 
@@ -74,8 +85,9 @@ def test_register_scans_batch_isolates_failures(harness, tmp_path: Path, repo_ro
     single.mkdir(parents=True)
     (single / "scan_000.ply").write_bytes((captures / "ring" / "scans" / "scan_000.ply").read_bytes())
 
-    statuses = run_folder("scans", captures, tmp_path / "results", None, repo_root / "params.yaml",
-                          ["batch.max_workers=2"])
+    statuses = run_folder(
+        "scans", captures, tmp_path / "results", None, repo_root / "params.yaml", ["batch.max_workers=2"]
+    )
     by_name = {s.name: s for s in statuses}
     assert sorted(by_name) == ["ring", "single"]
     ring = by_name["ring"]

@@ -96,7 +96,8 @@ def test_projection_and_covariance_match_gsplat_reference():
     opac = torch.full((200,), 0.9, dtype=torch.float64)
     proj = project(splats["means"].detach(), quats, scales, opac, cam.viewmat, cam.K, W, H)
     radii, means2d, depths, conics, _ = gs._fully_fused_projection(
-        splats["means"].detach(), covar_ref, cam.viewmat[None], cam.K[None], W, H)
+        splats["means"].detach(), covar_ref, cam.viewmat[None], cam.K[None], W, H
+    )
     ok = proj.visible & (radii[0] > 0).all(-1)
     assert int(ok.sum()) > 50
     assert torch.allclose(proj.means2d[ok], means2d[0][ok], atol=1e-9)
@@ -127,8 +128,16 @@ def test_compiled_compositing_matches_eager():
 
 def test_tile_pairs_sorted_by_tile_then_depth():
     splats, cam = _scene(7, n=80)
-    proj = project(splats["means"], splats["quats"], torch.exp(splats["scales"]), torch.sigmoid(splats["opacities"]),
-                   cam.viewmat, cam.K, W, H)
+    proj = project(
+        splats["means"],
+        splats["quats"],
+        torch.exp(splats["scales"]),
+        torch.sigmoid(splats["opacities"]),
+        cam.viewmat,
+        cam.K,
+        W,
+        H,
+    )
     gid, tid, _, _ = tile_pairs(proj, W, H, 8)
     assert len(gid) > 0 and torch.all(tid[1:] >= tid[:-1])
     same = tid[1:] == tid[:-1]
@@ -149,14 +158,25 @@ def test_ply_round_trip_and_layout(tmp_path):
     for k, v in splats.items():
         assert torch.equal(back[k], v), k
     # channel-major f_rest: f_rest_0..14 are the red coefficients 1..15
-    raw = np.frombuffer(path.read_bytes()[len(header) + len("end_header\n"):], dtype="<f4").reshape(50, -1)
+    raw = np.frombuffer(path.read_bytes()[len(header) + len("end_header\n") :], dtype="<f4").reshape(50, -1)
     assert np.array_equal(raw[:, 9:24], splats["shN"][:, :, 0].numpy())
 
 
 def _densify_config(**kw) -> DensifyConfig:
-    base = dict(grad_threshold=0.0002, percent_dense=0.01, split_scale_factor=1.6, prune_opacity=0.005,
-                prune_scale3d=0.1, prune_scale2d=0.15, refine_start=0, refine_stop=1000, refine_every=100,
-                reset_every=3000, reset_opacity=0.01, max_gaussians=10_000)
+    base = dict(
+        grad_threshold=0.0002,
+        percent_dense=0.01,
+        split_scale_factor=1.6,
+        prune_opacity=0.005,
+        prune_scale3d=0.1,
+        prune_scale2d=0.15,
+        refine_start=0,
+        refine_stop=1000,
+        refine_every=100,
+        reset_every=3000,
+        reset_opacity=0.01,
+        max_gaussians=10_000,
+    )
     return DensifyConfig(**{**base, **kw})
 
 

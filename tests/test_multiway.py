@@ -32,12 +32,23 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BUNNY = DATA / "registration" / "bunny"
 
 PAIR = PairConfig(
-    global_method="fgr", ransac_max_iterations=20000, mutual_filter=True,
-    distance_factor=1.5, icp_method="point_to_plane", icp_scales=(3.0, 1.5, 0.75), icp_max_iterations=30,
-    min_fitness=0.3, max_rmse_factor=0.75, seed=0,
+    global_method="fgr",
+    ransac_max_iterations=20000,
+    mutual_filter=True,
+    distance_factor=1.5,
+    icp_method="point_to_plane",
+    icp_scales=(3.0, 1.5, 0.75),
+    icp_max_iterations=30,
+    min_fitness=0.3,
+    max_rmse_factor=0.75,
+    seed=0,
 )
 MULTIWAY = MultiwayConfig(
-    pairs="all", window=2, max_all_pairs_scans=12, edge_prune_threshold=0.25, preference_loop_closure=2.0,
+    pairs="all",
+    window=2,
+    max_all_pairs_scans=12,
+    edge_prune_threshold=0.25,
+    preference_loop_closure=2.0,
     max_correspondence_factor=1.5,
 )
 
@@ -50,8 +61,9 @@ def bumpy_surface(rng: np.random.Generator, n: int = 40000) -> np.ndarray:
     """
     xy = rng.uniform([-0.75, -0.5], [0.75, 0.5], (n, 2))
     z = np.zeros(n)
-    for centre, height, width in zip(rng.uniform([-0.75, -0.5], [0.75, 0.5], (80, 2)),
-                                     rng.uniform(-0.08, 0.08, 80), rng.uniform(0.03, 0.08, 80)):
+    for centre, height, width in zip(
+        rng.uniform([-0.75, -0.5], [0.75, 0.5], (80, 2)), rng.uniform(-0.08, 0.08, 80), rng.uniform(0.03, 0.08, 80)
+    ):
         z += height * np.exp(-np.sum((xy - centre) ** 2, axis=1) / (2 * width**2))
     return np.column_stack([xy, z])
 
@@ -81,8 +93,9 @@ def test_fuse_clouds_applies_poses() -> None:
 # ----------------------------------------------------------------------------- synthetic
 
 
-def synthetic_scans(outlier_first: bool) -> tuple[list[str], list[o3d.geometry.PointCloud], list[np.ndarray],
-                                                  dict[str, np.ndarray], float]:
+def synthetic_scans(
+    outlier_first: bool,
+) -> tuple[list[str], list[o3d.geometry.PointCloud], list[np.ndarray], dict[str, np.ndarray], float]:
     """Four overlapping crops of one surface and a sphere far away, each rigidly perturbed.
 
     Returns names, clouds, features, the true world_from_scan (4, 4) per name, and the voxel.
@@ -90,8 +103,10 @@ def synthetic_scans(outlier_first: bool) -> tuple[list[str], list[o3d.geometry.P
     rng = np.random.default_rng(11)
     voxel = 0.02
     surface = bumpy_surface(rng)
-    crops = {f"crop{k}": surface[(surface[:, 0] >= lo) & (surface[:, 0] <= lo + 0.8)]
-             for k, lo in enumerate((-0.75, -0.5, -0.25, -0.05))}
+    crops = {
+        f"crop{k}": surface[(surface[:, 0] >= lo) & (surface[:, 0] <= lo + 0.8)]
+        for k, lo in enumerate((-0.75, -0.5, -0.25, -0.05))
+    }
     sphere = rng.normal(size=(8000, 3))
     crops["sphere"] = 0.3 * sphere / np.linalg.norm(sphere, axis=1, keepdims=True) + [3.0, 0.0, 0.0]
     order = sorted(crops, key=lambda name: (name != "sphere") if outlier_first else (name == "sphere", name))
@@ -149,11 +164,13 @@ def bunny_ground_truth() -> dict[str, np.ndarray]:
         if not fields or fields[0] != "bmesh":
             continue
         tx, ty, tz, x, y, z, w = map(float, fields[2:9])
-        rotation = np.array([
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ])
+        rotation = np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+            ]
+        )
         pose = np.eye(4)
         pose[:3, :3] = rotation.T
         pose[:3, 3] = [tx, ty, tz]
@@ -223,8 +240,9 @@ def test_repeated_structure_fgr_only_never_wrong_and_confident(with_origins: boo
     pair_config = PairConfig("fgr", 100000, False, 1.5, "point_to_plane", (3.0, 1.5, 0.75), 50, 0.3, 1.0, 0)
     config = MultiwayConfig("all", 3, 30, 0.25, 2.0, 1.5)
     views = [range_image(s.points, np.zeros(3)) for s in scans] if with_origins else None
-    result = register_multiway([s.name for s in scans], [p.pcd for p in prepared], features, voxel,
-                               pair_config, config, views)
+    result = register_multiway(
+        [s.name for s in scans], [p.pcd for p in prepared], features, voxel, pair_config, config, views
+    )
     assert set(result.poses) | set(result.unplaced) == {s.name for s in scans}
     errors = absolute_pose_errors(result.poses, gt, result.reference) if len(result.poses) > 1 else {}
     wrong = {n for n, e in errors.items() if e["rotation_error_deg"] >= 2.0 or e["translation_error"] >= 0.05}

@@ -42,8 +42,17 @@ SPHERES = [  # centre, radius, colour
     (np.array([0.7, 0.4, 0.3]), 0.35, np.array([0.1, 0.8, 0.2])),
     (np.array([-0.5, 0.6, -0.3]), 0.4, np.array([0.2, 0.3, 0.9])),
 ]
-SMALL_MODEL = NerfModelConfig(encoding="hash", hash_levels=8, hash_log2_table_size=14, hash_base_resolution=4,
-                              hash_finest_resolution=96, width=32, geo_feat_dim=15, color_width=32, color_depth=1)
+SMALL_MODEL = NerfModelConfig(
+    encoding="hash",
+    hash_levels=8,
+    hash_log2_table_size=14,
+    hash_base_resolution=4,
+    hash_finest_resolution=96,
+    width=32,
+    geo_feat_dim=15,
+    color_width=32,
+    color_depth=1,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -105,9 +114,20 @@ def spheres() -> NvsScene:
 
 
 def _config(iterations: int, **kw: object) -> NerfFitConfig:
-    base = dict(model=SMALL_MODEL, iterations=iterations, rays_per_batch=256, num_coarse=24, num_fine=24,
-                learning_rate=2e-2, lr_final=2e-3, ndc="auto", background="black", checkpoint_every=1000,
-                max_seconds=0.0, log_every=1)
+    base = dict(
+        model=SMALL_MODEL,
+        iterations=iterations,
+        rays_per_batch=256,
+        num_coarse=24,
+        num_fine=24,
+        learning_rate=2e-2,
+        lr_final=2e-3,
+        ndc="auto",
+        background="black",
+        checkpoint_every=1000,
+        max_seconds=0.0,
+        log_every=1,
+    )
     base.update(kw)
     return NerfFitConfig(**base)  # type: ignore[arg-type]
 
@@ -130,8 +150,11 @@ def test_hash_grid_matches_a_reference_interpolation() -> None:
             f = pos - lo
             for c in np.ndindex(2, 2, 2):
                 v = [int(lo[a] + c[a]) for a in range(3)]
-                i = (v[0] + v[1] * (res + 1) + v[2] * (res + 1) ** 2 if dense
-                     else (v[0] ^ v[1] * 2654435761 ^ v[2] * 805459861) % 4096)
+                i = (
+                    v[0] + v[1] * (res + 1) + v[2] * (res + 1) ** 2
+                    if dense
+                    else (v[0] ^ v[1] * 2654435761 ^ v[2] * 805459861) % 4096
+                )
                 wgt = np.prod([f[a] if c[a] else 1 - f[a] for a in range(3)])
                 want[n, 2 * lvl : 2 * lvl + 2] += wgt * tab[:, i]
     assert torch.allclose(got.double(), torch.from_numpy(want), atol=1e-5)
@@ -209,11 +232,13 @@ def test_hash_nerf_fit_improves_held_out_psnr(spheres: NvsScene, tmp_path: Path)
     train, test = [v for i, v in enumerate(spheres.views) if i % 5], [spheres.views[0], spheres.views[5]]
     config = _config(250, log_every=25)
     fresh = fit_nerf(train, spheres, dataclasses.replace(config, iterations=0), 0, "cpu", None)
-    before = np.mean([float(psnr(render_image(fresh.model, v, fresh.render_config), torch.from_numpy(v.image)))
-                      for v in test])
+    before = np.mean(
+        [float(psnr(render_image(fresh.model, v, fresh.render_config), torch.from_numpy(v.image))) for v in test]
+    )
     result = fit_nerf(train, spheres, config, 0, "cpu", None)
-    after = np.mean([float(psnr(render_image(result.model, v, result.render_config), torch.from_numpy(v.image)))
-                     for v in test])
+    after = np.mean(
+        [float(psnr(render_image(result.model, v, result.render_config), torch.from_numpy(v.image))) for v in test]
+    )
     assert result.stopped_reason == "completed" and result.iterations == 250
     assert result.curve[-1]["psnr"] > result.curve[0]["psnr"] + 5
     assert after > before + 5, (before, after)
@@ -241,14 +266,16 @@ def test_interrupted_fit_resumes_to_the_same_curve(spheres: NvsScene, tmp_path: 
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     # another seed does not resume this state: it starts afresh (with a warning)
-    other = fit_nerf(train, spheres, _config(2, rays_per_batch=64, num_coarse=8, num_fine=8), 4, "cpu",
-                     tmp_path / "b.pt")
+    other = fit_nerf(
+        train, spheres, _config(2, rays_per_batch=64, num_coarse=8, num_fine=8), 4, "cpu", tmp_path / "b.pt"
+    )
     assert other.resumed_from == 0 and len(other.curve) == 2
 
 
 def test_exploding_fit_raises_and_keeps_the_last_good_state(spheres: NvsScene, tmp_path: Path) -> None:
-    config = _config(20, learning_rate=1e30, lr_final=1e30, checkpoint_every=1, rays_per_batch=64, num_coarse=8,
-                     num_fine=8)
+    config = _config(
+        20, learning_rate=1e30, lr_final=1e30, checkpoint_every=1, rays_per_batch=64, num_coarse=8, num_fine=8
+    )
     state = tmp_path / "state.pt"
     with pytest.raises(ValueError, match="NeRF loss became") as err:
         fit_nerf(list(spheres.views[1:5]), spheres, config, 0, "cpu", state)

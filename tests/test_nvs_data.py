@@ -95,8 +95,10 @@ def test_transforms_points_from_ply(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     xyz = rng.normal(size=(50, 3)).astype(np.float32)
     rgb = rng.integers(0, 256, size=(50, 3), dtype=np.uint8)
-    header = ("ply\nformat ascii 1.0\nelement vertex 50\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    header = (
+        "ply\nformat ascii 1.0\nelement vertex 50\nproperty float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
     rows = "".join(f"{x!r} {y!r} {z!r} {r} {g} {b}\n" for (x, y, z), (r, g, b) in zip(xyz.tolist(), rgb, strict=True))
     (tmp_path / "points.ply").write_text(header + rows)
     write_transforms_json(tmp_path / "transforms.json", cams, ply_file_path="points.ply")
@@ -112,8 +114,9 @@ def test_transforms_points_from_ply(tmp_path: Path) -> None:
     assert {tuple(p) for p in limited.points.tolist()} <= {tuple(p) for p in xyz.tolist()}
 
 
-@pytest.mark.parametrize("change", [{"camera_model": "OPENCV", "k1": 0.1}, {"k1": 0.0, "p2": 0.01},
-                                    {"camera_model": "OPENCV_FISHEYE"}])
+@pytest.mark.parametrize(
+    "change", [{"camera_model": "OPENCV", "k1": 0.1}, {"k1": 0.0, "p2": 0.01}, {"camera_model": "OPENCV_FISHEYE"}]
+)
 def test_transforms_non_pinhole_refused(tmp_path: Path, change: dict) -> None:
     cams = _cameras(3, shared=True)
     _write_images(tmp_path / "images", [c.name for c in cams])
@@ -160,8 +163,12 @@ def test_colmap_pinhole_and_sfm_folder(tmp_path: Path) -> None:
     cams = _cameras(3, shared=True)
     for root, model_dir, image_dir, source in (
         (tmp_path / "colmap", tmp_path / "colmap" / "sparse" / "0", tmp_path / "colmap" / "images", "colmap"),
-        (tmp_path / "sfm", tmp_path / "sfm" / "undistorted" / "sparse", tmp_path / "sfm" / "undistorted" / "images",
-         "sfm"),
+        (
+            tmp_path / "sfm",
+            tmp_path / "sfm" / "undistorted" / "sparse",
+            tmp_path / "sfm" / "undistorted" / "images",
+            "sfm",
+        ),
     ):
         fixed = np.array(cams[0].K)
         fixed[1, 1] = fixed[0, 0]
@@ -202,8 +209,13 @@ def test_colmap_distorted_is_undistorted(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- LLFF
 
 
-def _write_llff(folder: Path, cams: list[PinholeCamera], full: tuple[int, int], f_full: float,
-                subfolders: dict[str, tuple[int, int]]) -> None:
+def _write_llff(
+    folder: Path,
+    cams: list[PinholeCamera],
+    full: tuple[int, int],
+    f_full: float,
+    subfolders: dict[str, tuple[int, int]],
+) -> None:
     """poses_bounds.npy for OpenCV-convention ``cams`` (full-size (W, H), focal ``f_full``) + image folders."""
     rows = []
     for i, cam in enumerate(cams):
@@ -323,9 +335,13 @@ def test_instant_ngp_json_without_sizes(tmp_path: Path) -> None:
     write_transforms_json(tmp_path / "transforms.json", cams, file_prefix="./train/", nerfstudio_world=False)
     data = json.loads((tmp_path / "transforms.json").read_text())
     angle = 0.8
-    data = {"camera_angle_x": angle, "frames": [
-        {"file_path": f["file_path"].removesuffix(".png"), "transform_matrix": f["transform_matrix"]}
-        for f in data["frames"]]}
+    data = {
+        "camera_angle_x": angle,
+        "frames": [
+            {"file_path": f["file_path"].removesuffix(".png"), "transform_matrix": f["transform_matrix"]}
+            for f in data["frames"]
+        ],
+    }
     (tmp_path / "transforms.json").write_text(json.dumps(data))
     (tmp_path / "train").mkdir()
     rgba = np.zeros((H, W, 4), dtype=np.uint8)

@@ -37,8 +37,15 @@ def test_rich_bars_follow_a_real_body_fit(caplog):
     model = AnnyBody()
     syn = synthesize_bodies(model, count=1, views=1, names=COCO17, seed=0, noise_px=2.0)
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-    obs = BodyObservations(COCO17, t(syn.xy), torch.ones(1, 1, 17), t(syn.rot), t(syn.trans),
-                           t(np.broadcast_to(syn.k, (1, 1, 3, 3))), torch.full((1, 1), 300.0))
+    obs = BodyObservations(
+        COCO17,
+        t(syn.xy),
+        torch.ones(1, 1, 17),
+        t(syn.rot),
+        t(syn.trans),
+        t(np.broadcast_to(syn.k, (1, 1, 3, 3))),
+        torch.full((1, 1), 300.0),
+    )
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, color_system=None)
     with caplog.at_level(logging.INFO), rich_progress(console) as bars:

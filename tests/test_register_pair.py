@@ -31,9 +31,16 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MATCH = DATA / "registration" / "3dmatch_pair"
 
 CONFIG = PairConfig(
-    global_method="fgr_then_ransac", ransac_max_iterations=100000, mutual_filter=True,
-    distance_factor=1.5, icp_method="point_to_plane", icp_scales=(3.0, 1.5, 0.75), icp_max_iterations=30,
-    min_fitness=0.3, max_rmse_factor=0.75, seed=0,
+    global_method="fgr_then_ransac",
+    ransac_max_iterations=100000,
+    mutual_filter=True,
+    distance_factor=1.5,
+    icp_method="point_to_plane",
+    icp_scales=(3.0, 1.5, 0.75),
+    icp_max_iterations=30,
+    min_fitness=0.3,
+    max_rmse_factor=0.75,
+    seed=0,
 )
 
 
@@ -41,8 +48,9 @@ def bumpy_surface(rng: np.random.Generator, n: int = 30000) -> np.ndarray:
     """(n, 3) points of a 1 m x 1 m height field with random Gaussian bumps (distinctive for FPFH)."""
     xy = rng.uniform(-0.5, 0.5, (n, 2))
     z = np.zeros(n)
-    for centre, height, width in zip(rng.uniform(-0.5, 0.5, (14, 2)), rng.uniform(-0.15, 0.15, 14),
-                                     rng.uniform(0.05, 0.15, 14)):
+    for centre, height, width in zip(
+        rng.uniform(-0.5, 0.5, (14, 2)), rng.uniform(-0.15, 0.15, 14), rng.uniform(0.05, 0.15, 14)
+    ):
         z += height * np.exp(-np.sum((xy - centre) ** 2, axis=1) / (2 * width**2))
     return np.column_stack([xy, z])
 
@@ -147,8 +155,16 @@ def test_3dmatch_fgr_then_ransac_recovers_ground_truth(match_pair, record_proper
     # ~30% overlap: even the ground truth has fitness 0.24 at 0.75 voxel, so the gate is 0.2 here
     config = dataclasses.replace(CONFIG, min_fitness=0.2)
 
-    fgr = register_pair("src", source, source_features, "ref", target, target_features, voxel,
-                        dataclasses.replace(config, global_method="fgr", num_hypotheses=1))
+    fgr = register_pair(
+        "src",
+        source,
+        source_features,
+        "ref",
+        target,
+        target_features,
+        voxel,
+        dataclasses.replace(config, global_method="fgr", num_hypotheses=1),
+    )
     fgr_angle, fgr_shift = rigid_difference(fgr.transformation, truth)
     record_property("fgr_error", (fgr_angle, fgr_shift, fgr.fitness))
     # the motivating failure: FGR (+ICP) lands far off, and the gates catch it

@@ -26,8 +26,9 @@ from capture3d.tasks.registration.scan_io import (
 )
 
 
-def _params(base: dict[str, Any], register: dict[str, Any] | None = None,
-            evaluate: dict[str, Any] | None = None) -> dict[str, Any]:
+def _params(
+    base: dict[str, Any], register: dict[str, Any] | None = None, evaluate: dict[str, Any] | None = None
+) -> dict[str, Any]:
     params = json.loads(json.dumps(base))
     for key, value in (register or {}).items():
         node = params["register_scans"]
@@ -39,23 +40,30 @@ def _params(base: dict[str, Any], register: dict[str, Any] | None = None,
     return params
 
 
-def _register_and_evaluate(params: dict[str, Any], capture: Path, tmp_path: Path, gt: Path | None = None
-                           ) -> tuple[dict[str, Any], dict[str, Any]]:
-    result = register_stage.run(register_stage.RegisterScansInputs(capture), tmp_path / "reg",
-                                register_stage.load_config(params))
+def _register_and_evaluate(
+    params: dict[str, Any], capture: Path, tmp_path: Path, gt: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    result = register_stage.run(
+        register_stage.RegisterScansInputs(capture), tmp_path / "reg", register_stage.load_config(params)
+    )
     registered = json.loads((result / "metrics.json").read_text())
     inputs = evaluate_stage.EvaluateRegistrationInputs(result, capture, gt)
     evaluated = evaluate_stage.read_metrics(
-        evaluate_stage.run(inputs, tmp_path / "eval", evaluate_stage.load_config(params)))
+        evaluate_stage.run(inputs, tmp_path / "eval", evaluate_stage.load_config(params))
+    )
     return registered, evaluated
 
 
 def _random_rigid(rng: np.random.Generator, max_translation: float) -> np.ndarray:
     q = rng.normal(size=4)
     x, y, z, w = q / np.linalg.norm(q)
-    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    R = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
     T = np.eye(4)
     T[:3, :3] = R
     T[:3, 3] = rng.uniform(-max_translation, max_translation, 3)
@@ -79,11 +87,16 @@ def test_bunny_from_random_perturbations(shared_data: Path, base_params: dict, t
         write_point_cloud(capture / "scans" / f"{scan.name}.ply", scan.points @ P[:3, :3].T + P[:3, 3])
         perturbed_gt[scan.name] = gt[scan.name] @ np.linalg.inv(P)
     write_poses_json(capture / "gt" / "poses.json", perturbed_gt)
-    params = _params(base_params, {"preprocess.voxel_size": 0.002, "pair.global_method": "fgr"},
-                     {"threshold_scale": 0.01, "ape_translation_threshold": 0.2})  # 2 mm
+    params = _params(
+        base_params,
+        {"preprocess.voxel_size": 0.002, "pair.global_method": "fgr"},
+        {"threshold_scale": 0.01, "ape_translation_threshold": 0.2},
+    )  # 2 mm
     registered, evaluated = _register_and_evaluate(params, capture, tmp_path)
-    per_scan = {n: (round(e["rotation_error_deg"], 3), round(e["translation_error"] * 1000, 3))
-                for n, e in evaluated["per_scan"].items()}
+    per_scan = {
+        n: (round(e["rotation_error_deg"], 3), round(e["translation_error"] * 1000, 3))
+        for n, e in evaluated["per_scan"].items()
+    }
     print("bunny per-scan errors (deg, mm):", per_scan, "unplaced:", registered["unplaced"])
     assert evaluated["num_within_tolerance"] == 10, per_scan
     assert registered["status"] == "ok" and "not possible" in registered["verification"]["free_space_test"]
@@ -101,7 +114,7 @@ def test_3dmatch_pair_recovered(shared_data: Path, base_params: dict, tmp_path: 
     registered, evaluated = _register_and_evaluate(params, pair, tmp_path, gt=pair / "gt.npy")
     assert registered["num_placed"] == 2
     (record,) = evaluated["pairs"]
-    print("3dmatch pair:", record, json.load(open(tmp_path / "reg" / "pairs.json"))["pairs"][0]["method"])
+    print("3dmatch pair:", record, json.loads((tmp_path / "reg" / "pairs.json").read_text())["pairs"][0]["method"])
     assert record["rotation_error_deg"] < 5.0
     assert record["translation_error"] < 0.10
     # Two fused fragments: no sensor origin and no cycle can confirm the one link, and the capture says so.
@@ -111,8 +124,9 @@ def test_3dmatch_pair_recovered(shared_data: Path, base_params: dict, tmp_path: 
 
 @pytest.mark.slow
 def test_synthetic_scans_registered(base_params: dict, tmp_path: Path) -> None:
-    capture = synthesize_scans.run(synthesize_scans.Inputs(), tmp_path / "demo_scans",
-                                   synthesize_scans.load_config(base_params))
+    capture = synthesize_scans.run(
+        synthesize_scans.Inputs(), tmp_path / "demo_scans", synthesize_scans.load_config(base_params)
+    )
     registered, evaluated = _register_and_evaluate(base_params, capture, tmp_path)
     assert registered["num_placed"] == registered["num_scans"] == base_params["synthesize_scans"]["num_scans"]
     assert evaluated["num_within_tolerance"] == registered["num_scans"]
@@ -134,12 +148,15 @@ def _sphere(n: int, seed: int, centre: tuple[float, float, float] = (0, 0, 0), r
     return v / np.linalg.norm(v, axis=1, keepdims=True) * radius + np.asarray(centre)
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("empty", "no points"),
-    ("nan", "NaN"),
-    ("single", "only 1 scan"),
-    ("tiny", "points after"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("empty", "no points"),
+        ("nan", "NaN"),
+        ("single", "only 1 scan"),
+        ("tiny", "points after"),
+    ],
+)
 def test_bad_scans_one_line_error_and_no_output(case: str, expected: str, tmp_path: Path, repo_root: Path) -> None:
     capture = tmp_path / "cap"
     capture.mkdir()
@@ -171,8 +188,9 @@ def test_no_overlap_is_flagged_not_posed(tmp_path: Path, base_params: dict) -> N
     np.save(capture / "b.npy", plane)
     params = _params(base_params, {"preprocess.voxel_size": 0.03})
     with pytest.raises(CaptureError, match="no two scans could be registered confidently"):
-        register_stage.run(register_stage.RegisterScansInputs(capture), tmp_path / "out",
-                           register_stage.load_config(params))
+        register_stage.run(
+            register_stage.RegisterScansInputs(capture), tmp_path / "out", register_stage.load_config(params)
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -180,13 +198,17 @@ def test_ground_truth_that_does_not_match(tmp_path: Path, base_params: dict) -> 
     small = _params(base_params)
     small["synthesize_scans"]["num_scans"] = 4
     capture = synthesize_scans.run(synthesize_scans.Inputs(), tmp_path / "scans4", synthesize_scans.load_config(small))
-    result = register_stage.run(register_stage.RegisterScansInputs(capture), tmp_path / "reg",
-                                register_stage.load_config(base_params))
+    result = register_stage.run(
+        register_stage.RegisterScansInputs(capture), tmp_path / "reg", register_stage.load_config(base_params)
+    )
     poses = json.loads((capture / "gt" / "poses.json").read_text())
     del poses["poses"]["scan_002"]
     bad = tmp_path / "bad_gt.json"
     bad.write_text(json.dumps(poses))
     with pytest.raises(CaptureError, match="ground truth does not match the scans"):
-        evaluate_stage.run(evaluate_stage.EvaluateRegistrationInputs(result, capture, bad), tmp_path / "eval",
-                           evaluate_stage.load_config(base_params))
+        evaluate_stage.run(
+            evaluate_stage.EvaluateRegistrationInputs(result, capture, bad),
+            tmp_path / "eval",
+            evaluate_stage.load_config(base_params),
+        )
     assert not (tmp_path / "eval").exists()

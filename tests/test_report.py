@@ -60,8 +60,11 @@ def _photos(repo_root: Path, results: Path) -> tuple[dict[str, float], list[Path
             img.save(capture / "images" / f"view_{i:02d}.jpg", quality=95)
         params = load_params(repo_root / "params.yaml")
         sfm.run(sfm.SfmInputs(capture, "garden"), results / "sfm", sfm.load_config(params))
-        evaluate_sfm.run(evaluate_sfm.EvaluateSfmInputs(results / "sfm", None, None, "garden"),
-                         results / "evaluate_sfm", evaluate_sfm.load_config(params))
+        evaluate_sfm.run(
+            evaluate_sfm.EvaluateSfmInputs(results / "sfm", None, None, "garden"),
+            results / "evaluate_sfm",
+            evaluate_sfm.load_config(params),
+        )
         photos = sorted((capture / "images").glob("*.jpg"))
     return json.loads((results / "evaluate_sfm" / "metrics.json").read_text()), photos
 
@@ -81,26 +84,56 @@ def _nvs_fit(out: Path, method: str, photos: list[Path], offset: float) -> dict[
         canvas.save(out / "heldout" / f"{path.stem}.png")
         rows.append({"view": path.name, "psnr": 24.0 + offset + i, "ssim": 0.8})
     psnr = float(np.mean([r["psnr"] for r in rows]))
-    write_json(out / "metrics.json", {"capture": "garden", "status": "ok", "method": method, "psnr": psnr,
-                                      "ssim": 0.8, "psnr_init": 12.0, "ssim_init": 0.3, "per_view": rows,
-                                      "num_test_views": len(rows), "iterations": 300})
-    curve = [{"iteration": it, "loss": 0.3 * np.exp(-it / 100) + 0.02, "psnr": 12 + 14 * (1 - np.exp(-it / 100)),
-              **({"num_gaussians": 2000 + 5 * it} if method == "3dgs" else {}), "seconds": it * 0.05}
-             for it in range(10, 310, 10)]
+    write_json(
+        out / "metrics.json",
+        {
+            "capture": "garden",
+            "status": "ok",
+            "method": method,
+            "psnr": psnr,
+            "ssim": 0.8,
+            "psnr_init": 12.0,
+            "ssim_init": 0.3,
+            "per_view": rows,
+            "num_test_views": len(rows),
+            "iterations": 300,
+        },
+    )
+    curve = [
+        {
+            "iteration": it,
+            "loss": 0.3 * np.exp(-it / 100) + 0.02,
+            "psnr": 12 + 14 * (1 - np.exp(-it / 100)),
+            **({"num_gaussians": 2000 + 5 * it} if method == "3dgs" else {}),
+            "seconds": it * 0.05,
+        }
+        for it in range(10, 310, 10)
+    ]
     write_curve(out / "train_log.csv", curve)
     return {"psnr": psnr, "ssim": 0.8}
 
 
 def _manifest(name: str, kind: str, results: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"manifest_version": 1, "capture": name, "kind": kind, "status": "ok", "work_key": "k" * 32,
-            "run_id": "20260102T000000-2", "started": "2026-01-02T00:00:00.000+00:00",
-            "finished": "2026-01-02T00:01:00.000+00:00", "seconds": 60.0, "code_version": "0.1.0+gabc.dirty",
-            "params": {"hash": "p" * 64, "sections": []},
-            "source": {"url": f"s3://inbox/{name}/", "input_hash": "i" * 64, "files": 3, "bytes": 12345},
-            "dvc": {"remote": "s3://store/dvc", "outputs": [{"path": f"results/{name}/{p.name}", "md5": "m" * 32}
-                                                            for p in sorted(results.iterdir())]},
-            "stages": [{"name": p.name, "seconds": 1.5, "reused": False} for p in sorted(results.iterdir())],
-            "metrics": metrics}
+    return {
+        "manifest_version": 1,
+        "capture": name,
+        "kind": kind,
+        "status": "ok",
+        "work_key": "k" * 32,
+        "run_id": "20260102T000000-2",
+        "started": "2026-01-02T00:00:00.000+00:00",
+        "finished": "2026-01-02T00:01:00.000+00:00",
+        "seconds": 60.0,
+        "code_version": "0.1.0+gabc.dirty",
+        "params": {"hash": "p" * 64, "sections": []},
+        "source": {"url": f"s3://inbox/{name}/", "input_hash": "i" * 64, "files": 3, "bytes": 12345},
+        "dvc": {
+            "remote": "s3://store/dvc",
+            "outputs": [{"path": f"results/{name}/{p.name}", "md5": "m" * 32} for p in sorted(results.iterdir())],
+        },
+        "stages": [{"name": p.name, "seconds": 1.5, "reused": False} for p in sorted(results.iterdir())],
+        "metrics": metrics,
+    }
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -125,40 +158,69 @@ def work_area(tmp_path_factory, repo_root: Path) -> dict[str, Any]:
     sfm_metrics, photos = _photos(repo_root, garden)
     gs = _nvs_fit(garden / "fit_gaussians", "3dgs", photos, 0.0)
     nerf = _nvs_fit(garden / "fit_nerf", "nerf (hash)", photos, -1.0)
-    garden_metrics = {**sfm_metrics, "gaussians_psnr": gs["psnr"], "gaussians_ssim": gs["ssim"],
-                      "nerf_psnr": nerf["psnr"], "nerf_ssim": nerf["ssim"]}
+    garden_metrics = {
+        **sfm_metrics,
+        "gaussians_psnr": gs["psnr"],
+        "gaussians_ssim": gs["ssim"],
+        "nerf_psnr": nerf["psnr"],
+        "nerf_ssim": nerf["ssim"],
+    }
     timings["photos"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scans = synthesize_scans.run(synthesize_scans.Inputs(), inbox / "shelf",
-                                 synthesize_scans.SynthesizeScansConfig(5, 0.002, 160, 120, 0))
-    reg = register_scans.run(register_scans.RegisterScansInputs(scans, "shelf"), results / "shelf" / "register_scans",
-                             register_scans.load_config(params))
-    ev = evaluate_registration.run(evaluate_registration.EvaluateRegistrationInputs(reg, scans, None, "shelf"),
-                                   results / "shelf" / "evaluate_registration",
-                                   evaluate_registration.load_config(params))
+    scans = synthesize_scans.run(
+        synthesize_scans.Inputs(), inbox / "shelf", synthesize_scans.SynthesizeScansConfig(5, 0.002, 160, 120, 0)
+    )
+    reg = register_scans.run(
+        register_scans.RegisterScansInputs(scans, "shelf"),
+        results / "shelf" / "register_scans",
+        register_scans.load_config(params),
+    )
+    ev = evaluate_registration.run(
+        evaluate_registration.EvaluateRegistrationInputs(reg, scans, None, "shelf"),
+        results / "shelf" / "evaluate_registration",
+        evaluate_registration.load_config(params),
+    )
     shelf_metrics = {**json.loads((reg / "metrics.json").read_text()), **json.loads((ev / "metrics.json").read_text())}
     timings["scans"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    section = {**params["fit_bodies"], "overlays": True,
-               "stages": [{**s, "iterations": 5} for s in params["fit_bodies"]["stages"]]}
+    section = {
+        **params["fit_bodies"],
+        "overlays": True,
+        "stages": [{**s, "iterations": 5} for s in params["fit_bodies"]["stages"]],
+    }
     try:
         anny = AnnyBody()
-        bodies = synthesize_bodies.run(synthesize_bodies.Inputs(), inbox / "people",
-                                       synthesize_bodies.SynthesizeBodiesConfig(
-                                           count=3, views=1, width=160, height=120, fov_deg=55.0, noise_px=2.0,
-                                           seed=0), anny)
-        fitted = fit_bodies.run(fit_bodies.BodyInputs.from_capture(bodies, "people"), results / "people" / "fit_bodies",
-                                fit_bodies.load_config({"fit_bodies": section}), anny)
-        evaluate_bodies.run(evaluate_bodies.Inputs(fitted, bodies, "people"), results / "people" / "evaluate_bodies",
-                            evaluate_bodies.EvaluateBodiesConfig(0.1))
+        bodies = synthesize_bodies.run(
+            synthesize_bodies.Inputs(),
+            inbox / "people",
+            synthesize_bodies.SynthesizeBodiesConfig(
+                count=3, views=1, width=160, height=120, fov_deg=55.0, noise_px=2.0, seed=0
+            ),
+            anny,
+        )
+        fitted = fit_bodies.run(
+            fit_bodies.BodyInputs.from_capture(bodies, "people"),
+            results / "people" / "fit_bodies",
+            fit_bodies.load_config({"fit_bodies": section}),
+            anny,
+        )
+        evaluate_bodies.run(
+            evaluate_bodies.Inputs(fitted, bodies, "people"),
+            results / "people" / "evaluate_bodies",
+            evaluate_bodies.EvaluateBodiesConfig(0.1),
+        )
     finally:
         torch.set_num_threads(threads)
     fit = json.loads((fitted / "metrics.json").read_text())
-    people_metrics = {"bodies_fitted": fit["people_fitted"], "bodies_skipped": fit["people_skipped"],
-                      "body_error_norm": fit["median_error_norm"], "body_mpjpe_mm": fit["median_mpjpe_mm"],
-                      "body_pa_mpjpe_mm": fit["median_pa_mpjpe_mm"]}
+    people_metrics = {
+        "bodies_fitted": fit["people_fitted"],
+        "bodies_skipped": fit["people_skipped"],
+        "body_error_norm": fit["median_error_norm"],
+        "body_mpjpe_mm": fit["median_mpjpe_mm"],
+        "body_pa_mpjpe_mm": fit["median_pa_mpjpe_mm"],
+    }
     timings["bodies"] = time.perf_counter() - t
 
     # a failed capture that left odd files: sfm metrics without a model, a torn fit_nerf metrics.json, an
@@ -171,29 +233,47 @@ def work_area(tmp_path_factory, repo_root: Path) -> dict[str, Any]:
     (partial / "fit_nerf" / "train_log.csv").write_text("")
 
     (work / "manifests").mkdir()
-    captures = {"garden": ("photos", garden_metrics), "shelf": ("scans", shelf_metrics),
-                "people": ("bodies", people_metrics)}
+    captures = {
+        "garden": ("photos", garden_metrics),
+        "shelf": ("scans", shelf_metrics),
+        "people": ("bodies", people_metrics),
+    }
     rows = []
     for name, (kind, metrics) in captures.items():
         write_json(work / "manifests" / f"{name}.json", _manifest(name, kind, results / name, metrics))
         rows.append({"capture": name, "kind": kind, "status": "ok", "seconds": 60.0, "fetched": 3, **_numeric(metrics)})
     previous_rows = [dict(r) for r in rows] + [{"capture": "broken", "kind": "photos", "status": "ok"}]
     rows[1] = {"capture": "shelf", "status": "current"}  # unchanged since: its metrics are the manifest's
-    rows += [{"capture": "broken", "kind": "photos", "status": "failed",
-              "reason": f"capture 'broken': stage sfm: {EVIL}"},
-             {"capture": "partial", "kind": "photos", "status": "failed", "reason": "stage fit_nerf: killed"},
-             {"capture": EVIL_NAME, "status": "refused", "reason": f"unsafe name {EVIL}"}]
-    previous_rows[0].update(gaussians_psnr=garden_metrics["gaussians_psnr"] + 2.0,  # now 2 dB worse: regression
-                            nerf_psnr=garden_metrics["nerf_psnr"] + 0.1)  # 0.1 dB worse: within tolerance
+    rows += [
+        {"capture": "broken", "kind": "photos", "status": "failed", "reason": f"capture 'broken': stage sfm: {EVIL}"},
+        {"capture": "partial", "kind": "photos", "status": "failed", "reason": "stage fit_nerf: killed"},
+        {"capture": EVIL_NAME, "status": "refused", "reason": f"unsafe name {EVIL}"},
+    ]
+    previous_rows[0].update(
+        gaussians_psnr=garden_metrics["gaussians_psnr"] + 2.0,  # now 2 dB worse: regression
+        nerf_psnr=garden_metrics["nerf_psnr"] + 0.1,
+    )  # 0.1 dB worse: within tolerance
     previous_rows[1].update(fused_fscore=shelf_metrics["fused_fscore"] + 0.2)  # manifest's is 0.2 worse: regression
     previous_rows[2].update(body_mpjpe_mm=people_metrics["body_mpjpe_mm"] - 50.0)  # now 50 mm worse: regression
     (work / "runs").mkdir()
-    write_json(work / "runs" / "20260101T000000-1.json", {"run_id": "20260101T000000-1", "code_version": "0.1.0+gold",
-                                                          "finished": "2026-01-01T00:05:00.000+00:00",
-                                                          "captures": previous_rows})
-    write_json(work / "runs" / "20260102T000000-2.json", {"run_id": "20260102T000000-2", "code_version": "0.1.0+gnew",
-                                                          "finished": "2026-01-02T00:05:00.000+00:00",
-                                                          "captures": sorted(rows, key=lambda r: r["capture"])})
+    write_json(
+        work / "runs" / "20260101T000000-1.json",
+        {
+            "run_id": "20260101T000000-1",
+            "code_version": "0.1.0+gold",
+            "finished": "2026-01-01T00:05:00.000+00:00",
+            "captures": previous_rows,
+        },
+    )
+    write_json(
+        work / "runs" / "20260102T000000-2.json",
+        {
+            "run_id": "20260102T000000-2",
+            "code_version": "0.1.0+gnew",
+            "finished": "2026-01-02T00:05:00.000+00:00",
+            "captures": sorted(rows, key=lambda r: r["capture"]),
+        },
+    )
     t = time.perf_counter()
     result = build_report(work, work / "report" / "index.html", previous=work / "runs" / "20260101T000000-1.json")
     timings["report"] = time.perf_counter() - t
@@ -207,14 +287,24 @@ def test_report_has_every_section(work_area) -> None:
     assert result.previous_run_id == "20260101T000000-1" and result.num_runs == 2
     assert result.status_counts == {"ok": 2, "current": 1, "failed": 2, "refused": 1}
     assert result.num_captures == 4  # garden, shelf, people, partial (results or manifest)
-    for marker in ('id="regressions"', 'id="runs"', 'class="sfm-view"', 'class="registration"', 'class="nvs"',
-                   'class="overlays"', 'class="curves"', "provenance", "Held-out PSNR per view", "s3://inbox/garden/"):
+    for marker in (
+        'id="regressions"',
+        'id="runs"',
+        'class="sfm-view"',
+        'class="registration"',
+        'class="nvs"',
+        'class="overlays"',
+        'class="curves"',
+        "provenance",
+        "Held-out PSNR per view",
+        "s3://inbox/garden/",
+    ):
         assert marker in text, marker
     # sfm 3D, registration histograms, PSNR bars, 3 loss curves (3DGS, NeRF, body fit)
     assert result.num_figures == 6 and text.count("Plotly.newPlot(") == 6
     held_out = len(list((work_area["work"] / "results" / "garden" / "fit_gaussians" / "heldout").glob("*.png")))
     assert result.num_images == 2 * held_out + 3  # held-out renders of both fits + 3 body overlays
-    body = text[text.index("</head>"):]
+    body = text[text.index("</head>") :]
     assert body.count("data:image/png;base64,") == result.num_images
     assert "no output of: evaluate_sfm, fit_gaussians" in text  # the partial capture shows what exists
     assert "cdn.plot.ly" not in body and 'src="http' not in text  # self-contained
@@ -232,7 +322,7 @@ def test_report_escapes_text_from_files(work_area) -> None:
 def test_thumbnails_are_downscaled(work_area) -> None:
     text = work_area["html"]
     start = text.index('src="data:image/png;base64,') + len('src="data:image/png;base64,')
-    image = Image.open(io.BytesIO(base64.b64decode(text[start:text.index('"', start)])))
+    image = Image.open(io.BytesIO(base64.b64decode(text[start : text.index('"', start)])))
     assert max(image.size) <= 256
 
 
@@ -263,19 +353,46 @@ def test_compare_metrics_directions_and_thresholds() -> None:
     rise = compare_metrics({"a": {"body_mpjpe_mm": 50.0, "rotation_error_deg_median": 3.5}}, previous, thresholds)
     assert sorted(r.metric for r in rise) == ["body_mpjpe_mm", "rotation_error_deg_median"]
     assert all(r.better == "lower" and r.change > 0 for r in rise)
-    assert compare_metrics({"a": {"body_mpjpe_mm": 20.0, "rotation_error_deg_median": 0.5}}, previous,
-                           thresholds) == []  # errors went down
+    assert (
+        compare_metrics({"a": {"body_mpjpe_mm": 20.0, "rotation_error_deg_median": 0.5}}, previous, thresholds) == []
+    )  # errors went down
     assert compare_metrics({"a": {"body_mpjpe_mm": 44.0}}, previous, thresholds) == []  # within 5 mm
     # no threshold, unknown direction, or missing on one side: never a regression
-    assert compare_metrics({"a": {"num_points3d": 1.0, "fused_chamfer": 9.0}, "b": {"nerf_psnr": 1.0}},
-                           {"a": {"num_points3d": 9e9, "fused_chamfer": 0.1}}, thresholds) == []
+    assert (
+        compare_metrics(
+            {"a": {"num_points3d": 1.0, "fused_chamfer": 9.0}, "b": {"nerf_psnr": 1.0}},
+            {"a": {"num_points3d": 9e9, "fused_chamfer": 0.1}},
+            thresholds,
+        )
+        == []
+    )
 
 
 def test_metric_direction_table() -> None:
-    lower = ["rotation_error_deg_median", "body_mpjpe_mm", "fused_chamfer", "seconds", "wall_s",
-             "ape_translation_max", "mean_pair_inlier_rmse", "bodies_skipped", "fused_pred_to_gt", "peak_memory_mb"]
-    higher = ["gaussians_psnr", "nerf_ssim", "registration_recall", "fused_fscore", "registered_fraction",
-              "auc_rel_pose_5deg", "median_pck_0.1", "bodies_fitted", "num_placed", "num_within_tolerance"]
+    lower = [
+        "rotation_error_deg_median",
+        "body_mpjpe_mm",
+        "fused_chamfer",
+        "seconds",
+        "wall_s",
+        "ape_translation_max",
+        "mean_pair_inlier_rmse",
+        "bodies_skipped",
+        "fused_pred_to_gt",
+        "peak_memory_mb",
+    ]
+    higher = [
+        "gaussians_psnr",
+        "nerf_ssim",
+        "registration_recall",
+        "fused_fscore",
+        "registered_fraction",
+        "auc_rel_pose_5deg",
+        "median_pck_0.1",
+        "bodies_fitted",
+        "num_placed",
+        "num_within_tolerance",
+    ]
     assert [metric_direction(m) for m in lower] == ["lower"] * len(lower)
     assert [metric_direction(m) for m in higher] == ["higher"] * len(higher)
     assert metric_direction("num_points3d") is None and metric_direction("fetched") is None
@@ -295,9 +412,19 @@ def test_report_renders_in_headless_chromium(work_area, tmp_path: Path) -> None:
     if browser is None:
         pytest.skip("chromium is not installed (make system-deps installs it)")
     shot = tmp_path / "report.png"
-    cmd = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-           "--hide-scrollbars", "--virtual-time-budget=5000", f"--screenshot={shot}", "--window-size=1280,2000",
-           f"--user-data-dir={tmp_path / 'profile'}", work_area["result"].path.resolve().as_uri()]
+    cmd = [
+        browser,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--enable-unsafe-swiftshader",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        work_area["result"].path.resolve().as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"))

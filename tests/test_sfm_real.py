@@ -28,7 +28,7 @@ FOUNTAIN_SCALE = 0.25  # the shared images are the originals downscaled by 4 (30
 
 
 def fountain_pinhole_params(gt_cameras: Path) -> str:
-    """"fx, fy, cx, cy" of the 768x512 fountain images, from ``0000.jpg.camera`` (K scaled by 0.25)."""
+    """ "fx, fy, cx, cy" of the 768x512 fountain images, from ``0000.jpg.camera`` (K scaled by 0.25)."""
     values = np.array((gt_cameras / "0000.jpg.camera").read_text().split(), dtype=np.float64)
     assert values.size == 26, "a Strecha .camera file holds 26 numbers"
     K = values[:9].reshape(3, 3) * FOUNTAIN_SCALE
@@ -58,7 +58,9 @@ def evaluate_against_strecha(params: dict[str, Any], model: Path, gt: Path, out:
 def report(record_property: Any, label: str, **figures: Any) -> None:
     for key, value in figures.items():
         record_property(f"{label}.{key}", value)
-    print(f"\n[{label}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+    print(
+        f"\n[{label}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+    )
 
 
 @pytest.fixture
@@ -80,18 +82,28 @@ def sacre_coeur(shared_data: Path) -> Path:
 def test_fountain_known_intrinsics(fountain, base_params, tmp_path, record_property):
     camera_params = fountain_pinhole_params(fountain / "gt_cameras")
     metrics, seconds = run_sfm_stage(
-        base_params, fountain, tmp_path / "sfm",
-        intrinsics="known", camera_model="PINHOLE", camera_params=camera_params,
+        base_params,
+        fountain,
+        tmp_path / "sfm",
+        intrinsics="known",
+        camera_model="PINHOLE",
+        camera_params=camera_params,
     )
     assert metrics["intrinsics"] == "known"
     assert metrics["num_images"] == 11
     assert metrics["num_registered"] == 11, metrics["attempts"]
     ev = evaluate_against_strecha(base_params, tmp_path / "sfm", fountain / "gt_cameras", tmp_path / "eval")
-    report(record_property, "fountain_known", num_registered=metrics["num_registered"],
-           rotation_error_deg_median=ev["rotation_error_deg_median"],
-           rotation_error_deg_max=ev["rotation_error_deg_max"],
-           position_error_median=ev["position_error_median"], auc_rel_pose_5deg=ev["auc_rel_pose_5deg"],
-           mean_reprojection_error_px=metrics["mean_reprojection_error_px"], runtime_s=seconds)
+    report(
+        record_property,
+        "fountain_known",
+        num_registered=metrics["num_registered"],
+        rotation_error_deg_median=ev["rotation_error_deg_median"],
+        rotation_error_deg_max=ev["rotation_error_deg_max"],
+        position_error_median=ev["position_error_median"],
+        auc_rel_pose_5deg=ev["auc_rel_pose_5deg"],
+        mean_reprojection_error_px=metrics["mean_reprojection_error_px"],
+        runtime_s=seconds,
+    )
     assert ev["num_evaluated"] == 11
     assert ev["rotation_error_deg_median"] < 0.1
     assert ev["rotation_error_deg_max"] < 0.5
@@ -102,11 +114,17 @@ def test_fountain_self_calibrated(fountain, base_params, tmp_path, record_proper
     assert metrics["intrinsics"] == "self-calibrated"
     assert metrics["num_registered"] == 11, metrics["attempts"]
     ev = evaluate_against_strecha(base_params, tmp_path / "sfm", fountain / "gt_cameras", tmp_path / "eval")
-    report(record_property, "fountain_selfcal", num_registered=metrics["num_registered"],
-           rotation_error_deg_median=ev["rotation_error_deg_median"],
-           rotation_error_deg_max=ev["rotation_error_deg_max"],
-           position_error_median=ev["position_error_median"], auc_rel_pose_5deg=ev["auc_rel_pose_5deg"],
-           mean_reprojection_error_px=metrics["mean_reprojection_error_px"], runtime_s=seconds)
+    report(
+        record_property,
+        "fountain_selfcal",
+        num_registered=metrics["num_registered"],
+        rotation_error_deg_median=ev["rotation_error_deg_median"],
+        rotation_error_deg_max=ev["rotation_error_deg_max"],
+        position_error_median=ev["position_error_median"],
+        auc_rel_pose_5deg=ev["auc_rel_pose_5deg"],
+        mean_reprojection_error_px=metrics["mean_reprojection_error_px"],
+        runtime_s=seconds,
+    )
     assert ev["num_evaluated"] == 11
     assert ev["rotation_error_deg_median"] < 1.0
 
@@ -125,9 +143,15 @@ def test_sacre_coeur_auto_camera_mode(sacre_coeur, base_params, tmp_path, record
     metrics, seconds = run_sfm_stage(
         base_params, sacre_coeur, tmp_path / "sfm", min_registered_fraction=0.8, camera_mode=camera_mode
     )
-    report(record_property, f"sacre_coeur_{camera_mode}", num_registered=metrics["num_registered"],
-           num_points3d=metrics["num_points3d"], mean_track_length=metrics["mean_track_length"],
-           mean_reprojection_error_px=metrics["mean_reprojection_error_px"], runtime_s=seconds)
+    report(
+        record_property,
+        f"sacre_coeur_{camera_mode}",
+        num_registered=metrics["num_registered"],
+        num_points3d=metrics["num_points3d"],
+        mean_track_length=metrics["mean_track_length"],
+        mean_reprojection_error_px=metrics["mean_reprojection_error_px"],
+        runtime_s=seconds,
+    )
     assert metrics["num_images"] == 10
     assert metrics["num_registered"] >= 8, metrics["attempts"]
     assert metrics["num_models"] >= 1

@@ -20,17 +20,30 @@ GLOG_PREFIXES = ("I20", "W20", "E20", "F20")
 FAST = ["--set", "sfm.max_image_size=640", "--set", "sfm.max_num_features=2048"]
 
 
-def run_stage(repo_root: Path, cwd: Path, capture: Path, out: Path, *extra: str,
-              params: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "capture3d.stages.sfm", "--capture", str(capture), "--out", str(out),
-           "--params", str(params or repo_root / "params.yaml"), *FAST, *extra]
+def run_stage(
+    repo_root: Path, cwd: Path, capture: Path, out: Path, *extra: str, params: Path | None = None
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "capture3d.stages.sfm",
+        "--capture",
+        str(capture),
+        "--out",
+        str(out),
+        "--params",
+        str(params or repo_root / "params.yaml"),
+        *FAST,
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def message_lines(stderr: str) -> list[str]:
     """stderr without COLMAP's glog lines and Python logging lines."""
     return [
-        line for line in stderr.splitlines()
+        line
+        for line in stderr.splitlines()
         if line.strip() and not line.startswith(GLOG_PREFIXES) and " INFO " not in line and " WARNING " not in line
     ]
 
@@ -116,7 +129,9 @@ def test_no_overlap_fails_after_the_ladder(repo_root, tmp_path, base_params):
     assert "no model" in line  # the reason: nothing could be initialised
     logged = [ln for ln in proc.stderr.splitlines() if "capture3d.tasks.sfm.reconstruct: attempt" in ln]
     assert len(logged) == n, logged
-    last_mapper = {**base_params["sfm"], **{k: v for r in base_params["sfm"]["fallback"] for k, v in r.items()}}["mapper"]
+    last_mapper = {**base_params["sfm"], **{k: v for r in base_params["sfm"]["fallback"] for k, v in r.items()}}[
+        "mapper"
+    ]
     assert f", {last_mapper}, " in logged[-1]
 
 
@@ -210,8 +225,9 @@ def test_good_run_with_junk_files(repo_root, tmp_path, make_textured_images):
 
     # A failing rerun into the same folder keeps the previous result and leaves no temp folders.
     before = (out / "metrics.json").read_text()
-    proc = run_stage(repo_root, tmp_path, capture, out,
-                     "--set", "sfm.min_registered_fraction=1.01", "--set", "sfm.fallback=[]")
+    proc = run_stage(
+        repo_root, tmp_path, capture, out, "--set", "sfm.min_registered_fraction=1.01", "--set", "sfm.fallback=[]"
+    )
     lines = message_lines(proc.stderr)
     assert proc.returncode != 0
     assert len(lines) == 1 and lines[0].startswith("error: capture 'plane': SfM failed after 1 attempt(s)"), lines

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -28,14 +28,34 @@ torch.set_num_threads(1)
 # ----------------------------------------------------------------------------- synthetic models
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
 # An SMPL-like T-pose skeleton: y up, facing +z, the body's left at +x (metres).
-SMPL_REST = np.array([
-    [0.0, 0.0, 0.0], [0.06, -0.09, 0.0], [-0.06, -0.09, 0.0], [0.0, 0.11, -0.02],
-    [0.10, -0.47, 0.0], [-0.10, -0.47, 0.0], [0.0, 0.25, 0.0], [0.09, -0.87, -0.04],
-    [-0.09, -0.87, -0.04], [0.0, 0.31, 0.02], [0.11, -0.93, 0.08], [-0.11, -0.93, 0.08],
-    [0.0, 0.52, -0.01], [0.08, 0.43, 0.0], [-0.08, 0.43, 0.0], [0.0, 0.60, 0.04],
-    [0.18, 0.46, -0.01], [-0.18, 0.46, -0.01], [0.44, 0.44, -0.03], [-0.44, 0.44, -0.03],
-    [0.70, 0.45, -0.02], [-0.70, 0.45, -0.02], [0.79, 0.44, -0.03], [-0.79, 0.44, -0.03],
-])
+SMPL_REST = np.array(
+    [
+        [0.0, 0.0, 0.0],
+        [0.06, -0.09, 0.0],
+        [-0.06, -0.09, 0.0],
+        [0.0, 0.11, -0.02],
+        [0.10, -0.47, 0.0],
+        [-0.10, -0.47, 0.0],
+        [0.0, 0.25, 0.0],
+        [0.09, -0.87, -0.04],
+        [-0.09, -0.87, -0.04],
+        [0.0, 0.31, 0.02],
+        [0.11, -0.93, 0.08],
+        [-0.11, -0.93, 0.08],
+        [0.0, 0.52, -0.01],
+        [0.08, 0.43, 0.0],
+        [-0.08, 0.43, 0.0],
+        [0.0, 0.60, 0.04],
+        [0.18, 0.46, -0.01],
+        [-0.18, 0.46, -0.01],
+        [0.44, 0.44, -0.03],
+        [-0.44, 0.44, -0.03],
+        [0.70, 0.45, -0.02],
+        [-0.70, 0.45, -0.02],
+        [0.79, 0.44, -0.03],
+        [-0.79, 0.44, -0.03],
+    ]
+)
 
 
 def hand_family_parents(face: bool) -> list[int]:
@@ -57,9 +77,17 @@ def hand_family_rest(parents: list[int], rng: np.random.Generator) -> np.ndarray
     return rest
 
 
-def make_arrays(parents: list[int], rest: np.ndarray, *, seed: int = 0, num_shape: int = 10,
-                per_bone: int = 3, num_vertices: int | None = None, pose_blend: bool = True,
-                dtype: Any = np.float64) -> dict[str, np.ndarray]:
+def make_arrays(
+    parents: list[int],
+    rest: np.ndarray,
+    *,
+    seed: int = 0,
+    num_shape: int = 10,
+    per_bone: int = 3,
+    num_vertices: int | None = None,
+    pose_blend: bool = True,
+    dtype: Any = np.float64,
+) -> dict[str, np.ndarray]:
     """A well-formed SMPL-layout model: four vertices around each joint (their mean is the joint:
     the J_regressor rows), more along the bones, skinned to a joint and its parent."""
     rng = np.random.default_rng(seed)
@@ -81,7 +109,7 @@ def make_arrays(parents: list[int], rest: np.ndarray, *, seed: int = 0, num_shap
     nv = len(verts)
     regressor = np.zeros((nj, nv))
     for j in range(nj):
-        regressor[j, 4 * j:4 * j + 4] = 0.25
+        regressor[j, 4 * j : 4 * j + 4] = 0.25
     weights = np.zeros((nv, nj))
     for i, j in enumerate(owner):
         own = 1.0 if (j == 0 or rng.uniform() < 0.3) else rng.uniform(0.5, 1.0)
@@ -126,11 +154,17 @@ def rodrigues_np(r: np.ndarray) -> np.ndarray:
     return np.cos(theta) * np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * np.outer(k, k)
 
 
-def lbs_reference(a: dict[str, np.ndarray], parents: list[int], go: np.ndarray, body: np.ndarray,
-                  betas: np.ndarray, transl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def lbs_reference(
+    a: dict[str, np.ndarray],
+    parents: list[int],
+    go: np.ndarray,
+    body: np.ndarray,
+    betas: np.ndarray,
+    transl: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """One body, straight from the SMPL paper with 4x4 matrices and a loop over vertices."""
     nj = len(parents)
-    v = a["v_template"] + a["shapedirs"][:, :, :len(betas)] @ betas
+    v = a["v_template"] + a["shapedirs"][:, :, : len(betas)] @ betas
     joints = a["J_regressor"] @ v
     rots = [rodrigues_np(go)] + [rodrigues_np(r) for r in body]
     feature = np.concatenate([(r - np.eye(3)).ravel() for r in rots[1:]])
@@ -158,7 +192,7 @@ def lbs_reference(a: dict[str, np.ndarray], parents: list[int], go: np.ndarray, 
 class _Py2Pickler(pickle._Pickler):  # type: ignore[misc, name-defined]
     """Writes bytes and str as Python 2 ``str`` (BINSTRING), as the official SMPL files were written."""
 
-    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
 
     def _save_py2_str(self, obj: bytes | str) -> None:
         raw = obj.encode("latin1") if isinstance(obj, str) else obj
@@ -221,8 +255,11 @@ def write_pkl(path: Path, obj: Any, style: str) -> Path:
         buf = io.BytesIO()
         _Py2Pickler(buf, protocol=2 if style == "py2" else 0).dump(obj)
         # numpy 1 / old scipy module names, as in the official files
-        data = (buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
-                .replace(b"scipy.sparse._csc\n", b"scipy.sparse.csc\n"))
+        data = (
+            buf.getvalue()
+            .replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+            .replace(b"scipy.sparse._csc\n", b"scipy.sparse.csc\n")
+        )
     else:
         data = pickle.dumps(obj, protocol={"py3-proto2": 2, "py3-proto5": 5}[style])
     path.write_bytes(data)
@@ -319,24 +356,40 @@ def test_keypoints_pick_from_vertices_and_joints() -> None:
     # SMPL-H layout with the real mesh's vertex count: surface keypoints (face, feet, fingertips) exist.
     parents = hand_family_parents(face=False)
     rng = np.random.default_rng(6)
-    arrays = make_arrays(parents, hand_family_rest(parents, rng), seed=6, per_bone=1, num_vertices=6890,
-                         dtype=np.float32)
+    arrays = make_arrays(
+        parents, hand_family_rest(parents, rng), seed=6, per_bone=1, num_vertices=6890, dtype=np.float32
+    )
     model = SmplModel(arrays, dtype=torch.float32, num_betas=4)
     assert model.name == "smplh" and len(model.pose_joint_names) == 51
     assert set(HANDS) <= set(model.keypoint_names) and set(FEET) <= set(model.keypoint_names)
     assert {"nose", "left_ear", "neck", "mid_hip"} <= set(model.keypoint_names)
     pose = random_pose(model, 2, seed=7)
     verts, joints = model.vertices(pose), model.joints(pose)
-    surface = {"nose": 332, "left_eye": 2800, "right_ear": 4071, "left_heel": 3387, "right_big_toe": 6617,
-               "left_thumb4": 2746, "right_pinky4": 6133}  # smplx vertex_ids 'smplh'
+    surface = {
+        "nose": 332,
+        "left_eye": 2800,
+        "right_ear": 4071,
+        "left_heel": 3387,
+        "right_big_toe": 6617,
+        "left_thumb4": 2746,
+        "right_pinky4": 6133,
+    }  # smplx vertex_ids 'smplh'
     jn = model.joint_names
-    from_joints = {"left_shoulder": jn.index("left_shoulder"), "right_knee": 5, "left_hand_root": 20,
-                   "right_index1": jn.index("right_index1"), "left_thumb3": jn.index("left_thumb3")}
+    from_joints = {
+        "left_shoulder": jn.index("left_shoulder"),
+        "right_knee": 5,
+        "left_hand_root": 20,
+        "right_index1": jn.index("right_index1"),
+        "left_thumb3": jn.index("left_thumb3"),
+    }
     names = list(surface) + list(from_joints) + ["neck", "mid_hip"]
     got = model.keypoints(pose, names)
     expected = torch.stack(
-        [verts[:, v] for v in surface.values()] + [joints[:, j] for j in from_joints.values()]
-        + [(joints[:, 16] + joints[:, 17]) / 2, (joints[:, 1] + joints[:, 2]) / 2], 1)
+        [verts[:, v] for v in surface.values()]
+        + [joints[:, j] for j in from_joints.values()]
+        + [(joints[:, 16] + joints[:, 17]) / 2, (joints[:, 1] + joints[:, 2]) / 2],
+        1,
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
     torch.testing.assert_close(model.keypoints(pose, ["left_ankle"]), joints[:, 7:8], rtol=0, atol=1e-6)
 
@@ -385,8 +438,11 @@ def test_gradients_gradcheck() -> None:
 def write_gmm(path: Path, m: int = 3, dim: int = 69, seed: int = 12) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     a = rng.normal(0, 0.3, (m, dim, dim))
-    gmm = {"means": rng.normal(0, 0.3, (m, dim)), "covars": a @ a.transpose(0, 2, 1) / dim + 0.05 * np.eye(dim),
-           "weights": np.array([0.5, 0.3, 0.2])[:m]}
+    gmm = {
+        "means": rng.normal(0, 0.3, (m, dim)),
+        "covars": a @ a.transpose(0, 2, 1) / dim + 0.05 * np.eye(dim),
+        "weights": np.array([0.5, 0.3, 0.2])[:m],
+    }
     if path.suffix == ".pkl":
         write_pkl(path, gmm, "py2")
     else:
@@ -419,8 +475,9 @@ def test_gmm_pose_prior(tmp_path: Path) -> None:
         assert torch.all(at_mean < around)
         np.testing.assert_allclose(at_mean.item(), nll_reference(gmm, gmm["means"][k]), rtol=1e-10)
     x = rng.normal(0, 0.3, 69)
-    np.testing.assert_allclose(model.pose_prior(torch.as_tensor(x).reshape(1, 23, 3)).item(),
-                               nll_reference(gmm, x), rtol=1e-10)
+    np.testing.assert_allclose(
+        model.pose_prior(torch.as_tensor(x).reshape(1, 23, 3)).item(), nll_reference(gmm, x), rtol=1e-10
+    )
     body = torch.zeros(1, 23, 3, dtype=torch.float64, requires_grad=True)
     model.pose_prior(body).sum().backward()
     assert torch.isfinite(body.grad).all() and body.grad.abs().sum() > 0
@@ -431,8 +488,9 @@ def test_gmm_pose_prior(tmp_path: Path) -> None:
     write_gmm(tmp_path / "gmm.npz", seed=12)
     hmodel = load_smpl_model(tmp_path / "smplh.npz", dtype=torch.float64, pose_prior_path=tmp_path / "gmm.npz")
     body = torch.as_tensor(rng.normal(0, 0.3, (1, 51, 3)))
-    np.testing.assert_allclose(hmodel.pose_prior(body).item(), nll_reference(gmm, body[0, :21].reshape(-1).numpy()),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        hmodel.pose_prior(body).item(), nll_reference(gmm, body[0, :21].reshape(-1).numpy()), rtol=1e-10
+    )
 
 
 def test_bend_limits_match_the_geometry() -> None:
@@ -441,14 +499,19 @@ def test_bend_limits_match_the_geometry() -> None:
     model = SmplModel(smpl_arrays(seed=15, pose_blend=False), dtype=torch.float64)
     limits = {lim.joint: lim for lim in model.bend_limits}
     assert set(limits) == {"left_elbow", "right_elbow", "left_knee", "right_knee"}
-    for joint, child, forward in (("left_knee", "left_ankle", -1), ("right_knee", "right_ankle", -1),
-                                  ("left_elbow", "left_wrist", 1), ("right_elbow", "right_wrist", 1)):
+    for joint, child, forward in (
+        ("left_knee", "left_ankle", -1),
+        ("right_knee", "right_ankle", -1),
+        ("left_elbow", "left_wrist", 1),
+        ("right_elbow", "right_wrist", 1),
+    ):
         lim = limits[joint]
         natural, hyper = model.zero_pose(1), model.zero_pose(1)
         natural.body_pose[0, model.joint_index(joint), lim.axis] = 0.8 * lim.sign
         hyper.body_pose[0, model.joint_index(joint), lim.axis] = -0.8 * lim.sign
-        cost = [torch.exp(-lim.sign * p.body_pose[0, model.joint_index(joint), lim.axis]).item()
-                for p in (natural, hyper)]
+        cost = [
+            torch.exp(-lim.sign * p.body_pose[0, model.joint_index(joint), lim.axis]).item() for p in (natural, hyper)
+        ]
         assert cost[0] < cost[1]
         c = model.joint_names.index(child)
         rest_z = model.joints(model.zero_pose(1))[0, c, 2]

@@ -73,8 +73,8 @@ def full_grid_coords(n: int, stride: int = 1) -> torch.Tensor:
 
 def gather(dense: torch.Tensor, coords: torch.Tensor, stride: int) -> torch.Tensor:
     """dense (B, C, n, n, n) -> (M, C) features at coords."""
-    b, i, j, l = grid_index(coords, stride)
-    return dense[b, :, i, j, l]
+    b, i, j, k = grid_index(coords, stride)
+    return dense[b, :, i, j, k]
 
 
 def conv_pair(
@@ -95,8 +95,8 @@ def conv_pair(
     gs = gather(g, ys.coords, ys.stride)
     # the dense loss only sees outputs that exist sparsely (all of them on a full grid)
     mask = torch.zeros_like(g)
-    b, i, j, l = grid_index(ys.coords, ys.stride)
-    mask[b, :, i, j, l] = 1.0
+    b, i, j, k = grid_index(ys.coords, ys.stride)
+    mask[b, :, i, j, k] = 1.0
     (yd * g * mask).sum().backward()
     (ys.features * gs).sum().backward()
     return xd.grad, wd.grad, feats.grad, ws.grad, ys, yd
@@ -209,9 +209,7 @@ def test_strided_coords_floor_rule() -> None:
 
 
 def test_kernel_map_at_range_edge_does_not_raise() -> None:
-    coords = torch.tensor(
-        [[0, SPATIAL_MAX, SPATIAL_MAX, SPATIAL_MAX], [0, SPATIAL_MAX - 1, SPATIAL_MAX, SPATIAL_MAX]]
-    )
+    coords = torch.tensor([[0, SPATIAL_MAX, SPATIAL_MAX, SPATIAL_MAX], [0, SPATIAL_MAX - 1, SPATIAL_MAX, SPATIAL_MAX]])
     kmap = build_kernel_map(coords, 1, 3, 1)
     assert sum(p[0].numel() for p in kmap.pairs) == 4  # 2 self pairs + 2 neighbour pairs
 
@@ -279,9 +277,7 @@ def _partial(seed: int, occupancy: float = 0.4) -> tuple[torch.Tensor, torch.Ten
     ],
 )
 def test_sparse_conv_partial_occupancy_matches_masked_dense(k: int, stride: int, dense_fn) -> None:
-    dense_x, coords = _partial(
-        30 + k + stride, occupancy=0.4 if stride == 1 else 0.15
-    )  # stride 2: empty cells
+    dense_x, coords = _partial(30 + k + stride, occupancy=0.4 if stride == 1 else 0.15)  # stride 2: empty cells
     xg, wg, fg, wsg, ys, yd = conv_pair(dense_x, coords, k, stride, dense_fn, seed=3)
     if stride == 1:
         assert torch.equal(ys.coords, coords)  # submanifold: outputs only on the input coords

@@ -78,36 +78,98 @@ def test_every_params_field_and_input_has_a_docstring() -> None:
 
 
 def test_legacy_and_dotted_flags_reach_the_config(repo_root: Path, tmp_path: Path) -> None:
-    config = _config(["register", "--scans", str(tmp_path), "--voxel", "0.05", "--pair.global-method", "ransac",
-                      "--icp", "generalized", "--pairs", "sequential", "--features", "fpfh"], repo_root)
+    config = _config(
+        [
+            "register",
+            "--scans",
+            str(tmp_path),
+            "--voxel",
+            "0.05",
+            "--pair.global-method",
+            "ransac",
+            "--icp",
+            "generalized",
+            "--pairs",
+            "sequential",
+            "--features",
+            "fpfh",
+        ],
+        repo_root,
+    )
     assert config.preprocess.voxel_size == 0.05 and config.pair.global_method == "ransac"
     assert config.pair.icp_method == "generalized" and config.multiway.pairs == "sequential"
-    _, call, _ = _parse(["register", "--scans", str(tmp_path), "--set", "register_scans.preprocess.voxel_size=0.1",
-                         "--preprocess.voxel-size", "auto"])
+    _, call, _ = _parse(
+        [
+            "register",
+            "--scans",
+            str(tmp_path),
+            "--set",
+            "register_scans.preprocess.voxel_size=0.1",
+            "--preprocess.voxel-size",
+            "auto",
+        ]
+    )
     assert call.inputs.capture == tmp_path and call.out == Path("results") / tmp_path.name / "register_scans"
     assert call.overrides[-1] == "register_scans.preprocess.voxel_size=auto", "flags come after --set"
 
-    known = _config(["sfm", "--images", str(tmp_path), "--camera-model", "PINHOLE", "--camera-params", "1,2,3,4"],
-                    repo_root)
+    known = _config(
+        ["sfm", "--images", str(tmp_path), "--camera-model", "PINHOLE", "--camera-params", "1,2,3,4"], repo_root
+    )
     assert (known.camera_model, known.camera_params, known.intrinsics) == ("PINHOLE", "1,2,3,4", "known")
     assert _config(["sfm", "--images", str(tmp_path), "--self-calibrate"], repo_root).intrinsics == "self_calibrate"
     features = _config(["evaluate", "features", "--scans", str(tmp_path), "--features", "fpfh,fcgf"], repo_root)
     assert features[0].features == ("fpfh", "fcgf")
-    trained = _config(["train", "fcgf", "--extra-capture", "a", "--extra-capture", "b", "--iterations", "3",
-                       "--device", "cpu", "--seed", "7"], repo_root)
+    trained = _config(
+        [
+            "train",
+            "fcgf",
+            "--extra-capture",
+            "a",
+            "--extra-capture",
+            "b",
+            "--iterations",
+            "3",
+            "--device",
+            "cpu",
+            "--seed",
+            "7",
+        ],
+        repo_root,
+    )
     assert trained.data.extra_captures == ("a", "b") and (trained.iterations, trained.device, trained.seed) == (
-        3, "cpu", 7)
-    nerf = _config(["fit", "nerf", "--capture", str(tmp_path), "--ndc", "on", "--resolution-scale", "0.25",
-                    "--max-seconds", "5"], repo_root)
+        3,
+        "cpu",
+        7,
+    )
+    nerf = _config(
+        ["fit", "nerf", "--capture", str(tmp_path), "--ndc", "on", "--resolution-scale", "0.25", "--max-seconds", "5"],
+        repo_root,
+    )
     assert nerf.ndc == "on" and nerf.data.resolution_scale == 0.25 and nerf.max_seconds == 5
-    gaussians = _config(["fit", "gaussians", "--capture", str(tmp_path), "--backend", "cpu", "--iterations", "9"],
-                        repo_root)
+    gaussians = _config(
+        ["fit", "gaussians", "--capture", str(tmp_path), "--backend", "cpu", "--iterations", "9"], repo_root
+    )
     assert gaussians.backend == "cpu" and gaussians.iterations == 9
-    bodies = _config(["fit", "bodies", "--keypoints", str(tmp_path), "--model", "smpl", "--model-file", "m.npz",
-                      "--sequence", "true"], repo_root)
+    bodies = _config(
+        [
+            "fit",
+            "bodies",
+            "--keypoints",
+            str(tmp_path),
+            "--model",
+            "smpl",
+            "--model-file",
+            "m.npz",
+            "--sequence",
+            "true",
+        ],
+        repo_root,
+    )
     assert (bodies.model, bodies.model_file, bodies.sequence) == ("smpl", "m.npz", True)
-    assert _config(["evaluate", "sfm", "--model", str(tmp_path), "--gt-format", "strecha"],
-                   repo_root).gt_format == "strecha"
+    assert (
+        _config(["evaluate", "sfm", "--model", str(tmp_path), "--gt-format", "strecha"], repo_root).gt_format
+        == "strecha"
+    )
 
 
 def test_inputs_and_default_output_folders(tmp_path: Path) -> None:
@@ -115,15 +177,35 @@ def test_inputs_and_default_output_folders(tmp_path: Path) -> None:
     _, call, _ = _parse(["evaluate", "sfm", "--model", str(model), "--gt", "gt_cameras", "--num-images", "7"])
     assert call.out == tmp_path / "garden" / "evaluate_sfm"
     assert (call.inputs.gt, call.inputs.num_images, call.label) == (Path("gt_cameras"), 7, "garden")
-    _, call, _ = _parse(["evaluate", "registration", "--result", str(tmp_path / "r" / "register_scans"),
-                         "--scans", str(tmp_path / "shelf")])
+    _, call, _ = _parse(
+        [
+            "evaluate",
+            "registration",
+            "--result",
+            str(tmp_path / "r" / "register_scans"),
+            "--scans",
+            str(tmp_path / "shelf"),
+        ]
+    )
     assert call.out == tmp_path / "r" / "evaluate_registration" and call.inputs.capture == tmp_path / "shelf"
     _, call, _ = _parse(["fit", "gaussians", "--capture", str(tmp_path / "fern"), "--name", "leaf"])
     assert call.out == Path("results/leaf/fit_gaussians")
     _, call, _ = _parse(["evaluate", "features", "--scans", str(tmp_path / "ring"), "--checkpoint", "m.pt"])
     assert call.out == Path("results/ring/evaluate_features") and call.inputs.checkpoint == Path("m.pt")
-    _, call, _ = _parse(["fit", "bodies", "--images", str(tmp_path), "--keypoints", str(tmp_path / "kp.json"),
-                         "--cameras", "cams.json", "--gt", "gt"])
+    _, call, _ = _parse(
+        [
+            "fit",
+            "bodies",
+            "--images",
+            str(tmp_path),
+            "--keypoints",
+            str(tmp_path / "kp.json"),
+            "--cameras",
+            "cams.json",
+            "--gt",
+            "gt",
+        ]
+    )
     assert call.out == Path("results") / tmp_path.name / "fit_bodies" and call.inputs.cameras == Path("cams.json")
     _, call, _ = _parse(["fit", "bodies", "--capture", str(tmp_path / "people")])
     assert call.out == Path("results/people/fit_bodies")
@@ -145,8 +227,13 @@ def test_stage_main_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_python_m_stage_help_shows_docstrings(repo_root: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "capture3d.stages.sfm", "--help"], cwd=repo_root,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "capture3d.stages.sfm", "--help"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--capture CAPTURE, --images CAPTURE" in proc.stdout and "--matcher {exhaustive,sequential}" in proc.stdout
     assert "neighbours matched per image by the sequential matcher" in " ".join(proc.stdout.split())
@@ -155,4 +242,5 @@ def test_python_m_stage_help_shows_docstrings(repo_root: Path) -> None:
 def test_readme_params_reference_is_current(repo_root: Path) -> None:
     readme = (repo_root / "README.md").read_text()
     assert readme == stage_cli.readme_with_reference(readme, stage_cli.params_reference()), (
-        "README params reference is stale: run python -m capture3d.stage_cli --write-readme")
+        "README params reference is stale: run python -m capture3d.stage_cli --write-readme"
+    )

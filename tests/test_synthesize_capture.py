@@ -300,7 +300,8 @@ def test_sfm_stage_recovers_ground_truth_poses(tmp_path: Path, base_params: dict
     assert gt == capture / "gt" / "transforms.json"
     inputs = evaluate_sfm.EvaluateSfmInputs(tmp_path / "sfm", gt, None, "demo")
     metrics = evaluate_sfm.read_metrics(
-        evaluate_sfm.run(inputs, tmp_path / "eval", evaluate_sfm.load_config(base_params)))
+        evaluate_sfm.run(inputs, tmp_path / "eval", evaluate_sfm.load_config(base_params))
+    )
     assert metrics["registered_fraction"] == 1.0 and metrics["num_models"] == 1
     assert metrics["num_evaluated"] == base_params["synthesize"]["num_images"]
     assert metrics["rotation_error_deg_max"] < 0.1

@@ -71,8 +71,10 @@ def test_sensor_origin_sources(tmp_path: Path) -> None:
 
     np.testing.assert_allclose(read_scan(tmp_path / "a.ply").points, points)  # the comment does not disturb PLY
     pcd = tmp_path / "c.pcd"
-    pcd.write_text("# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 1\n"
-                   "HEIGHT 1\nVIEWPOINT 1 2 3 1 0 0 0\nPOINTS 1\nDATA ascii\n0 0 1\n")
+    pcd.write_text(
+        "# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 1\n"
+        "HEIGHT 1\nVIEWPOINT 1 2 3 1 0 0 0\nPOINTS 1\nDATA ascii\n0 0 1\n"
+    )
     np.testing.assert_allclose(header_origin(pcd), [1, 2, 3])
     (tmp_path / "sensor_origin.json").write_text(json.dumps({"default": [0, 0, 0], "b": [9, 9, 9]}))
     found = sensor_origins(["a", "b", "c"], [tmp_path / "a.ply", tmp_path / "b.ply", pcd], tmp_path, "auto")
@@ -90,16 +92,22 @@ def test_sensor_origin_sources(tmp_path: Path) -> None:
 def _scan_capture(base_params: dict, tmp_path: Path, num_scans: int, seed: int) -> Path:
     params = json.loads(json.dumps(base_params))
     params["synthesize_scans"].update(num_scans=num_scans, seed=seed)
-    return synthesize_scans.run(synthesize_scans.Inputs(), tmp_path / f"scans{num_scans}_{seed}",
-                                synthesize_scans.load_config(params))
+    return synthesize_scans.run(
+        synthesize_scans.Inputs(), tmp_path / f"scans{num_scans}_{seed}", synthesize_scans.load_config(params)
+    )
 
 
 def _register(capture: Path, out: Path, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    result = register_stage.run(register_stage.RegisterScansInputs(capture), out / "reg",
-                                register_stage.load_config(params))
-    evaluated = evaluate_stage.read_metrics(evaluate_stage.run(
-        evaluate_stage.EvaluateRegistrationInputs(result, capture, None), out / "eval",
-        evaluate_stage.load_config(params)))
+    result = register_stage.run(
+        register_stage.RegisterScansInputs(capture), out / "reg", register_stage.load_config(params)
+    )
+    evaluated = evaluate_stage.read_metrics(
+        evaluate_stage.run(
+            evaluate_stage.EvaluateRegistrationInputs(result, capture, None),
+            out / "eval",
+            evaluate_stage.load_config(params),
+        )
+    )
     return json.loads((result / "metrics.json").read_text()), evaluated
 
 
@@ -139,9 +147,23 @@ def test_poses_repeatable_across_thread_counts(base_params: dict, tmp_path: Path
     for threads in ("1", "2"):
         out = tmp_path / f"reg{threads}"
         env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-        proc = subprocess.run([sys.executable, "-m", "capture3d.stages.register_scans", "--capture", str(capture),
-                               "--out", str(out), "--params", str(repo_root / "params.yaml")],
-                              env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "capture3d.stages.register_scans",
+                "--capture",
+                str(capture),
+                "--out",
+                str(out),
+                "--params",
+                str(repo_root / "params.yaml"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         poses.append(json.loads((out / "poses.json").read_text()))
     assert poses[0]["poses"].keys() == poses[1]["poses"].keys() and len(poses[0]["poses"]) >= 2
