@@ -8,8 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 LINT_PATHS := capture3d tests benchmarks
-# pytest options of every test target (e.g. `make test PYTEST_ARGS="-q -n auto"` with pytest-xdist)
-PYTEST_ARGS ?= -q
+# pytest options of every test target: one pytest-xdist worker per core (at most 4), whole test modules
+# per worker, longest first (tests/conftest.py); `make test PYTEST_ARGS=-q` runs in one process
+PYTEST_ARGS ?= -q -n auto --maxprocesses 4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false

@@ -24,12 +24,26 @@ from capture3d.tasks.nvs.gaussians.render import render
 from tests.gaussian_helpers import camera, random_splats, ring_cameras
 
 W, H = 64, 48
-GS_FAST = ["fit_gaussians.iterations=200", "fit_gaussians.cpu_compile=false", "fit_gaussians.orbit_frames=4",
-           "fit_gaussians.densify.refine_start=50", "fit_gaussians.densify.refine_stop=150",
-           "fit_gaussians.densify.refine_every=50", "fit_gaussians.checkpoint_every=50", "fit_gaussians.log_every=10",
-           "fit_gaussians.data.resolution_scale=1.0", "fit_gaussians.sh_degree_interval=100"]
-NERF_FAST = ["fit_nerf.iterations=300", "fit_nerf.orbit_frames=2", "fit_nerf.data.resolution_scale=1.0",
-             "fit_nerf.checkpoint_every=100", "fit_nerf.log_every=10"]
+GS_FAST = [
+    "fit_gaussians.iterations=200",
+    "fit_gaussians.cpu_compile=false",
+    "fit_gaussians.orbit_frames=4",
+    "fit_gaussians.densify.refine_start=50",
+    "fit_gaussians.densify.refine_stop=150",
+    "fit_gaussians.densify.refine_every=50",
+    "fit_gaussians.checkpoint_every=50",
+    "fit_gaussians.log_every=10",
+    "fit_gaussians.data.resolution_scale=1.0",
+    "fit_gaussians.sh_degree_interval=100",
+]
+# 150 iterations reach +6.4 dB held-out (300 gave +6.6 dB in twice the time)
+NERF_FAST = [
+    "fit_nerf.iterations=150",
+    "fit_nerf.orbit_frames=2",
+    "fit_nerf.data.resolution_scale=1.0",
+    "fit_nerf.checkpoint_every=100",
+    "fit_nerf.log_every=10",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +59,14 @@ def capture(tmp_path_factory) -> Path:
         Image.fromarray((img.numpy() * 255 + 0.5).astype(np.uint8)).save(root / "images" / f"{i:03d}.png")
         cams.append(PinholeCamera(f"{i:03d}.png", W, H, K, pose[:3, :3], pose[:3, 3]))
     pts = gt["means"].numpy() + np.random.default_rng(0).normal(0, 0.05, (300, 3))
-    header = ("ply\nformat ascii 1.0\nelement vertex 300\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    header = (
+        "ply\nformat ascii 1.0\nelement vertex 300\nproperty float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
     (root / "points.ply").write_text(header + "".join(f"{x} {y} {z} 128 128 128\n" for x, y, z in pts))
-    write_transforms_json(root / "transforms.json", cams, file_prefix="images/", ply_file_path="points.ply",
-                          nerfstudio_world=False)
+    write_transforms_json(
+        root / "transforms.json", cams, file_prefix="images/", ply_file_path="points.ply", nerfstudio_world=False
+    )
     return root
 
 
@@ -93,8 +110,20 @@ def test_bad_capture_is_one_line_error_and_nothing_written(tmp_path, repo_root):
 
 def test_cli_fit_gaussians_prints_heldout_table(capture, tmp_path, repo_root, capsys, monkeypatch):
     monkeypatch.chdir(repo_root)
-    args = ["fit", "gaussians", "--capture", str(capture), "--out", str(tmp_path / "cli"), "--iterations", "60",
-            "--device", "cpu", "--backend", "cpu"]
+    args = [
+        "fit",
+        "gaussians",
+        "--capture",
+        str(capture),
+        "--out",
+        str(tmp_path / "cli"),
+        "--iterations",
+        "60",
+        "--device",
+        "cpu",
+        "--backend",
+        "cpu",
+    ]
     for item in GS_FAST[1:]:
         args += ["--set", item]
     assert cli_main(args) == 0
