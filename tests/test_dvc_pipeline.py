@@ -123,6 +123,8 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     )
     params["train_fcgf"].update(iterations=2, val_every=2, device="cpu")
     params["evaluate_features"]["global_method"] = "fgr"
+    # Scans: a 5-scan ring (all placed, 10 pairs; registration quality is tested in test_register_scans_stage)
+    params["synthesize_scans"]["num_scans"] = 5
     # NVS: token fits (their quality is tested elsewhere); the stages, outputs and records are under test.
     params["fit_gaussians"].update(iterations=20, cpu_compile=False, orbit_frames=2, checkpoint_every=10)
     params["fit_nerf"].update(iterations=20, orbit_frames=2, checkpoint_every=10)
