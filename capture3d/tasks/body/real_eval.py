@@ -42,24 +42,12 @@ import numpy as np
 
 from capture3d.tasks.body.cameras_io import write_cameras_json
 from capture3d.tasks.body.keypoint_io import PersonKeypoints, write_coco
+from capture3d.tasks.body.model import COCO17
 from capture3d.tasks.cameras import PinholeCamera
 
 logger = logging.getLogger(__name__)
 
-LIMB_JOINTS: tuple[str, ...] = (
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
+LIMB_JOINTS: tuple[str, ...] = COCO17[5:17]
 """the 12 joints compared in 3D on every dataset (COCO-17 names)"""
 
 ROOT_JOINTS: tuple[str, str] = ("left_hip", "right_hip")
