@@ -21,5 +21,9 @@ class CaptureError(Capture3dError):
         super().__init__(f"capture '{capture}': {problem}")
 
 
+class SourceError(Capture3dError):
+    """A capture source (an inbox folder, an S3 prefix, a folder of captures) that cannot be read."""
+
+
 class ParamsError(Capture3dError):
     """An unknown, missing or wrongly typed setting in params.yaml or an override."""

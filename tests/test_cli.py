@@ -79,6 +79,15 @@ def test_errors_are_one_line_naming_the_capture(tmp_path: Path, repo_root: Path)
     assert line.startswith("error: capture 'empty_capture': params: 'sfm.min_registered_fraction' must be a number")
     assert not (tmp_path / "o").exists()
 
+    # a source that does not exist: one line, no traceback, for the batch and for a folder run
+    missing = tmp_path / "no_such_inbox"
+    proc = _run(["batch", str(missing), "--work", str(tmp_path / "w"), "--params", params], tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _error_lines(proc.stderr) == [f"error: inbox folder '{missing}' not found"]
+    proc = _run(["reconstruct", "--captures", str(missing), "--out", str(tmp_path / "r"), "--params", params], tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _error_lines(proc.stderr) == [f"error: captures folder '{missing}' not found"]
+
 
 def test_register_then_evaluate_registration(tmp_path: Path, repo_root: Path) -> None:
     params = str(repo_root / "params.yaml")

@@ -44,7 +44,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from capture3d.catalog import batch_kinds, pipeline
 from capture3d.config import load_params
-from capture3d.errors import CaptureError
+from capture3d.errors import CaptureError, SourceError
 from capture3d.flows.stage_tasks import stage_task
 from capture3d.flows.status import CaptureStatus, rows_markdown
 from capture3d.ops.batch_plan import (
@@ -392,6 +392,8 @@ def run_folder(
     """A folder run of the ``batch`` flow (``capture3d reconstruct`` / ``register-batch`` /
     ``bodies-batch``, the demo): every sub-folder of ``captures_root`` (or ``names``) is a capture of
     ``kind``; results in ``<out_root>/<capture>/<step>``, work area in ``<out_root>/.capture3d``."""
+    if not Path(captures_root).is_dir():  # one line before any Prefect run starts
+        raise SourceError(f"captures folder '{captures_root}' not found")
     out_root = Path(out_root)
     work = out_root / ".capture3d"
     work.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from capture3d.atomic import atomic_dir, atomic_write_text
+from capture3d.errors import SourceError
 from capture3d.ops.names import UnsafeNameError, check_capture_name, check_relative_key
 from capture3d.ops.s3 import (
     RemoteObject,
@@ -147,7 +148,7 @@ class LocalInbox(Inbox):
 
     def list(self) -> Listing:
         if not self.root.is_dir():
-            raise FileNotFoundError(f"inbox folder '{self.root}' not found")
+            raise SourceError(f"inbox folder '{self.root}' not found")
         entries = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
