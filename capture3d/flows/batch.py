@@ -375,10 +375,7 @@ def run_batch_flow(
         list(names) if names else None,
         return_state=True,
     )
-    rows = state.result(raise_on_failure=False)
-    if isinstance(rows, BaseException):
-        raise rows
-    return rows, "" if state.is_completed() else (state.message or state.name)
+    return _rows(state), "" if state.is_completed() else (state.message or state.name)
 
 
 def run_folder(
@@ -408,9 +405,13 @@ def run_folder(
         results=str(out_root),
         return_state=True,
     )
+    return [CaptureStatus.from_row(row, WorkLayout(work).manifests) for row in _rows(state)]
+
+
+def _rows(state: State) -> list[dict[str, Any]]:
+    """The rows of a finished ``batch`` run (a run flagged with regressions carries them as its
+    data); the exception of a run that failed outright is raised."""
     rows = state.result(raise_on_failure=False)
     if isinstance(rows, BaseException):
         raise rows
-    if isinstance(rows, State):
-        rows = rows.result(raise_on_failure=False)
-    return [CaptureStatus.from_row(row, WorkLayout(work).manifests) for row in rows]
+    return rows

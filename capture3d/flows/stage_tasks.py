@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -22,21 +20,8 @@ from capture3d.ops.steps import run_step
 logger = logging.getLogger(__name__)
 
 
-def _run(
-    kind: str,
-    step_name: str,
-    name: str,
-    capture: Path,
-    results: Path,
-    params: Mapping[str, Any],
-    isolate: bool = False,
-    out: Path | None = None,
-) -> dict[str, Any]:
-    return run_step(kind, step_name, name, capture, results, params, isolate, out)
-
-
 def _make(step_name: str) -> Task:
-    return task(name=step_name, task_run_name=f"{step_name}-{{name}}", cache_policy=NO_CACHE)(_run)
+    return task(name=step_name, task_run_name=f"{step_name}-{{name}}", cache_policy=NO_CACHE)(run_step)
 
 
 STAGE_TASKS: Mapping[str, Task] = {s.name: _make(s.name) for s in steps()}

@@ -45,7 +45,7 @@ def _paths(pipeline: Pipeline, step: Step) -> dict[str, str]:
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
-    return fill(template, **dict(values))
+    return fill(template, **values)
 
 
 def _out_path(out_dir: str, rel: str) -> str:

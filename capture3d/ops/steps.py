@@ -53,8 +53,8 @@ def step_inputs(
         "data": str(Path(capture).parent),
         "param": lambda key: _param(params, key),
     }
-    fields = {field: Path(fill(t, **dict(values))) for field, t in spec.inputs.items()}
-    out = Path(out) if out is not None else Path(fill(spec.out_template, **dict(values)))
+    fields = {field: Path(fill(t, **values)) for field, t in spec.inputs.items()}
+    out = Path(out) if out is not None else Path(fill(spec.out_template, **values))
     if spec.per_capture:
         fields["name"] = name
     return module.Inputs(**fields), out
