@@ -311,10 +311,10 @@ def test_geman_mcclure_outlier_barely_moves_the_fit(three_view_fits):
 # -- batching ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("both_facings", [False, True])
-def test_batched_fit_equals_fitting_rows_alone(anny, both_facings):
+@pytest.mark.parametrize("yaws", [(0.0,), (0.0, 180.0)])
+def test_batched_fit_equals_fitting_rows_alone(anny, yaws):
     syn = synthesize_bodies(anny, count=3, views=1, names=NAMES, seed=7, noise_px=2.0)
-    config = BodyFitConfig(stages=QUICK, both_facings=both_facings)  # True: the facing selection is per row too
+    config = BodyFitConfig(stages=QUICK, yaw_hypotheses_deg=yaws)  # two: the facing selection is per row too
     obs = _observations(syn)
     batched = fit_bodies(anny, obs, config)
     for row in range(3):

@@ -231,7 +231,12 @@ def test_without_groups_different_people_are_separate_bodies(anny, params, captu
     mine = [p for p in people if p.image.startswith("body01_")]
     batch = build_batch(mine, anny.keypoint_names, cameras=cameras, groups=None)
     assert len(batch.rows) == 1 and len(batch.rows[0].people) == 3, batch.notes
-    # the stage fits the different people one view each (a few iterations)
+    # the capture's 3D ground truth names the grouped bodies, which this fit does not make: refused
+    with pytest.raises(CaptureError, match="lists none of the 6 fitted bodies"):
+        fit_bodies.run(fit_bodies.BodyInputs.from_capture(folder), tmp_path / "fit", _config(params, 2), anny)
+    assert not (tmp_path / "fit").exists()
+    # without it, the stage fits the different people one view each (a few iterations)
+    (folder / "gt" / "joints3d.json").unlink()
     out = fit_bodies.run(fit_bodies.BodyInputs.from_capture(folder), tmp_path / "fit", _config(params, 2), anny)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["people_fitted"] == 6 and metrics["views_max"] == 1

@@ -65,7 +65,7 @@ def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
         assert f"capture3d/stages/{name}.py" in body["deps"]
         # The code deps are exactly the stage's import closure: a module missing there lets `dvc repro`
         # reuse stale results after it changes (every stage missed some before this test).
-        code = sorted(d for d in body["deps"] if d.startswith("capture3d/"))
+        code = sorted(d for d in body["deps"] if d.startswith("capture3d/") and d.endswith(".py"))
         closure = import_closure(f"capture3d.stages.{name}", repo_root)
         assert code == closure, (
             f"stage {name}: missing {sorted(set(closure) - set(code))}, not imported {sorted(set(code) - set(closure))}"

@@ -50,9 +50,11 @@ from capture3d.tasks.body.fit import (
     fit_bodies,
     world_keypoints,
 )
-from capture3d.tasks.body.keypoint_io import load_keypoints
+from capture3d.tasks.body.keypoint_io import PersonKeypoints, load_keypoints
 from capture3d.tasks.body.model import BodyModel
 from capture3d.tasks.body.observations import BodyBatch, build_batch
+from capture3d.tasks.body.sequence import ChunkConfig, fit_sequence
+from capture3d.tasks.cameras import focal_from_exif
 from capture3d.tasks.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -66,8 +68,13 @@ class FitBodiesConfig(BodyFitConfig):
     """anny (pip package, free) | smpl (SMPL / SMPL-H / SMPL-X from model_file)"""
     model_file: str
     """SMPL / SMPL-H / SMPL-X .npz or .pkl (model: smpl; .pkl read by a restricted unpickler)"""
+    pose_prior: Literal["learned", "none"]
+    """learned: a Gaussian-mixture pose prior (anny: pose_prior_file, else the shipped prior learned
+    from CMU motion capture; smpl: pose_prior_file if given) | none: per-joint quadratic,
+    joint-limit and bending priors only"""
     pose_prior_file: str
-    """SMPLify's gmm_08.pkl (model: smpl; optional: else joint-limit and bending priors)"""
+    """learned prior file: SMPLify's gmm_08.pkl (smpl), or an .npz from `capture3d train pose-prior`
+    (anny; "": the shipped one)"""
     num_betas: int
     """shape coefficients fitted (SMPL family)"""
     min_keypoints: int
@@ -80,6 +87,12 @@ class FitBodiesConfig(BodyFitConfig):
     """uncalibrated photos: focal length in pixels (0: from fov_deg)"""
     sequence: bool
     """images are video frames (tracks by person index): consecutive frames are paired for smoothing"""
+    chunk_frames: int
+    """sequence: videos longer than this are fitted in chunks of this many frames (bounded memory)"""
+    chunk_overlap: int
+    """sequence: frames shared by consecutive chunks, blended across the seam"""
+    shape_frames: int
+    """sequence in chunks: frames per person that estimate its one shape"""
     mesh_format: Literal["ply", "obj"]
     """file format of meshes/<body>"""
     overlays: bool
@@ -148,12 +161,22 @@ def build_model(config: FitBodiesConfig, device: torch.device) -> BodyModel:
     if config.model == "smpl":
         from capture3d.tasks.body.smpl_model import load_smpl_model
 
+        learned = config.pose_prior == "learned" and config.pose_prior_file
         return load_smpl_model(
-            config.model_file, num_betas=config.num_betas, device=device, pose_prior_path=config.pose_prior_file or None
+            config.model_file, num_betas=config.num_betas, device=device, pose_prior_path=learned or None
         )
     from capture3d.tasks.body.anny_model import AnnyBody
+    from capture3d.tasks.body.pose_prior import SHIPPED_PRIOR, AnnyPosePrior
 
-    return AnnyBody(device=device)
+    model = AnnyBody(device=device)
+    if config.pose_prior == "learned":
+        path = Path(config.pose_prior_file) if config.pose_prior_file else SHIPPED_PRIOR
+        try:
+            prior = AnnyPosePrior.load(path)
+            model.use_pose_prior(prior.joints, prior.mixture(dtype=model.dtype, device=device))
+        except ValueError as exc:
+            raise ParamsError(f"fit_bodies.pose_prior_file: {exc}") from None
+    return model
 
 
 def run(
@@ -175,6 +198,7 @@ def run(
         raise CaptureError(label, str(exc).removeprefix("error: ")) from None
     if not people:
         raise CaptureError(label, f"no people in '{inputs.keypoints}'")
+    exif_focals = _exif_focals(people, inputs.images) if not cameras and config.focal_length <= 0 else {}
     torch.manual_seed(config.seed)
     model = model or build_model(config, device)
     try:
@@ -188,6 +212,7 @@ def run(
             min_conf=config.min_confidence,
             fov_deg=config.fov_deg,
             focal=config.focal_length,
+            known_focals=exif_focals,
             dtype=model.dtype,
             device=device,
         )
@@ -196,6 +221,8 @@ def run(
     if not batch.rows:
         reasons = "; ".join(f"{s['person']}: {s['reason']}" for s in batch.skipped[:3])
         raise CaptureError(label, f"no person has enough keypoints to fit ({reasons})")
+    if exif_focals:
+        batch.notes.append(f"focal length from EXIF for {len(exif_focals)} photo(s), else fov_deg {config.fov_deg}")
     problem = _camera_problem(batch)
     if problem is not None:
         raise CaptureError(label, problem)
@@ -208,7 +235,12 @@ def run(
     if cameras and not metric:
         fit_config = BodyFitConfig(**{**fit_config.__dict__, "fit_scale": True})
     fit_start = time.perf_counter()
-    result = fit_bodies(model, batch.observations, fit_config)
+    obs = batch.observations
+    if config.sequence and obs.batch_size > config.chunk_frames:
+        chunks = ChunkConfig(config.chunk_frames, config.chunk_overlap, config.shape_frames)
+        result = fit_sequence(model, obs, fit_config, chunks)
+    else:
+        result = fit_bodies(model, obs, fit_config)
     fit_seconds = time.perf_counter() - fit_start
     records = _records(model, batch, result)
     evaluation = evaluate_records(records, gt2d, gt3d)
@@ -240,6 +272,20 @@ def run(
             },
         )
     logger.info("%s: fitted %d bodies (%d skipped) in %.1f s", label, len(batch.rows), len(batch.skipped), fit_seconds)
+    return out
+
+
+def _exif_focals(people: Sequence[PersonKeypoints], images: Path | None) -> dict[str, float]:
+    """Focal lengths in pixels from the photos' EXIF (image -> focal), for uncalibrated photos."""
+    if images is None or not images.is_dir():
+        return {}
+    out = {}
+    for name in sorted({p.image for p in people}):
+        focal = focal_from_exif(images / name)
+        if focal is not None:
+            out[name] = focal
+    if out:
+        logger.info("focal length from EXIF for %d of %d photos", len(out), len({p.image for p in people}))
     return out
 
 
@@ -305,6 +351,7 @@ def _records(model: BodyModel, batch: BodyBatch, result: BodyFitResult) -> list[
                 "body": row.body,
                 "views": views,
                 "facing_away": bool(result.facing_away[b]),
+                "hypothesis": int(result.hypothesis[b]),
                 "scale": float(result.scale[b]),
                 "keypoints3d": {"names": names, "points": points3d[b].tolist()},
                 "terms": {k: float(t[b]) for k, t in result.terms.items()},

@@ -219,3 +219,40 @@ def read_colmap_cameras(model_dir: Path) -> dict[str, PinholeCamera]:
     cams = cameras_from_reconstruction(rec)
     logger.debug("read %d registered cameras from COLMAP model %s", len(cams), model_dir)
     return cams
+
+
+_EXIF_IFD = 0x8769
+_EXIF_FOCAL_35MM = 0xA405  # FocalLengthIn35mmFilm
+_EXIF_FOCAL_MM = 0x920A  # FocalLength
+_EXIF_PLANE_X_RES = 0xA20E  # FocalPlaneXResolution
+_EXIF_PLANE_UNIT = 0xA210  # FocalPlaneResolutionUnit: 2 inch, 3 cm, 4 mm
+_EXIF_PIXEL_WIDTH = 0xA002  # PixelXDimension: the width the focal-plane resolution refers to
+
+
+def focal_from_exif(path: Path) -> float | None:
+    """A photo's focal length in pixels from its EXIF, or None when it has none usable.
+
+    The 35 mm-equivalent focal length (``FocalLengthIn35mmFilm``) gives ``f35 * longer side / 36``
+    (a 36 mm wide frame); else ``FocalLength`` (mm) times ``FocalPlaneXResolution`` (pixels per
+    unit), rescaled when the image is narrower than ``PixelXDimension`` (a resized photo)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            ifd = img.getexif().get_ifd(_EXIF_IFD)
+    except OSError:
+        return None
+    f35 = float(ifd.get(_EXIF_FOCAL_35MM) or 0)
+    if f35 > 0:
+        return f35 * max(width, height) / 36.0
+    f_mm = float(ifd.get(_EXIF_FOCAL_MM) or 0)
+    res = float(ifd.get(_EXIF_PLANE_X_RES) or 0)
+    mm_per_unit = {2: 25.4, 3: 10.0, 4: 1.0}.get(int(ifd.get(_EXIF_PLANE_UNIT) or 2))
+    if f_mm <= 0 or res <= 0 or mm_per_unit is None:
+        return None
+    focal = f_mm * res / mm_per_unit
+    full_width = float(ifd.get(_EXIF_PIXEL_WIDTH) or 0)
+    if full_width > 0:
+        focal *= width / full_width
+    return focal

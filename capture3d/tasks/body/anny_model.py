@@ -27,7 +27,9 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from capture3d.tasks.body import priors
 from capture3d.tasks.body.anny_skeleton import KeypointSkeleton
+from capture3d.tasks.body.gmm import MaxMixture
 from capture3d.tasks.body.model import (
     COCO17,
     FEET,
@@ -205,6 +207,38 @@ class AnnyBody(BodyModel):
             self.device,
         )
         self._variation_eye, self._factor_index = self._phenotype_factors()
+        self._regression_weights = regressor.regression_weights
+        self._head_skeleton: KeypointSkeleton | None = None
+        self._prior: tuple[torch.Tensor, torch.Tensor, MaxMixture] | None = None
+
+    def use_pose_prior(self, joints: Sequence[str], mixture: MaxMixture) -> None:
+        """Evaluate :meth:`pose_prior` as ``mixture`` (over the rotations of ``joints``, in that
+        order) plus the quadratic prior on the other posable joints."""
+        if mixture.dim != 3 * len(joints) or any(j not in self.pose_joint_names for j in joints):
+            raise ValueError(f"pose prior over {len(joints)} joints {list(joints)[:3]}... does not fit Anny's bones")
+        inside = torch.tensor([self.pose_joint_names.index(j) for j in joints], device=self.device)
+        outside = torch.tensor([i for i, j in enumerate(self.pose_joint_names) if j not in joints], device=self.device)
+        self._prior = (inside, outside, mixture)
+
+    def pose_modes(self) -> torch.Tensor:
+        """(M, P, 3) the learned mixture's means (rest elsewhere), the most probable first."""
+        if self._prior is None:
+            return super().pose_modes()
+        inside, _, mixture = self._prior
+        order = torch.argsort(mixture.consts)  # the lowest -log weight + normaliser first
+        modes = torch.zeros(len(order), len(self.pose_joint_names), 3, dtype=self.dtype, device=self.device)
+        modes[:, inside] = mixture.means[order].reshape(len(order), -1, 3).to(self.dtype)
+        return modes
+
+    def pose_prior(self, body_pose: torch.Tensor) -> torch.Tensor | None:
+        """(B,) the learned mixture's negative log-likelihood over its joints plus the quadratic
+        prior over the others, or None without a prior (:meth:`use_pose_prior`). body_pose (B, P, 3)."""
+        if self._prior is None:
+            return None
+        inside, outside, mixture = self._prior
+        sigma = [self.pose_sigma[i] for i in outside.tolist()]
+        rest = priors.quadratic_pose_prior(body_pose[:, outside], sigma)
+        return mixture.nll(body_pose[:, inside].reshape(body_pose.shape[0], -1)) + rest
 
     def _phenotype_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """An identity variation mask (26, 26) and, per phenotype blend shape, the indices of the
@@ -292,6 +326,29 @@ class AnnyBody(BodyModel):
             pair = derived_keypoint(name)
             out.append(0.5 * (column[pair[0]] + column[pair[1]]) if pair else column[name])
         return torch.stack(out, 1)
+
+    def bone_heads(self, pose: BodyPose, bones: Sequence[str]) -> torch.Tensor:
+        """(B, N, 3) posed heads (joint centres) of the named Anny bones, in the output frame: e.g.
+        ``upperleg01.L`` is the left hip joint, ``lowerleg01.L`` the knee (retargeting uses them)."""
+        if self._head_skeleton is None:  # every body bone's head, built on first use
+            heads = {f"bone:{b}": i for b, i in self._bone_index.items() if not b.startswith(("finger", "toe"))}
+            heads |= {f"bone:{b}": self._bone_index[b] for b in ("toe3-1.L", "toe3-1.R")}
+            self._head_skeleton = KeypointSkeleton(
+                self._model,
+                self._regression_weights,
+                self._regressed,
+                heads,
+                [self._bone_index[n] for n in self.pose_joint_names],
+                self.dtype,
+                self.device,
+            )
+        names = [f"bone:{b}" for b in bones]
+        unknown = [b for b, n in zip(bones, names, strict=True) if n not in self._head_skeleton.sources]
+        if unknown:
+            raise KeyError(f"Anny has no body bones {unknown}")
+        rotations = axis_angle_to_matrix(pose.body_pose)
+        local = self._head_skeleton(self._coefficients(pose.shape), rotations, names)
+        return self._to_world(local, pose)
 
     def vertices(self, pose: BodyPose) -> torch.Tensor:
         output = self._model(

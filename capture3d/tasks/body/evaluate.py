@@ -62,11 +62,13 @@ def check_ground_truth_3d(
     bodies: Sequence[str], names: Sequence[str], gt3d: Mapping[str, Mapping[str, object]]
 ) -> None:
     """Raise :class:`GroundTruthError` for the first of ``bodies`` that ``gt3d`` lists with fewer
-    than :data:`MIN_JOINTS_3D` of ``names``; warn when ``gt3d`` lists none of ``bodies``."""
+    than :data:`MIN_JOINTS_3D` of ``names``, or when ``gt3d`` lists bodies but none of ``bodies``
+    (an evaluation that would silently compare nothing)."""
     listed = [b for b in bodies if b in gt3d]
-    if gt3d and not listed:
-        logger.warning(
-            "3D ground truth lists none of the %d fitted bodies (it has %s)", len(bodies), ", ".join(list(gt3d)[:5])
+    if gt3d and bodies and not listed:
+        raise GroundTruthError(
+            f"3D ground truth lists none of the {len(bodies)} fitted bodies (it has {', '.join(list(gt3d)[:3])}; "
+            f"the fit has {', '.join(list(bodies)[:3])})"
         )
     for body in listed:
         truth = gt3d[body]

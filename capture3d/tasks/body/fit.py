@@ -19,8 +19,11 @@ over rows), so fitting B rows at once gives the same result as fitting them one 
 
 Initialisation: single view, the camera translation from the torso length (SMPLify); two views
 or more, keypoints triangulated and the rest-pose body aligned to them (Umeyama). A single view
-tries the body facing the camera and facing away, and keeps the better after
-``select_after_stage``.
+is depth-ambiguous, so it starts from several hypotheses at once (the rest pose and the learned
+prior's most probable typical poses, times body turns about the vertical, e.g. facing the camera and
+facing away, times torso leans towards or away from the camera), all rows of one batch, and keeps
+each person's hypothesis with the lowest objective (reprojection plus priors, the learned pose prior
+included) after ``select_after_stage``.
 """
 
 from __future__ import annotations
@@ -107,10 +110,16 @@ class BodyFitConfig:
     """sequence: pose change between consecutive frames (useful: 0.1-0.3)"""
     smooth_joint_weight: float = 0.0
     """sequence: 3D keypoint change per cm^2 (useful: 0.01-0.03)"""
-    both_facings: bool = True
-    """single view: also try the body facing away; keep the better"""
+    yaw_hypotheses_deg: tuple[float, ...] = (0.0, 180.0)
+    """single view: initial body turns about the vertical (0: facing the camera, 180: away)"""
+    lean_hypotheses_deg: tuple[float, ...] = (0.0,)
+    """single view: initial torso leans about the camera's horizontal axis (+: top away from it);
+    every turn is tried with every lean, all in one batch"""
+    pose_hypotheses: int = 0
+    """single view: also start from this many typical poses (the learned prior's mixture means,
+    most probable first), each with every turn and lean; 0: the rest pose only"""
     select_after_stage: int = 1
-    """keep the facing with the lower objective after this stage (0-based)"""
+    """keep the hypothesis with the lowest objective (reprojection + priors) after this stage (0-based)"""
     fit_scale: bool = False
     """fit a body scale (always on for SfM cameras, whose units are arbitrary)"""
     translation_lr_scale: float = 1.0
@@ -162,7 +171,8 @@ class BodyFitResult:
 
     pose: BodyPose
     scale: torch.Tensor  # (B,) metres -> output frame units (1 unless fit_scale)
-    facing_away: torch.Tensor  # (B,) bool: the chosen single-view hypothesis
+    facing_away: torch.Tensor  # (B,) bool: the chosen single-view hypothesis turned away from the camera
+    hypothesis: torch.Tensor  # (B,) long: the chosen start, index into (pose mode, turn, lean), mode-major
     terms: dict[str, torch.Tensor]  # final loss terms, each (B,)
     curve: list[dict[str, float]]  # iteration, stage, mean loss per row, mean data term
     iterations: int
@@ -175,25 +185,41 @@ def world_keypoints(model: BodyModel, pose: BodyPose, scale: torch.Tensor, names
 
 
 def fit_bodies(
-    model: BodyModel, obs: BodyObservations, config: BodyFitConfig, init: BodyPose | None = None
+    model: BodyModel,
+    obs: BodyObservations,
+    config: BodyFitConfig,
+    init: BodyPose | None = None,
+    shape: torch.Tensor | None = None,
 ) -> BodyFitResult:
     """Fit one body per row of ``obs`` (all rows in one batched optimisation).
 
     ``init`` starts from given parameters (e.g. the previous video frame's fit) instead of the
-    torso-length / triangulation initialisation; it then tries one facing only."""
+    torso-length / triangulation initialisation; it then tries one facing only. ``shape`` (B, S)
+    holds each row's shape fixed (e.g. estimated once per person over a whole video)."""
     missing = [n for n in obs.names if n not in model.keypoint_names]
     if missing:
         raise ValueError(f"model '{model.name}' has no keypoints {missing}")
     multiview = obs.num_views > 1
-    hypotheses = 2 if (config.both_facings and not multiview and init is None) else 1
+    modes = model.pose_modes()[: config.pose_hypotheses]  # (M, J, 3)
+    turns = [(y, lean) for y in config.yaw_hypotheses_deg for lean in config.lean_hypotheses_deg] or [(0.0, 0.0)]
+    starts = [(y, lean, m) for m in range(-1, len(modes)) for y, lean in turns]  # m = -1: the rest pose
+    if multiview or init is not None:
+        starts = starts[:1]
+    hypotheses = len(starts)
     work = obs.repeat(hypotheses) if hypotheses > 1 else obs
     if init is None:
-        go, transl, scale = _initialise(model, work, hypotheses, config.fit_scale)
         pose = model.zero_pose(work.batch_size)
+        for h, (_, _, m) in enumerate(starts):
+            if m >= 0:
+                pose.body_pose[h::hypotheses] = modes[m]
+        go, transl, scale = _initialise(model, work, pose.body_pose, starts, config.fit_scale)
     else:
         pose = init.detach()
         go, transl = pose.global_orient, pose.transl
         scale = torch.ones(work.batch_size, 1, dtype=model.dtype, device=model.device)
+    if shape is not None:
+        fixed = shape.to(pose.shape).repeat_interleave(hypotheses, 0)
+        pose = BodyPose(pose.global_orient, pose.body_pose, fixed, pose.transl)
     params = {
         "global_orient": go.clone().requires_grad_(),
         "transl": transl.clone().requires_grad_(),
@@ -205,12 +231,14 @@ def fit_bodies(
     capsule_names = priors.capsule_keypoints() if config.interpenetration_weight > 0 else ()
     names = tuple(obs.names) + tuple(n for n in capsule_names if n not in obs.names)
     curve: list[dict[str, float]] = []
-    facing_away = torch.zeros(work.batch_size, dtype=torch.bool, device=model.device)
+    chosen = torch.zeros(obs.batch_size, dtype=torch.long, device=model.device)
     iteration = 0
     terms: dict[str, torch.Tensor] = {}
     total_iterations = sum(s.iterations for s in config.stages)
     for index, stage in enumerate(config.stages):
-        active = ["global_orient", "transl"] + (["body_pose", "shape"] if stage.body else [])
+        active = ["global_orient", "transl"] + (["body_pose"] if stage.body else [])
+        if stage.body and shape is None:
+            active.append("shape")
         if config.fit_scale:
             active.append("log_scale")
         groups = [
@@ -247,9 +275,8 @@ def fit_bodies(
         if hypotheses > 1 and index == min(config.select_after_stage, len(config.stages) - 1):
             with torch.no_grad():
                 final = _objective(model, work, params, names, stage, config, None)["total"]
-            best = final.view(-1, hypotheses).argmin(1)
-            rows = torch.arange(len(best), device=best.device) * hypotheses + best
-            facing_away = best.bool()
+            chosen = final.view(-1, hypotheses).argmin(1)
+            rows = torch.arange(len(chosen), device=chosen.device) * hypotheses + chosen
             work = obs
             params = {n: p.detach()[rows].clone().requires_grad_() for n, p in params.items()}
             hypotheses = 1
@@ -267,11 +294,12 @@ def fit_bodies(
         result_pose = result_pose.index(rows)
         terms = {n: t[rows] for n, t in terms.items()}
         params["log_scale"] = params["log_scale"].detach()[rows]
-        facing_away = facing_away[rows]
+    yaw = torch.tensor([math.radians(starts[h][0]) for h in chosen.tolist()], device=model.device)
     return BodyFitResult(
         pose=result_pose,
         scale=torch.exp(params["log_scale"].detach()).squeeze(-1),
-        facing_away=facing_away,
+        facing_away=torch.cos(yaw) < 0,
+        hypothesis=chosen,
         terms=terms,
         curve=curve,
         iterations=iteration,
@@ -337,22 +365,32 @@ def _objective(
 # -- initialisation ------------------------------------------------------------------------------
 
 
-def _facing_rotation(away: bool) -> np.ndarray:
-    """camera_from_body for a body standing upright in front of the camera (model z up, facing -y),
-    facing the camera, or turned 180 degrees about the vertical when ``away``."""
+def _facing_rotation(yaw_deg: float, lean_deg: float) -> np.ndarray:
+    """camera_from_body for a body standing in front of the camera (model z up, facing -y): facing
+    the camera, turned ``yaw_deg`` about the vertical (180: away), then leant ``lean_deg`` about
+    the camera's x axis (+: its top away from the camera)."""
     upright = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # body z -> camera -y, body -y -> camera -z
-    if away:
-        upright = np.diag([-1.0, 1.0, -1.0]) @ upright
-    return upright
+    a, b = math.radians(yaw_deg), math.radians(lean_deg)
+    turn = np.array([[math.cos(a), 0, math.sin(a)], [0, 1.0, 0], [-math.sin(a), 0, math.cos(a)]])  # about camera y
+    lean = np.array([[1.0, 0, 0], [0, math.cos(b), math.sin(b)], [0, -math.sin(b), math.cos(b)]])  # about camera x
+    return lean @ turn @ upright
 
 
 def _initialise(
-    model: BodyModel, obs: BodyObservations, hypotheses: int, fit_scale: bool
+    model: BodyModel,
+    obs: BodyObservations,
+    body_pose: torch.Tensor,
+    starts: Sequence[tuple[float, float, int]],
+    fit_scale: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Initial global orientation (B, 3), translation (B, 3) and scale (B, 1)."""
+    """Initial global orientation (B, 3), translation (B, 3) and scale (B, 1) for the rows' starting
+    body poses (B, J, 3); single-view row b starts turned and leant as ``starts[b % len(starts)]``
+    (rows are repeated per hypothesis)."""
     names = list(obs.names)
     with torch.no_grad():
-        rest = model.keypoints(model.zero_pose(1), names)[0].to(torch.float64).cpu().numpy()  # (K, 3)
+        zero = model.zero_pose(obs.batch_size)
+        posed = BodyPose(zero.global_orient, body_pose, zero.shape, zero.transl)
+        rests = model.keypoints(posed, names).to(torch.float64).cpu().numpy()  # (B, K, 3)
     xy = obs.xy.detach().to(torch.float64).cpu().numpy()
     conf = obs.conf.detach().to(torch.float64).cpu().numpy()
     rot = obs.rot.detach().to(torch.float64).cpu().numpy()
@@ -363,15 +401,16 @@ def _initialise(
     transl = np.zeros((batch, 3))
     scale = np.ones(batch)
     for b in range(batch):
+        rest = rests[b]
         seen = conf[b] > 0
         estimate = None
         if obs.num_views > 1:
             estimate = _init_multiview(rest, xy[b], seen, rot[b], trans[b], kmat[b], fit_scale)
         if estimate is None:
             view = int(seen.sum(1).argmax())
-            away = hypotheses > 1 and b % hypotheses == 1
+            yaw, lean, _ = starts[b % len(starts)]
             estimate = _init_single_view(
-                rest, names, xy[b, view], seen[view], rot[b, view], trans[b, view], kmat[b, view], away
+                rest, names, xy[b, view], seen[view], rot[b, view], trans[b, view], kmat[b, view], (yaw, lean)
             )
         orient[b], transl[b], scale[b] = estimate
     cast = {"dtype": model.dtype, "device": model.device}
@@ -387,9 +426,9 @@ def _init_single_view(
     rot: np.ndarray,
     trans: np.ndarray,
     k: np.ndarray,
-    away: bool,
+    start: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    cam_from_body = _facing_rotation(away)
+    cam_from_body = _facing_rotation(*start)
     body_cam = rest @ cam_from_body.T  # rest keypoints, camera axes
     focal = float(np.sqrt(k[0, 0] * k[1, 1]))
     depth = None

@@ -154,6 +154,11 @@ class BodyModel(ABC):
         when the model ships none; fitting then uses bending and joint-limit priors."""
         return None
 
+    def pose_modes(self) -> torch.Tensor:
+        """(M, J, 3) typical poses to start a fit from, most likely first (a learned prior's mixture
+        means), or (0, J, 3) when the model has no learned prior."""
+        return torch.zeros(0, len(self.pose_joint_names), 3, dtype=self.dtype, device=self.device)
+
     def joint_index(self, name: str) -> int:
         return self.pose_joint_names.index(name)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,13 +96,16 @@ def fit_names(people: Sequence[PersonKeypoints], model_names: Sequence[str]) -> 
     return tuple(n for n in model_names if n in present)
 
 
-def default_camera(person: PersonKeypoints, fov_deg: float, focal: float) -> PinholeCamera:
-    """The camera of an uncalibrated photo: identity pose, focal from ``focal`` (pixels) or the
-    field of view across the longer side, principal point at the centre."""
+def default_camera(
+    person: PersonKeypoints, fov_deg: float, focal: float, known: Mapping[str, float] | None = None
+) -> PinholeCamera:
+    """The camera of an uncalibrated photo: identity pose, principal point at the centre, focal
+    from ``focal`` (pixels) when set, else the image's own (``known``: image -> focal in pixels,
+    e.g. from EXIF), else the field of view ``fov_deg`` across the longer side."""
     if person.image_size is None:
         raise ValueError(f"person '{person.person}': image size unknown (image missing?)")
     w, h = person.image_size
-    f = focal if focal > 0 else focal_from_fov(w, h, fov_deg)
+    f = focal if focal > 0 else (known or {}).get(person.image) or focal_from_fov(w, h, fov_deg)
     return PinholeCamera(person.image, int(w), int(h), intrinsics(w, h, f), np.eye(3), np.zeros(3))
 
 
@@ -225,13 +228,16 @@ def build_batch(
     min_conf: float = 0.1,
     fov_deg: float = 55.0,
     focal: float = 0.0,
+    known_focals: Mapping[str, float] | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> BodyBatch:
     """Group ``people`` into bodies and build the batched observations (see the module doc).
 
     ``groups`` None means the cameras file has none (images tied only when unambiguous, else
-    :class:`GroupingError`); ``[]`` or a list ties the listed images and keeps the others apart."""
+    :class:`GroupingError`); ``[]`` or a list ties the listed images and keeps the others apart.
+    ``known_focals`` (image -> pixels, e.g. EXIF) sets uncalibrated photos' focal lengths unless
+    ``focal`` is set."""
     notes: list[str] = []
     cleaned: list[PersonKeypoints] = []
     for person in people:
@@ -267,7 +273,7 @@ def build_batch(
             rows.append(BodyRow(body, members, [cameras[p.image] for p in members]))
     else:
         for person in cleaned:
-            rows.append(BodyRow(person.person, [person], [default_camera(person, fov_deg, focal)]))
+            rows.append(BodyRow(person.person, [person], [default_camera(person, fov_deg, focal, known_focals)]))
     kept: list[BodyRow] = []
     for row in rows:
         counts = [int((person_points(p, names, min_conf)[1] > 0).sum()) for p in row.people]

@@ -303,6 +303,7 @@ def write_capture(
     its mapped joints projected through that camera. ``calibrated``: ``cameras.json`` with one
     group per body (the fit's body ids are then ``frameNNN#0``); else no cameras (single view
     only: the fit's body id is the annotation id) and the ground truth is in that camera's frame.
+    A calibrated body of one view keeps its annotation id too (the fit ties no images for it).
     ``gt/joints3d.json`` holds the ``compared`` joints. Returns the bodies with their fit ids."""
     folder = Path(folder)
     (folder / "gt").mkdir(parents=True, exist_ok=True)
@@ -341,8 +342,8 @@ def write_capture(
             sizes[image] = (camera.width, camera.height)
             cameras[image] = PinholeCamera(image, camera.width, camera.height, camera.K, camera.R, camera.t)
             group.append(image)
-        if calibrated:
-            body = f"frame{b:03d}#0"
+        if calibrated:  # the fit names a body seen in one image by its annotation id
+            body = f"frame{b:03d}#0" if len(views) > 1 else people[-1].person
             frame = world
         else:
             body = people[-1].person

@@ -27,7 +27,6 @@ kinematic tree; each vertex moved by the weighted sum of the joints' transforms
 from __future__ import annotations
 
 import logging
-import math
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from capture3d.tasks.body.errors import BodyModelError
+from capture3d.tasks.body.gmm import MaxMixture, MixtureError
 from capture3d.tasks.body.model import (
     CANONICAL_KEYPOINTS,
     BendLimit,
@@ -345,11 +345,9 @@ def _validated(arrays: Mapping[str, Any], label: str) -> _ModelArrays:
 
 @dataclass(frozen=True)
 class _Gmm:
-    """A Gaussian mixture over ``dim`` pose values: means (M, D), precisions (M, D, D), consts (M,)."""
+    """SMPLify's mixture over the first ``num_joints`` pose joints."""
 
-    means: torch.Tensor
-    precisions: torch.Tensor
-    consts: torch.Tensor
+    mixture: MaxMixture
     num_joints: int
 
 
@@ -367,21 +365,12 @@ def _load_gmm(path: Path, family: str, dtype: torch.dtype, device: torch.device)
             f"{label}: means {means.shape}, covars {covars.shape} and weights {weights.shape} "
             "do not describe one mixture over 3-vectors"
         )
-    if np.any(weights <= 0):
-        raise BodyModelError(f"{label}: mixture weights must be positive")
     n = min(dim // 3, _GMM_COMPATIBLE_JOINTS[family])
     d = 3 * n
-    means, covars = means[:, :d], covars[:, :d, :d]  # a Gaussian's marginal
-    try:
-        chol = np.linalg.cholesky(covars)  # (M, d, d)
-    except np.linalg.LinAlgError:
-        raise BodyModelError(f"{label}: a covariance is not positive definite") from None
-    eye = np.broadcast_to(np.eye(d), covars.shape)
-    inv_chol = np.linalg.solve(chol, eye)
-    precisions = np.swapaxes(inv_chol, 1, 2) @ inv_chol
-    logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(1)  # (M,)
-    # smplify-x MaxMixturePrior.merged_log_likelihood: 0.5 maha - log(w / ((2 pi)^(d/2) sqrt(det) / min sqrt(det)))
-    consts = -np.log(weights) + 0.5 * d * math.log(2 * math.pi) + 0.5 * (logdet - logdet.min())
+    try:  # a Gaussian's marginal: the first d values
+        mixture = MaxMixture.from_arrays(means[:, :d], covars[:, :d, :d], weights, dtype=dtype, device=device)
+    except MixtureError as exc:
+        raise BodyModelError(f"{label}: {exc}") from None
     if n < dim // 3:
         logger.info(
             "pose prior %s: using its first %d of %d joints (the ones %s shares with SMPL)",
@@ -390,8 +379,7 @@ def _load_gmm(path: Path, family: str, dtype: torch.dtype, device: torch.device)
             dim // 3,
             family,
         )
-    cast = {"dtype": dtype, "device": device}
-    return _Gmm(torch.as_tensor(means, **cast), torch.as_tensor(precisions, **cast), torch.as_tensor(consts, **cast), n)
+    return _Gmm(mixture, n)
 
 
 @dataclass(frozen=True)
@@ -627,9 +615,7 @@ class SmplModel(BodyModel):
             return None
         gmm = self._gmm
         x = body_pose.reshape(body_pose.shape[0], -1, 3)[:, : gmm.num_joints].reshape(body_pose.shape[0], -1)
-        diff = x[:, None] - gmm.means  # (B, M, d)
-        maha = torch.einsum("bmi,mij,bmj->bm", diff, gmm.precisions, diff)
-        return (0.5 * maha + gmm.consts).min(1).values
+        return gmm.mixture.nll(x)
 
 
 def load_smpl_model(
