@@ -130,3 +130,58 @@ def synthesize_bodies(
         width=width,
         height=height,
     )
+
+
+def synthesize_sequence(
+    model: BodyModel,
+    *,
+    frames: int,
+    names: tuple[str, ...],
+    seed: int = 0,
+    period: int = 40,
+    noise_px: float = 1.0,
+    width: int = 640,
+    height: int = 480,
+    fov_deg: float = 55.0,
+) -> SyntheticBodies:
+    """One person filmed for ``frames`` frames by a level camera at the origin: the pose swings
+    between two random poses (one cycle per ``period`` frames, half-way at most) while the body
+    sways 0.5 m to each side (one cycle per 600 frames), 3.5 m away (``SyntheticBodies`` rows are frames, V = 1).
+    Built in blocks, so 10,000 frames need little memory beyond the arrays returned."""
+    rng = np.random.default_rng(seed)
+    ends = random_poses(model, 2, rng)
+    a, b = ends.index([0]), ends.index([1])
+    focal = focal_from_fov(width, height, fov_deg)
+    k = intrinsics(width, height, focal)
+    points = np.zeros((frames, len(names), 3))
+    pose_rows: list[BodyPose] = []
+    for start in range(0, frames, 1024):
+        t = torch.arange(start, min(start + 1024, frames), dtype=model.dtype)
+        s = (0.25 - 0.25 * torch.cos(t * 2 * math.pi / period))[:, None, None]
+        sway = 0.5 * torch.sin(t * 2 * math.pi / 600)
+        drift = torch.stack([sway, torch.full_like(t, 0.1), torch.full_like(t, 3.5)], 1)
+        n = len(t)
+        pose = BodyPose(
+            a.global_orient.expand(n, 3).clone(),
+            a.body_pose + s * (b.body_pose - a.body_pose),
+            a.shape.expand(n, -1).clone(),
+            drift.to(model.device),
+        )
+        with torch.no_grad():
+            points[start : start + n] = model.keypoints(pose, names).to(torch.float64).cpu().numpy()
+        pose_rows.append(pose.detach())
+    clean = (points[..., :2] / points[..., 2:3] * k[0, 0] + k[:2, 2])[:, None]  # (F, 1, K, 2)
+    noisy = clean + rng.normal(0.0, noise_px, size=clean.shape)
+    full = BodyPose(*(torch.cat([p.tensors()[i] for p in pose_rows]) for i in range(4)))
+    return SyntheticBodies(
+        pose=full,
+        names=tuple(names),
+        points=points,
+        rot=np.broadcast_to(np.eye(3), (frames, 1, 3, 3)).copy(),
+        trans=np.zeros((frames, 1, 3)),
+        k=k,
+        xy=noisy,
+        xy_clean=clean,
+        width=width,
+        height=height,
+    )
