@@ -62,6 +62,8 @@ class Flag:
     """a switch without a value that sets ``key`` to this"""
     append: bool = False
     """repeatable: each use adds one item to the list ``key``"""
+    nargs: bool = False
+    """with ``append``: each use takes one or more values (``--unlabeled A B``)"""
     also: tuple[str, ...] = ()
     """``KEY=VALUE`` overrides (inside the section) that setting ``key`` implies"""
     help: str = ""
@@ -288,7 +290,8 @@ def add_stage_arguments(
             group.add_argument(
                 f"--{alias}",
                 dest=_ADD + leaf.key,
-                action="append",
+                action="extend" if target.nargs else "append",
+                nargs="+" if target.nargs else None,
                 default=[],
                 metavar="VALUE",
                 help=_help(target.help or f"{leaf.doc} (repeatable: adds one)"),

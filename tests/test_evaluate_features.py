@@ -71,7 +71,7 @@ def test_register_scans_takes_fcgf_from_params(capture: Path, checkpoint: Path, 
     params["register_scans"] = {
         **base_params["register_scans"],
         "features": "fcgf",
-        "fcgf": {"checkpoint": str(checkpoint), "device": "cpu"},
+        "fcgf": {**base_params["register_scans"]["fcgf"], "checkpoint": str(checkpoint), "device": "cpu"},
     }
     config = register_scans.load_config(params)
     registry = registration_capture.feature_registry_for(config, "ring")
@@ -109,7 +109,7 @@ def test_bad_checkpoint_is_one_line_and_writes_nothing(
     params["register_scans"] = {
         **base_params["register_scans"],
         "features": "fcgf",
-        "fcgf": {"checkpoint": str(ck), "device": "cpu"},
+        "fcgf": {**base_params["register_scans"]["fcgf"], "checkpoint": str(ck), "device": "cpu"},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     code = register_scans.main(
@@ -131,7 +131,9 @@ def test_fcgf_feature_refuses_clouds_too_small_for_the_network(
         np.save(tiny / f"s{i}.npy", rng.uniform(0.0, 0.04, size=(200, 3)))
     params = dict(base_params)
     params["register_scans"] = json.loads(json.dumps(base_params["register_scans"]))
-    params["register_scans"].update(features="fcgf", fcgf={"checkpoint": str(checkpoint), "device": "cpu"})
+    params["register_scans"].update(
+        features="fcgf", fcgf={**base_params["register_scans"]["fcgf"], "checkpoint": str(checkpoint), "device": "cpu"}
+    )
     params["register_scans"]["preprocess"].update(voxel_size=0.005, min_points=10)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     code = register_scans.main(

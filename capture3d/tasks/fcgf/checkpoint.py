@@ -108,13 +108,27 @@ def _torch_load(path: Path) -> Any:
         raise ValueError(f"checkpoint '{path}': cannot be read safely ({first})") from None
 
 
-def save_checkpoint(path: Path, model: ResUNetBN2C, config: FcgfModelConfig, **extra: Any) -> None:
-    """Write ``model`` in capture3d's format (atomically: temporary file, then rename)."""
+def save_checkpoint(
+    path: Path,
+    model: ResUNetBN2C,
+    config: FcgfModelConfig,
+    dtype: Literal["float32", "float16"] = "float32",
+    **extra: Any,
+) -> None:
+    """Write ``model`` in capture3d's format (atomically: temporary file, then rename).
+
+    ``dtype: float16`` stores the floating-point weights and batch-norm statistics at half
+    precision (half the size; :func:`load_checkpoint` casts them back to float32)."""
+    half = dtype == "float16"
     state = {
         "format": FORMAT,
         "version": VERSION,
         "model_config": dataclasses.asdict(config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {
+            k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+            for k, v in model.state_dict().items()
+        },
+        "storage_dtype": dtype,
         **extra,
     }
     with atomic_file(Path(path)) as tmp:
@@ -197,7 +211,7 @@ def model_from_state(state: Mapping[str, torch.Tensor], config: FcgfModelConfig)
     """Build ``config``'s network and load ``state`` into it (strict; ValueError on any mismatch)."""
     model = build_model(config)
     _check_state(model, state)
-    model.load_state_dict(dict(state), strict=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return model
 
 

@@ -20,8 +20,16 @@ ratio several times faster, and switching a PointInfoNCE-trained model to the ha
 loss lowers it again within 50 iterations.
 Pairs too small for the network or with fewer than ``min_positives`` positives are redrawn.
 Validation pairs are augmented once with a fixed seed (so they are rotated like the training
-data) and evaluated in eval mode. A non-finite loss stops training with a ValueError; the state
-file then still holds the last good checkpoint.
+data) and evaluated in eval mode.
+
+Mixed sources (``sources``, :class:`TrainSource`): each iteration first picks a source with
+probability proportional to its weight -- a list of posed pairs (synthetic courtyards, captures
+with ground truth), augmented as above, or a list of unlabeled scans, from which a fresh
+self-supervised pair is cut (:func:`~capture3d.tasks.fcgf.self_supervised.make_pair`, already
+moved and degraded, so not augmented again). Ready validation pairs (``val_ready``, e.g.
+self-supervised ones) are used as they are, with the inlier distance ``val_inlier_voxels`` times
+their voxel (their scans span millimetres to hundreds of metres). A non-finite loss stops
+training with a ValueError; the state file then still holds the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -52,6 +60,12 @@ from capture3d.tasks.fcgf.loss import (
     point_info_nce_loss,
 )
 from capture3d.tasks.fcgf.model import ResUNetBN2C
+from capture3d.tasks.fcgf.self_supervised import (
+    SelfSupervisedConfig,
+    UnlabeledScan,
+    make_pair,
+    to_scan_pair,
+)
 from capture3d.tasks.train_state import load_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
@@ -127,6 +141,26 @@ class FcgfTrainConfig:
     """validation: inlier ratio of the feature-match recall (3DMatch: 0.05)"""
 
 
+@dataclass(frozen=True)
+class TrainSource:
+    """One kind of training data and its share of the iterations (weights are relative)."""
+
+    name: str
+    """label in logs and metrics (synthetic, posed, unlabeled)"""
+    weight: float
+    """relative chance that an iteration draws from this source"""
+    pairs: tuple[ScanPair, ...] = ()
+    """posed pairs, augmented per draw"""
+    scans: tuple[UnlabeledScan, ...] = ()
+    """unlabeled scans: each draw cuts a fresh self-supervised pair from one of them"""
+    self_supervised: SelfSupervisedConfig | None = None
+    """how self-supervised pairs are cut (needed with scans)"""
+
+    def identity(self) -> str:
+        """What a resumed run must share with this source."""
+        return repr((self.name, self.weight, len(self.pairs), [s.name for s in self.scans], self.self_supervised))
+
+
 @dataclass
 class TrainResult:
     """The trained network and its curves (rows of plain numbers, ready for CSV / dvc plots)."""
@@ -171,11 +205,11 @@ def _identity(config: FcgfTrainConfig) -> str:
     return repr({f.name: getattr(config, f.name) for f in dataclasses.fields(FcgfTrainConfig)})
 
 
-def _state_identity(config: FcgfTrainConfig, seed: int) -> str:
-    return repr((_identity(config), seed))
+def _state_identity(config: FcgfTrainConfig, seed: int, sources: tuple[str, ...] = ()) -> str:
+    return repr((_identity(config), seed)) if not sources else repr((_identity(config), seed, sources))
 
 
-def _save_state(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> None:
+def _save_state(path: Path, state: _State, config: FcgfTrainConfig, seed: int, sources: tuple[str, ...] = ()) -> None:
     payload = {
         "iteration": state.iteration,
         "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
@@ -186,12 +220,12 @@ def _save_state(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -
         "history": state.history,
         "validation": state.validation,
     }
-    save_train_state(path, STATE_FORMAT, _state_identity(config, seed), payload)
+    save_train_state(path, STATE_FORMAT, _state_identity(config, seed, sources), payload)
 
 
-def _restore(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> bool:
-    """Load ``path`` into ``state`` when it is a state of this very run (same config and seed)."""
-    saved = load_train_state(path, STATE_FORMAT, _state_identity(config, seed))
+def _restore(path: Path, state: _State, config: FcgfTrainConfig, seed: int, sources: tuple[str, ...] = ()) -> bool:
+    """Load ``path`` into ``state`` when it is a state of this very run (same config, seed and sources)."""
+    saved = load_train_state(path, STATE_FORMAT, _state_identity(config, seed, sources))
     if saved is None:
         return False
     state.model.load_state_dict(saved["model"])
@@ -205,25 +239,40 @@ def _restore(path: Path, state: _State, config: FcgfTrainConfig, seed: int) -> b
     return True
 
 
-def _draw(pairs: list[ScanPair], state: _State, config: FcgfTrainConfig, device: torch.device) -> VoxelPair:
-    """An augmented, voxelised training pair with enough positives (redrawn up to _MAX_DRAWS times)."""
+def _draw(
+    sources: list[TrainSource], state: _State, config: FcgfTrainConfig, device: torch.device
+) -> tuple[VoxelPair, str]:
+    """A voxelised training pair with enough positives (redrawn up to _MAX_DRAWS times) and its source.
+
+    Posed pairs are augmented; self-supervised ones are cut fresh from an unlabeled scan. With one
+    source no generator draw picks it (a single-source run draws exactly as before sources existed).
+    """
+    weights = np.array([s.weight for s in sources], dtype=np.float64)
     for _ in range(_MAX_DRAWS):
-        pair = pairs[int(state.rng.integers(len(pairs)))]
-        aug = augment_pair(pair, state.rng, config.augment)
+        src = (
+            sources[0] if len(sources) == 1 else sources[int(state.rng.choice(len(sources), p=weights / weights.sum()))]
+        )
         try:
+            if src.scans:
+                scan = src.scans[int(state.rng.integers(len(src.scans)))]
+                assert src.self_supervised is not None
+                aug = to_scan_pair(make_pair(scan.points, scan.voxel, src.self_supervised, state.rng), scan.name)
+            else:
+                pair = src.pairs[int(state.rng.integers(len(src.pairs)))]
+                aug = augment_pair(pair, state.rng, config.augment)
             safe = config.loss.safe_radius_factor if config.loss.objective == "hardest_contrastive" else 0.0
             vp = voxelize_pair(aug, config.loss.positive_radius_factor, device, safe)
         except ValueError:
             continue
         if vp.positives.shape[0] >= config.loss.min_positives:
-            return vp
+            return vp, src.name
     raise ValueError(
         f"no usable training pair in {_MAX_DRAWS} draws: clouds too small or too little overlap "
         f"(need >= {config.loss.min_positives} positive voxel pairs)"
     )
 
 
-def _objective(
+def objective(
     feats: torch.Tensor, vp: VoxelPair, lc: LossConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, positive term, negative term) of one step; PointInfoNCE has no separate terms (NaN)."""
@@ -273,9 +322,16 @@ def validation_pairs(
 
 
 def evaluate_fmr(
-    model: ResUNetBN2C, pairs: list[VoxelPair], inlier_distance: float, inlier_ratio: float
+    model: ResUNetBN2C,
+    pairs: list[VoxelPair],
+    inlier_distance: float,
+    inlier_ratio: float,
+    inlier_voxels: float | None = None,
 ) -> dict[str, float]:
-    """Feature-match recall and mean inlier ratio of ``model`` on voxelised pairs (eval mode)."""
+    """Feature-match recall and mean inlier ratio of ``model`` on voxelised pairs (eval mode).
+
+    With ``inlier_voxels`` the inlier distance of each pair is that many of its voxels instead of
+    ``inlier_distance`` (pairs of scans at very different scales)."""
     if not pairs:
         return {"fmr": float("nan"), "inlier_ratio": float("nan")}
     was_training = model.training
@@ -291,7 +347,7 @@ def evaluate_fmr(
                     vp.positions0,
                     vp.positions1,
                     vp.T_1_from_0,
-                    inlier_distance,
+                    inlier_distance if inlier_voxels is None else inlier_voxels * vp.voxel,
                     inlier_ratio,
                 )
                 flags.append(ok)
@@ -299,6 +355,36 @@ def evaluate_fmr(
     finally:
         model.train(was_training)
     return {"fmr": float(np.mean(flags)), "inlier_ratio": float(np.mean(ratios))}
+
+
+def ready_pairs(pairs: list[ScanPair], config: FcgfTrainConfig, device: torch.device | str = "cpu") -> list[VoxelPair]:
+    """``pairs`` voxelised as they are (no augmentation); pairs too small for the network are skipped."""
+    out = []
+    for pair in pairs:
+        try:
+            out.append(voxelize_pair(pair, config.loss.positive_radius_factor, device))
+        except ValueError as exc:
+            logger.warning("validation pair %s skipped: %s", pair.name, exc)
+    return out
+
+
+def _validate(
+    model: ResUNetBN2C,
+    val: list[VoxelPair],
+    ready: list[VoxelPair],
+    config: FcgfTrainConfig,
+    val_inlier_voxels: float,
+) -> dict[str, float]:
+    """Validation row: FMR and inlier ratio over both kinds of pairs (weighted by their counts)."""
+    parts = []
+    if val:
+        parts.append((len(val), evaluate_fmr(model, val, config.fmr_inlier_distance, config.fmr_inlier_ratio)))
+    if ready:
+        parts.append(
+            (len(ready), evaluate_fmr(model, ready, 0.0, config.fmr_inlier_ratio, inlier_voxels=val_inlier_voxels))
+        )
+    n = sum(k for k, _ in parts)
+    return {key: float(sum(k * m[key] for k, m in parts) / n) for key in ("fmr", "inlier_ratio")}
 
 
 def train_fcgf(
@@ -309,29 +395,41 @@ def train_fcgf(
     device: torch.device | str,
     state_path: Path,
     progress: Callable[[dict[str, float]], None] | None = None,
+    sources: list[TrainSource] | None = None,
+    val_ready: list[ScanPair] | None = None,
+    val_inlier_voxels: float = 2.0,
 ) -> TrainResult:
-    """Train (or resume training) FCGF; see the module docstring. ``progress`` gets each history row."""
-    if not train_pairs:
+    """Train (or resume training) FCGF; see the module docstring. ``progress`` gets each history row.
+
+    ``sources`` (weighted posed and unlabeled data) replaces ``train_pairs`` when given;
+    ``val_ready`` pairs are validated unaugmented at ``val_inlier_voxels`` voxels.
+    """
+    if sources is None:
+        sources = [TrainSource("pairs", 1.0, pairs=tuple(train_pairs))] if train_pairs else []
+        identity: tuple[str, ...] = ()
+    else:
+        sources = [s for s in sources if s.weight > 0 and (s.pairs or s.scans)]
+        identity = tuple(s.identity() for s in sources)
+    if not sources:
         raise ValueError("no training pairs")
     start = time.perf_counter()
     device = torch.device(device)
     state = _fresh_state(config, seed, device)
     state_path = Path(state_path)
-    if state_path.is_file() and _restore(state_path, state, config, seed):
+    if state_path.is_file() and _restore(state_path, state, config, seed, identity):
         logger.info("resuming FCGF training at iteration %d from %s", state.iteration, state_path)
     resumed_from = state.iteration
     val = validation_pairs(val_pairs, config, seed, device)
-    if state.iteration == 0 and val:
-        state.validation.append(
-            {"iteration": 0.0, **evaluate_fmr(state.model, val, config.fmr_inlier_distance, config.fmr_inlier_ratio)}
-        )
+    ready = ready_pairs(list(val_ready or []), config, device)
+    if state.iteration == 0 and (val or ready):
+        state.validation.append({"iteration": 0.0, **_validate(state.model, val, ready, config, val_inlier_voxels)})
     state.model.train()
     lc = config.loss
     while state.iteration < config.iterations:
         t = time.perf_counter()
-        vp = _draw(train_pairs, state, config, device)
+        vp, source = _draw(sources, state, config, device)
         feats = state.model(vp.tensor).features  # (M0 + M1, D)
-        loss, pos, neg = _objective(feats, vp, lc, state.gen)
+        loss, pos, neg = objective(feats, vp, lc, state.gen)
         if not bool(torch.isfinite(loss)):
             raise ValueError(
                 f"FCGF loss became {float(loss)} at iteration {state.iteration + 1}; "
@@ -351,14 +449,15 @@ def train_fcgf(
             "neg_loss": neg.item(),
             "lr": lr,
             "num_positives": float(vp.positives.shape[0]),
+            "source": float(next(i for i, s in enumerate(sources) if s.name == source)),
             "seconds": time.perf_counter() - t,
         }
         state.history.append(row)
         if progress is not None:
             progress(row)
         last = state.iteration == config.iterations
-        if val and (state.iteration % max(1, config.val_every) == 0 or last):
-            metrics = evaluate_fmr(state.model, val, config.fmr_inlier_distance, config.fmr_inlier_ratio)
+        if (val or ready) and (state.iteration % max(1, config.val_every) == 0 or last):
+            metrics = _validate(state.model, val, ready, config, val_inlier_voxels)
             state.validation.append({"iteration": float(state.iteration), **metrics})
             logger.info(
                 "iteration %d: loss %.4f, validation FMR %.3f, inlier ratio %.3f",
@@ -368,6 +467,6 @@ def train_fcgf(
                 metrics["inlier_ratio"],
             )
         if state.iteration % max(1, config.checkpoint_every) == 0 or last:
-            _save_state(state_path, state, config, seed)
+            _save_state(state_path, state, config, seed, identity)
     state.model.eval()
     return TrainResult(state.model, state.history, state.validation, resumed_from, time.perf_counter() - start)
