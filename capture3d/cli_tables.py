@@ -1,7 +1,8 @@
 """What the ``capture3d`` command prints: metric tables, status tables and each stage's extra lines.
 
 Inputs: a stage's metrics (its ``metrics.json``) and catalog step, or the rows of a flow run.
-Outputs: rich tables on stdout (200 columns wide when stdout is not a terminal). A stage prints
+Outputs: rich tables on stdout (200 columns wide when stdout is not a terminal; the status tables of
+flow runs 80: a kind's few terminal metrics from the catalog, reasons below). A stage prints
 its catalog ``display`` metrics, then what :data:`EXTRAS` adds for it (register's unplaced,
 low-confidence and status lines, the fits' per-view table, the bodies' per-body rows and skipped
 people); ``evaluate features`` prints one column per descriptor instead.
@@ -9,11 +10,13 @@ people); ``evaluate features`` prints one column per descriptor instead.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -33,6 +36,10 @@ FEATURE_TABLE_KEYS = (
     "dimension",
 )
 BODY_COLUMNS = ("body", "error_px", "error_norm", "pck_0.1", "mpjpe_mm", "pa_mpjpe_mm")
+STATUS_WIDTH = 80
+"""the status tables' width when stdout is not a terminal"""
+MAX_STATUS_METRICS = 4
+"""metric columns of a status table at most"""
 BODY_STATUS_KEYS = ("bodies_fitted", "bodies_skipped", "body_error_norm", "body_mpjpe_mm", "body_pa_mpjpe_mm")
 
 
@@ -55,17 +62,69 @@ def print_metrics(title: str, metrics: dict[str, Any], keys: Sequence[str]) -> N
     console().print(table)
 
 
-def print_statuses(rows: list[dict[str, Any]], title: str = "captures") -> None:
-    """One row per capture: status, summary metrics, reason when failed."""
-    keys: list[str] = []
+def _kind_of(row: Mapping[str, Any], kind: str | None) -> str:
+    """The row's capture kind: its ``kind``, the caller's, or the first whose summary keys it holds."""
+    if row.get("kind") or kind:
+        return str(row.get("kind") or kind)
+    for p in catalog.PIPELINES:
+        if any(k in row for s in p.steps for k in s.summary.values()):
+            return p.kind
+    return ""
+
+
+def status_columns(kind: str, rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(row key, column title) of the kind's terminal metrics (:attr:`catalog.Pipeline.terminal`)
+    that some row holds, at most :data:`MAX_STATUS_METRICS`."""
+    known = {p.kind: p for p in catalog.PIPELINES}
+    terminal = known[kind].terminal if kind in known else {}
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    columns: list[tuple[str, str]] = []
+    for key, title in terminal.items():
+        if "*" in key:
+            head, tail = key.split("*", 1)
+            for k in keys:
+                if fnmatch.fnmatchcase(k, key):
+                    columns.append((k, title.replace("*", k[len(head) : len(k) - len(tail)])))
+        elif key in keys:
+            columns.append((key, title))
+    return columns[:MAX_STATUS_METRICS]
+
+
+def status_console() -> Console:
+    """The status tables' console: the terminal, or 80 columns when stdout is not one."""
+    return Console() if sys.stdout.isatty() else Console(width=STATUS_WIDTH)
+
+
+def print_statuses(
+    rows: Sequence[Mapping[str, Any]], title: str = "captures", kind: str | None = None, out: Console | None = None
+) -> None:
+    """One table per capture kind: capture, status and the kind's few terminal metrics (fits 80
+    columns); then each failed or refused capture's reason on a line of its own. Every other metric
+    is in the report and in ``capture3d results``."""
+    out = out or status_console()
+    groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        keys += [k for k in row if k not in keys]
-    table = Table(title=title)
-    for key in keys:
-        table.add_column(key, overflow="fold")
-    for row in rows:
-        table.add_row(*(fmt(row.get(k, "")) for k in keys))
-    console().print(table)
+        groups.setdefault(_kind_of(row, kind), []).append(row)
+    for group_kind, group in groups.items():
+        columns = status_columns(group_kind, group)
+        label = f"{title} ({group_kind})" if len(groups) > 1 and group_kind else title
+        table = Table(title=label, box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("capture", overflow="fold", max_width=32)
+        table.add_column("status", overflow="fold", max_width=24)
+        for _, column in columns:
+            table.add_column(column, justify="right", no_wrap=True)
+        for row in group:
+            table.add_row(
+                str(row.get("capture", "")), str(row.get("status", "")), *(fmt(row.get(k, "")) for k, _ in columns)
+            )
+        out.print(table)
+        for row in group:
+            if row.get("reason"):
+                out.print(f"  {row.get('capture')}: {row['reason']}", markup=False, highlight=False, overflow="fold")
+            if row.get("skipped_inputs"):  # the bad-input policy: skipped and listed, never silent
+                count = row["skipped_inputs"]
+                text = f"  {row.get('capture')}: {count} unreadable input(s) skipped (listed in metrics.json)"
+                out.print(text, markup=False, highlight=False, overflow="fold")
 
 
 def _register_lines(metrics: dict[str, Any]) -> None:
@@ -74,6 +133,8 @@ def _register_lines(metrics: dict[str, Any]) -> None:
         out.print(f"unplaced: {name}: {reason}")
     for name, reason in metrics.get("low_confidence", {}).items():
         out.print(f"low confidence: {name}: {reason}")
+    for name, reason in metrics.get("skipped_scans", {}).items():
+        out.print(f"skipped: {name}: {reason}", markup=False, highlight=False)
     free_space = metrics.get("verification", {}).get("free_space_test")
     out.print(f"status: {metrics.get('status')} (free-space test: {free_space})")
 

@@ -27,11 +27,19 @@ PARAMS_FILE = "params.yaml"
 
 
 def default_params_path() -> Path:
-    """``./params.yaml`` when present, else the project's own ``params.yaml`` beside the package."""
+    """``./params.yaml`` when present, else the project's own ``params.yaml`` beside the package (a
+    source checkout), else the defaults installed with the package (:func:`packaged_params_path`)."""
     here = Path.cwd() / PARAMS_FILE
     if here.is_file():
         return here
-    return Path(__file__).resolve().parents[1] / PARAMS_FILE
+    beside = Path(__file__).resolve().parents[1] / PARAMS_FILE
+    return beside if beside.is_file() else packaged_params_path()
+
+
+def packaged_params_path() -> Path:
+    """The defaults shipped in the package: ``capture3d/defaults/params.yaml``, a copy of the
+    project's ``params.yaml`` (``python -m capture3d.ops.project --write-defaults``; a test checks it)."""
+    return Path(__file__).resolve().parent / "defaults" / PARAMS_FILE
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

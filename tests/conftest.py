@@ -83,6 +83,7 @@ EXPECTED_SECONDS = {
     "tests/test_multiway.py::test_bunny_multiway": 35.0,
     "tests/test_cli.py::test_register_then_evaluate_registration": 34.0,
     "tests/test_cli.py::test_train_fcgf_flow_then_evaluate_features": 27.0,
+    "tests/test_package.py::test_init_add_repro_in_a_user_project": 35.0,
 }
 SLOW_GUESS_S, DEFAULT_GUESS_S = 30.0, 0.5
 

@@ -98,7 +98,7 @@ def test_register_scans_batch_isolates_failures(harness, tmp_path: Path, repo_ro
     assert (tmp_path / "results" / "ring" / "register_scans" / "fused.ply").is_file()
     single_status = by_name["single"]
     assert not single_status.ok and single_status.failed_stage == "register_scans"
-    assert "only 1 scan" in single_status.reason
+    assert "only 1 readable scan" in single_status.reason
     assert not (tmp_path / "results" / "single" / "register_scans").exists()
 
 

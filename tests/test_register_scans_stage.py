@@ -18,6 +18,7 @@ from capture3d.errors import CaptureError
 from capture3d.stages import evaluate_registration as evaluate_stage
 from capture3d.stages import register_scans as register_stage
 from capture3d.stages import synthesize_scans
+from capture3d.tasks.registration.capture import scan_dir
 from capture3d.tasks.registration.scan_io import (
     read_gt_poses,
     read_scans,
@@ -153,7 +154,7 @@ def _sphere(n: int, seed: int, centre: tuple[float, float, float] = (0, 0, 0), r
     [
         ("empty", "no points"),
         ("nan", "NaN"),
-        ("single", "only 1 scan"),
+        ("single", "only 1 readable scan"),
         ("tiny", "points after"),
     ],
 )
@@ -195,11 +196,18 @@ def test_no_overlap_is_flagged_not_posed(tmp_path: Path, base_params: dict) -> N
 
 
 def test_ground_truth_that_does_not_match(tmp_path: Path, base_params: dict) -> None:
+    """Also the bad-input policy: an unreadable scan among good ones is skipped and listed, not fatal."""
     small = _params(base_params)
     small["synthesize_scans"]["num_scans"] = 4
     capture = synthesize_scans.run(synthesize_scans.Inputs(), tmp_path / "scans4", synthesize_scans.load_config(small))
+    (scan_dir(capture) / "broken.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 5\nend_header\n1 2\n")
     result = register_stage.run(
         register_stage.RegisterScansInputs(capture), tmp_path / "reg", register_stage.load_config(base_params)
+    )
+    registered = json.loads((result / "metrics.json").read_text())
+    assert registered["num_scans"] == 4 and registered["num_skipped_scans"] == 1
+    assert (
+        list(registered["skipped_scans"]) == ["broken.ply"] and "no points" in registered["skipped_scans"]["broken.ply"]
     )
     poses = json.loads((capture / "gt" / "poses.json").read_text())
     del poses["poses"]["scan_002"]

@@ -335,7 +335,13 @@ def run_plan(
                     kind = next(p.listing.kind for p in batch_todo if p.listing.name == name)
                     rows[name] = {"capture": name, "kind": kind, "status": "failed", "reason": reason.splitlines()[0]}
     table = [rows[n] for n in sorted(rows)]
-    summary = {"run_id": run_id, "code_version": todo.code, "finished": now(), "captures": table}
+    summary = {
+        "run_id": run_id,
+        "code_version": todo.code,
+        "finished": now(),
+        "params_hashes": {p.listing.name: p.params_digest for p in todo.pending},
+        "captures": table,
+    }
     write_json(layout.runs / f"{run_id}.json", summary)
     previous = last_good_run(layout.runs, exclude=run_id)
     report = build_report(layout.root, layout.runs / f"{run_id}.html", previous=previous, results_root=layout.results)

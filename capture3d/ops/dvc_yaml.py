@@ -32,7 +32,7 @@ HEADER = """\
 """
 
 
-def _paths(pipeline: Pipeline, step: Step) -> dict[str, str]:
+def stage_paths(pipeline: Pipeline, step: Step) -> dict[str, str]:
     """Template values in DVC's syntax (``${item}`` for per-capture steps)."""
     item = "${item}"
     return {
@@ -48,11 +48,11 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return fill(template, **values)
 
 
-def _out_path(out_dir: str, rel: str) -> str:
+def stage_out_path(out_dir: str, rel: str) -> str:
     return out_dir if rel == "." else f"{out_dir}/{rel}"
 
 
-def _command(step: Step, values: dict[str, str], out_dir: str) -> list[str]:
+def stage_command(step: Step, values: dict[str, str], out_dir: str) -> list[str]:
     words = [f"python -m {step.module}"]
     words += [f"--{field} {_fill(t, values)}" for field, t in step.inputs.items()]
     words.append(f"--out {out_dir}")
@@ -61,7 +61,7 @@ def _command(step: Step, values: dict[str, str], out_dir: str) -> list[str]:
     return words
 
 
-def _cmd_lines(words: list[str], indent: str) -> list[str]:
+def stage_cmd_lines(words: list[str], indent: str) -> list[str]:
     one = " ".join(words)
     if len(indent) + len("cmd: ") + len(one) <= 118:
         return [f"{indent}cmd: {one}"]
@@ -78,7 +78,7 @@ def _cmd_lines(words: list[str], indent: str) -> list[str]:
 
 def stage_lines(pipeline: Pipeline, step: Step, root: Path) -> list[str]:
     """The dvc.yaml lines of one step (without the trailing blank line)."""
-    values = _paths(pipeline, step)
+    values = stage_paths(pipeline, step)
     out_dir = _fill(step.out_template, values)
     lines = [f"  # {line}" for line in step.dvc_comment.splitlines()]
     lines.append(f"  {step.name}:")
@@ -86,7 +86,7 @@ def stage_lines(pipeline: Pipeline, step: Step, root: Path) -> list[str]:
     if step.per_capture:
         lines += [f"    foreach: ${{{pipeline.captures_key}}}", "    do:"]
         indent = "      "
-    lines += _cmd_lines(_command(step, values, out_dir), indent)
+    lines += stage_cmd_lines(stage_command(step, values, out_dir), indent)
     data = []
     if any("{capture}" in t for t in step.inputs.values()):
         data.append(values["capture"])
@@ -98,7 +98,7 @@ def stage_lines(pipeline: Pipeline, step: Step, root: Path) -> list[str]:
     lines += [f"{indent}  - {s}" for s in step.params_sections]
     if step.outs:
         lines.append(f"{indent}outs:")
-        lines += [f"{indent}  - {_out_path(out_dir, o)}" for o in step.outs]
+        lines += [f"{indent}  - {stage_out_path(out_dir, o)}" for o in step.outs]
     if step.metrics:
         lines += [f"{indent}metrics:", f"{indent}  - {out_dir}/{step.metrics}:", f"{indent}      cache: false"]
     if step.plots:

@@ -63,6 +63,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from capture3d import results as tidy
 from capture3d.atomic import atomic_write_text
 from capture3d.ops import report_figures as figs
 from capture3d.ops import report_html as page_html
@@ -256,12 +257,16 @@ def build_report(
     newly_failed: list[str] = []
     diffs: list[MetricDiff] = []
     if base is not None and latest is not None:
-        current = {
-            n: figs.numeric_metrics(r if r.get("status") in FINISHED else (manifests.get(n) or {}).get("metrics"))
+        # current rows (nothing redone) compare with the numbers their manifest recorded
+        redone = [
+            r
+            if r.get("status") in FINISHED
+            else {**((manifests.get(n) or {}).get("metrics") or {}), **r, "status": "ok"}
             for n, r in rows.items()
             if r.get("status") in (*FINISHED, "current")
-        }
-        old = {str(r["capture"]): figs.numeric_metrics(r) for r in base["captures"] if r.get("status") in FINISHED}
+        ]
+        current = tidy.by_capture(tidy.frame(tidy.run_rows({**latest, "captures": redone})))
+        old = tidy.by_capture(tidy.frame(tidy.run_rows(base)))
         regressions, diffs = compare_metrics(current, old, thresholds), diff_metrics(current, old)
         good_before = {str(r["capture"]) for r in base["captures"] if r.get("status") in (*FINISHED, "current")}
         newly_failed = sorted(

@@ -40,6 +40,7 @@ import json
 import logging
 import re
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,42 @@ def read_scan(path: Path) -> Scan:
     if colors is not None and colors.shape != points.shape:
         raise ValueError(f"{path}: {len(colors)} colours for {len(points)} points")
     return Scan(name=path.stem, points=points, colors=colors)
+
+
+def read_readable_scans(folder: Path) -> tuple[list[Scan], dict[str, str]]:
+    """The readable scans of :func:`list_scan_files` and, for every unreadable or invalid one, its
+    reason by file name (relative to ``folder``), each logged as a warning: capture3d's bad-input
+    policy is to skip and list bad items. ValueError when there are no scan files or names clash."""
+    folder = Path(folder)
+    paths = list_scan_files(folder)
+    if not paths:
+        raise ValueError(f"{folder}: no point-cloud scans ({', '.join(SCAN_SUFFIXES)}) found")
+    names = [p.stem for p in paths]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{folder}: several scans share the name(s) {', '.join(duplicates)}")
+    scans, skipped = [], {}
+    for path in paths:
+        try:
+            scans.append(read_scan(path))
+        except ValueError as exc:
+            skipped[path.relative_to(folder).as_posix()] = str(exc).removeprefix(f"{path}: ")
+            logger.warning("skipping scan %s: %s", path, skipped[path.relative_to(folder).as_posix()])
+    return scans, skipped
+
+
+def unreadable_scans(folder: Path, loaded: Collection[str]) -> dict[str, str]:
+    """The reasons of the scan files under ``folder`` whose names are not in ``loaded`` (what
+    :func:`read_readable_scans` skipped; only those files are read again)."""
+    folder, loaded_names = Path(folder), set(loaded)
+    out = {}
+    for path in list_scan_files(folder):
+        if path.stem not in loaded_names:
+            try:
+                read_scan(path)
+            except ValueError as exc:
+                out[path.relative_to(folder).as_posix()] = str(exc).removeprefix(f"{path}: ")
+    return out
 
 
 def read_scans(folder: Path) -> list[Scan]:
