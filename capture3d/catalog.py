@@ -107,6 +107,9 @@ class Pipeline:
     """in order; a step may use the outputs of the steps before it"""
     batch: bool = True
     """a kind the batch and the flows process (False: training pipelines)"""
+    terminal: Mapping[str, str] = field(default_factory=dict)
+    """summary key -> short column title: the few metrics the terminal status tables show (every
+    metric is in the report and in ``capture3d results``); ``*`` in a key matches several"""
 
     @property
     def capture_steps(self) -> tuple[Step, ...]:
@@ -204,6 +207,7 @@ _BODY_SUMMARY = _m(
     median_pa_mpjpe_mm="body_pa_mpjpe_mm",
 )
 _SFM_SUMMARY = _m(
+    num_skipped_files="skipped_inputs",  # the bad-input policy: unreadable items skipped and listed
     registered_fraction="registered_fraction",
     num_points3d="num_points3d",
     mean_reprojection_error_px="mean_reprojection_error_px",
@@ -282,6 +286,7 @@ PHOTOS = Pipeline(
             help="NeRF, evaluated on every 8th view held out",
         ),
     ),
+    terminal=_m(registered_fraction="registered", gaussians_psnr="3DGS dB", nerf_psnr="NeRF dB"),
 )
 
 SCANS = Pipeline(
@@ -302,14 +307,21 @@ SCANS = Pipeline(
         Step(
             "register_scans",
             _m(capture="{capture}"),
-            outs=("poses.json", "pairs.json", "fused.ply"),
+            deps=("{param:register_scans.fcgf.checkpoint}",),
+            outs=("poses.json", "pairs.json", "fused.ply", "fcgf_adapted"),
             heavy=True,
-            summary=_m(num_placed="num_placed", num_low_confidence="num_low_confidence", partial="partial"),
+            summary=_m(
+                num_skipped_scans="skipped_inputs",
+                num_placed="num_placed",
+                num_low_confidence="num_low_confidence",
+                partial="partial",
+            ),
             display=(*_REGISTRATION_DISPLAY, "num_points_fused"),
             command=("register",),
             help="multiway registration of a folder of scans",
-            dvc_comment="With register_scans.features: fcgf the stage also reads ${register_scans.fcgf.checkpoint}\n"
-            "(train_fcgf's model); add that path to its deps so DVC orders and invalidates it.",
+            dvc_comment="With register_scans.features: fcgf the stage reads ${register_scans.fcgf.checkpoint}\n"
+            "(by default the model shipped in the package), a dep; with fcgf.adapt: true it writes the\n"
+            "adapted model to fcgf_adapted/.",
         ),
         Step(
             "evaluate_registration",
@@ -330,6 +342,7 @@ SCANS = Pipeline(
             help="registration metrics against ground-truth poses",
         ),
     ),
+    terminal=_m(num_placed="placed", num_within_tolerance="within tol", ape_rotation_deg_max="max rot err"),
 )
 
 FCGF = Pipeline(
@@ -380,6 +393,7 @@ FCGF = Pipeline(
         ),
     ),
     batch=False,
+    terminal=_m(**{"*_registration_recall": "* recall"}),
 )
 
 BODIES = Pipeline(
@@ -400,6 +414,7 @@ BODIES = Pipeline(
         Step(
             "fit_bodies",
             _m(capture="{capture}"),
+            deps=("capture3d/models/anny_pose_prior_cmu.npz",),
             outs=("people.json", "params", "meshes", "overlays"),
             plots=(Plot("fit_log.csv", "iteration", "loss"),),
             device="gpu",
@@ -408,7 +423,8 @@ BODIES = Pipeline(
             display=_BODY_DISPLAY,
             command=("fit", "bodies"),
             help="SMPLify-style body fitting to 2D keypoints (single or multi-view, batched)",
-            dvc_comment="Body fitting of every person in each body capture (one batched optimisation per capture).",
+            dvc_comment="Body fitting of every person in each body capture (one batched optimisation per capture).\n"
+            "With fit_bodies.pose_prior: learned and model: anny it reads the shipped pose prior (a dep).",
         ),
         Step(
             "evaluate_bodies",
@@ -421,6 +437,7 @@ BODIES = Pipeline(
             help="body fits against 2D / 3D ground truth: error, PCK, MPJPE, PA-MPJPE",
         ),
     ),
+    terminal=_m(bodies_fitted="fitted", body_mpjpe_mm="MPJPE mm", body_pa_mpjpe_mm="PA-MPJPE mm"),
 )
 
 PIPELINES: tuple[Pipeline, ...] = (PHOTOS, SCANS, FCGF, BODIES)

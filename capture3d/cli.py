@@ -87,7 +87,7 @@ def cmd_folder(args: argparse.Namespace) -> int:
 
     kind, title = FOLDER_RUNS[args.command]
     statuses = run_folder(kind, args.captures, args.out, _names(args.names), args.params, args.overrides)
-    print_statuses([s.row() for s in statuses], title)
+    print_statuses([s.row() for s in statuses], title, kind)
     return 0 if all(s.ok for s in statuses) else 1
 
 
@@ -133,6 +133,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if result.regressions or result.newly_failed else 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from capture3d import results
+
+    text = results.write(results.load(args.path), args.format, args.out)
+    if args.out is not None:
+        print(f"results: {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from capture3d.ops.project import init
+
+    for path in init(args.dir):
+        print(f"init: {path}")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from capture3d.ops.project import add
+
+    target = add(args.project, args.kind, args.capture_name, args.path)
+    print(f"add: {args.kind} capture '{args.capture_name}' -> {target}")
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     _prefect_environment()
     from capture3d.flows.deploy import deploy_batch
@@ -176,6 +203,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(s.ok for s in statuses) else 1
 
 
+def cmd_pose_prior(args: argparse.Namespace) -> int:
+    from capture3d.tasks.body.anny_model import AnnyBody
+    from capture3d.tasks.body.pose_prior import SHIPPED_PRIOR, learn_pose_prior, load_mocap_clips
+    from capture3d.tasks.body.real_eval import MOCAP_EVAL_CLIPS
+
+    out = args.out or SHIPPED_PRIOR
+    try:
+        clips, names = load_mocap_clips(args.mocap, MOCAP_EVAL_CLIPS if args.exclude is None else args.exclude)
+    except (OSError, KeyError, ValueError) as exc:
+        raise Capture3dError(f"train pose-prior: {exc}") from None
+    prior = learn_pose_prior(AnnyBody(), clips, names, components=args.components, stride=args.stride, seed=args.seed)
+    prior.save(out)
+    print(f"pose prior: {len(prior.joints)} Anny bones, {args.components} components -> {out}")
+    for key in ("frames", "samples", "retarget_error_deg_median", "retarget_error_deg_p95", "seconds"):
+        print(f"  {key}: {prior.info[key]}")
+    return 0
+
+
+def _add_pose_prior_command(train: argparse._SubParsersAction) -> None:
+    p = train.add_parser(
+        "pose-prior",
+        help="learn Anny's Gaussian-mixture pose prior from motion capture (retargeted joint positions)",
+    )
+    p.add_argument("--mocap", type=Path, required=True, help="joints21_30fps.npz-style clips (metres, y up)")
+    p.add_argument(
+        "--exclude",
+        nargs="*",
+        default=None,
+        help="clips left out (default: the real-data evaluation clips, real_eval.MOCAP_EVAL_CLIPS)",
+    )
+    p.add_argument("--stride", type=int, default=2, help="use every n-th frame (default 2: 15 fps)")
+    p.add_argument("--components", type=int, default=8, help="Gaussians in the mixture (SMPLify: 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="prior file (default: the shipped one, replaced)")
+    p.set_defaults(func=cmd_pose_prior)
+
+
 def _stage_commands(sub: argparse._SubParsersAction, words: Sequence[str] | None) -> None:
     """One subcommand per catalog step; only the one ``words`` names gets its flags (building them
     imports the stage module), unless ``words`` is None (every one)."""
@@ -198,6 +262,7 @@ def _stage_commands(sub: argparse._SubParsersAction, words: Sequence[str] | None
                 )
                 p.add_argument("--names", default="", help="comma-separated captures for --captures (default: all)")
         p.set_defaults(func=cmd_stage, stage=step.name)
+    _add_pose_prior_command(groups["train"])
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -261,6 +326,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "--previous", type=Path, default=None, help="baseline run JSON (default: the last good run before the latest)"
     )
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "results",
+        help="every metric of a work area, a folder run or a project as one tidy table (pandas): print or write it",
+    )
+    p.add_argument("path", nargs="?", type=Path, default=Path("."), help="work area, results root or project (.)")
+    p.add_argument("--format", choices=("table", "csv", "parquet"), default="table", help="output format")
+    p.add_argument("--out", type=Path, default=None, help="write to this file (parquet: required)")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("init", help="scaffold a capture3d project: params.yaml, dvc.yaml, .dvc/, .gitignore")
+    p.add_argument("dir", nargs="?", type=Path, default=Path("."), help="project folder (default: .)")
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("add", help="add a capture to the project in . (copied to its kind's folder; dvc.yaml updated)")
+    p.add_argument("kind", choices=catalog.batch_kinds(), help="capture kind")
+    p.add_argument("capture_name", metavar="name", help="capture name (letters, digits, '.', '_', '-')")
+    p.add_argument("path", type=Path, help="the capture folder")
+    p.add_argument("--project", type=Path, default=Path("."), help="project folder (default: .)")
+    p.set_defaults(func=cmd_add)
     return parser
 
 

@@ -5,10 +5,19 @@ and the ``register_scans`` section of params.yaml (preprocessing, features, pair
 settings). Output folder (written atomically): ``poses.json`` (world_from_scan 4x4 for every
 placed scan; world = the reference scan's frame; and each placed scan's confidence),
 ``pairs.json`` (every pairwise result with its hypotheses), ``fused.ply`` (the fused,
-voxel-downsampled model) and ``metrics.json`` (placed, low-confidence and unplaced scans with
+voxel-downsampled model), ``fcgf_adapted/`` (always present: ``info.json`` says whether the FCGF
+model was adapted to this capture; when the adapted model was used it also holds it as
+``model.pt``, a DVC-tracked output) and ``metrics.json`` (placed, low-confidence and unplaced scans with
 reasons, ``status``: ``ok`` when every scan is placed with high confidence, else ``partial``; what
 the verification could use (sensor origins and their sources); pair statistics, the voxel size,
-runtime per step).
+runtime per step; with ``fcgf.adapt`` the self-supervised validation FMR before and after
+adaptation, ``fcgf_adaptation``).
+
+FCGF adaptation (``features: fcgf`` with ``fcgf.adapt: true``): the checkpoint's model is first
+fine-tuned on self-supervised pairs cut from this capture's own scans
+(:mod:`capture3d.tasks.fcgf.adapt`, time-boxed by ``fcgf.adapt_max_seconds``), then extracts the
+features. When adaptation lowers the validation FMR, the original model is used and the metrics
+say so.
 
 Sensor origins (``sensor_origin``: ``auto`` | ``scan_frame`` | ``none``, see
 :mod:`capture3d.tasks.registration.sensor_origin`) give each scan a range image for the free-space test of
@@ -32,12 +41,18 @@ from capture3d.atomic import atomic_dir
 from capture3d.config import section
 from capture3d.errors import CaptureError
 from capture3d.stages.common import CaptureInputs, write_json
+from capture3d.tasks.device import resolve_device
+from capture3d.tasks.fcgf.adapt import AdaptConfig, adapt_model
+from capture3d.tasks.fcgf.checkpoint import save_checkpoint
+from capture3d.tasks.fcgf.features import FCGF
 from capture3d.tasks.registration.capture import (
     RegisterScansConfig,
     check_feature_names,
     compute_features,
     feature_registry_for,
+    load_fcgf_model,
     prepare_scans,
+    scan_dir,
     sensor_views,
 )
 from capture3d.tasks.registration.features import (
@@ -47,6 +62,7 @@ from capture3d.tasks.registration.graph import fuse_clouds
 from capture3d.tasks.registration.multiway import register_multiway
 from capture3d.tasks.registration.scan_io import (
     Scan,
+    unreadable_scans,
     write_poses_json,
 )
 
@@ -87,9 +103,21 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
     """Register every scan of the capture into one frame and fuse them; returns ``out``."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    registry = feature_registry_for(config, inputs.label)
+    fcgf = load_fcgf_model(config.fcgf, inputs.label) if config.features == FCGF else None
+    registry = feature_registry_for(config, inputs.label, fcgf[0] if fcgf else None)
     scans, voxel, prepared, prep_timings = prepare_scans(inputs.capture, inputs.label, config.preprocess)
     timings.update(prep_timings)
+    adaptation: dict[str, Any] = {
+        "adapted": False,
+        "reason": "features is not fcgf" if fcgf is None else "adapt: false",
+    }
+    adapted = None
+    if fcgf is not None and config.fcgf.adapt:
+        t = time.perf_counter()
+        adapted, adaptation = _adapt(inputs.label, config, fcgf, scans, voxel)
+        timings["adapt_s"] = time.perf_counter() - t
+        if adapted is not None:
+            registry = feature_registry_for(config, inputs.label, adapted)
 
     t = time.perf_counter()
     features = compute_features(inputs.label, prepared, voxel, get_feature(config.features, registry))
@@ -115,16 +143,35 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
         [clouds[names.index(n)] for n in placed], [result.poses[n] for n in placed], voxel * config.fused_voxel_factor
     )
     timings["fuse_s"] = time.perf_counter() - t
+    # bad-input policy (README, "Bad input"): unreadable scans were skipped; list them with their reasons
+    skipped = unreadable_scans(scan_dir(inputs.capture), [s.name for s in scans])
     with atomic_dir(out) as tmp:
         import open3d as o3d
 
         o3d.io.write_point_cloud(str(tmp / "fused.ply"), fused)
+        (tmp / "fcgf_adapted").mkdir()
+        if adapted is not None and fcgf is not None:
+            save_checkpoint(
+                tmp / "fcgf_adapted" / "model.pt",
+                adapted,
+                fcgf[1],
+                adapted_from=str(fcgf[2]),
+                adaptation={k: v for k, v in adaptation.items() if k != "model"},
+            )
+        write_json(tmp / "fcgf_adapted" / "info.json", adaptation)
         write_poses_json(tmp / "poses.json", result.poses, confidence=result.confidence)
         write_json(tmp / "pairs.json", {"pairs": [_pair_record(p) for p in result.pairs]})
         timings["total_s"] = time.perf_counter() - start
         write_json(
             tmp / "metrics.json",
-            _metrics(inputs.label, scans, prepared, voxel, result, timings, len(fused.points), config, origin_sources),
+            {
+                **_metrics(
+                    inputs.label, scans, prepared, voxel, result, timings, len(fused.points), config, origin_sources
+                ),
+                "fcgf_adaptation": adaptation,
+                "skipped_scans": skipped,
+                "num_skipped_scans": len(skipped),
+            },
         )
     logger.info(
         "capture '%s': %d/%d scans placed (%d low confidence) -> %s",
@@ -135,6 +182,45 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
         out,
     )
     return out
+
+
+def _adapt(
+    label: str, config: RegisterScansConfig, fcgf: tuple[Any, Any, Path], scans: list[Scan], voxel: float
+) -> tuple[Any, dict[str, Any]]:
+    """Fine-tune the FCGF model on the capture's scans: (the adapted model, or None when it matched the
+    validation pairs worse than the original, and what happened, for metrics.json)."""
+    f = config.fcgf
+    adapt_config = AdaptConfig(
+        max_seconds=f.adapt_max_seconds,
+        max_iterations=f.adapt_max_iterations,
+        learning_rate=f.adapt_learning_rate,
+        val_pairs=f.adapt_val_pairs,
+        val_inlier_voxels=f.adapt_val_inlier_voxels,
+        inlier_ratio=0.05,
+        views=f.adapt_views,
+    )
+    try:
+        res = adapt_model(
+            fcgf[0], [(s.name, s.points) for s in scans], voxel, adapt_config, f.adapt_seed, resolve_device(f.device)
+        )
+    except ValueError as exc:
+        raise CaptureError(label, f"FCGF adaptation: {exc}") from None
+    info = {
+        "adapted": True,
+        "used": "adapted" if res.improved else "original",
+        "reason": "" if res.improved else "adaptation lowered the validation FMR: the original model was used",
+        "checkpoint": str(fcgf[2]),
+        "val_fmr_before": res.fmr_before,
+        "val_fmr_after": res.fmr_after,
+        "val_inlier_ratio_before": res.inlier_ratio_before,
+        "val_inlier_ratio_after": res.inlier_ratio_after,
+        "num_val_pairs": res.num_val_pairs,
+        "iterations": res.iterations,
+        "seconds": res.seconds,
+        "loss_first": res.losses[0] if res.losses else None,
+        "loss_last": res.losses[-1] if res.losses else None,
+    }
+    return (res.model if res.improved else None), info
 
 
 def _pair_record(pair: Any) -> dict[str, Any]:

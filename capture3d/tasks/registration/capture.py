@@ -20,11 +20,16 @@ from typing import Literal
 import numpy as np
 
 from capture3d.errors import CaptureError, ParamsError
-from capture3d.tasks.fcgf.features import FCGF, registry_with_fcgf
+from capture3d.tasks.device import resolve_device
+from capture3d.tasks.fcgf.checkpoint import FcgfModelConfig, load_checkpoint
+from capture3d.tasks.fcgf.features import FCGF, fcgf_feature
+from capture3d.tasks.fcgf.model import ResUNetBN2C
+from capture3d.tasks.fcgf.self_supervised import SelfSupervisedConfig
 from capture3d.tasks.registration.features import (
     FeatureFn,
     feature_registry,
     get_feature,
+    register_feature,
 )
 from capture3d.tasks.registration.multiway import MultiwayConfig
 from capture3d.tasks.registration.pair import PairConfig
@@ -33,13 +38,16 @@ from capture3d.tasks.registration.preprocess import (
     auto_voxel_size,
     preprocess,
 )
-from capture3d.tasks.registration.scan_io import Scan, list_scan_files, read_scans
+from capture3d.tasks.registration.scan_io import Scan, list_scan_files, read_readable_scans
 from capture3d.tasks.registration.sensor_origin import OriginMode, sensor_origins
 from capture3d.tasks.registration.visibility import RangeImage, range_image
 
 logger = logging.getLogger(__name__)
 
 GT_CANDIDATES = ("gt/poses.json", "gt/gt.log", "gt.log", "poses.json", "gt", "gt.npy")
+#: The folder holding the ``capture3d`` package: relative checkpoint paths absent from the working
+#: directory are looked up here (``capture3d/models/fcgf_default.pt`` ships inside the package).
+PACKAGE_PARENT = Path(__file__).resolve().parents[3]
 
 
 def scan_dir(capture: Path) -> Path:
@@ -70,12 +78,30 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class FcgfFeatureConfig:
-    """The trained FCGF model used when ``features: fcgf``."""
+    """The trained FCGF model used when ``features: fcgf``, and its optional adaptation to the capture."""
 
     checkpoint: str
-    """capture3d or official FCGF checkpoint (train_fcgf writes models/fcgf/model.pt)"""
+    """capture3d or official FCGF checkpoint; default: the model shipped in the package
+    (capture3d/models/fcgf_default.pt); a relative path is tried in the working directory, then
+    beside the installed package; train_fcgf writes models/fcgf/model.pt"""
     device: Literal["auto", "cpu", "cuda"]
     """where the network extracts features (auto: CUDA when available)"""
+    adapt: bool
+    """first fine-tune the model on the capture's own scans (self-supervised), then extract features with it"""
+    adapt_max_seconds: float
+    """adaptation time box, seconds"""
+    adapt_max_iterations: int
+    """adaptation stops after this many steps at the latest (reproducible when reached before the time box)"""
+    adapt_learning_rate: float
+    """adaptation Adam learning rate"""
+    adapt_val_pairs: int
+    """self-supervised validation pairs cut from the capture's scans for the FMR before / after"""
+    adapt_val_inlier_voxels: float
+    """adaptation validation: a match is an inlier within this many voxels"""
+    adapt_seed: int
+    """seed of the adaptation's pairs and validation pairs"""
+    adapt_views: SelfSupervisedConfig
+    """how adaptation cuts two overlapping views from one scan"""
 
 
 @dataclass(frozen=True)
@@ -109,15 +135,22 @@ def check_feature_names(names: Sequence[str], key: str) -> None:
 
 
 def load_scans(capture: Path, label: str, units_scale: float) -> list[Scan]:
-    """Read and scale the capture's scans; bad files become a CaptureError naming the capture."""
+    """Read and scale the capture's readable scans: an unreadable or invalid file is skipped and
+    listed (:func:`read_readable_scans`; the stage's metrics name it); a CaptureError naming the
+    capture when fewer than two readable scans remain, no scan files are found or names clash."""
     if not capture.is_dir():
         raise CaptureError(label, f"capture folder '{capture}' does not exist")
     try:
-        scans = read_scans(scan_dir(capture))
+        scans, skipped = read_readable_scans(scan_dir(capture))
     except ValueError as exc:
         raise CaptureError(label, str(exc)) from None
     if len(scans) < 2:
-        raise CaptureError(label, f"only {len(scans)} scan in '{scan_dir(capture)}': nothing to register")
+        listed = "; ".join(f"{n}: {r}" for n, r in list(skipped.items())[:3])
+        raise CaptureError(
+            label,
+            f"only {len(scans)} readable scan(s) in '{scan_dir(capture)}': nothing to register"
+            + (f" ({len(skipped)} skipped: {listed})" if skipped else ""),
+        )
     if units_scale != 1.0:
         scans = [Scan(s.name, s.points * units_scale, s.colors) for s in scans]
     return scans
@@ -150,7 +183,9 @@ def sensor_views(
 ) -> tuple[list[RangeImage | None], dict[str, str]]:
     """Each scan's range image from its sensor origin (None where unknown) and the origins' sources."""
     try:
-        origins = sensor_origins([s.name for s in scans], list_scan_files(scan_dir(capture)), capture, mode)
+        names = [s.name for s in scans]  # the readable scans (unreadable files were skipped)
+        files = [p for p in list_scan_files(scan_dir(capture)) if p.stem in set(names)]
+        origins = sensor_origins(names, files, capture, mode)
         views = [
             None if origin is None else range_image(scan.points, origin * units_scale)
             for scan, (origin, _) in zip(scans, origins)
@@ -160,14 +195,38 @@ def sensor_views(
     return views, {scan.name: source for scan, (_, source) in zip(scans, origins)}
 
 
-def feature_registry_for(config: RegisterScansConfig, label: str) -> dict[str, FeatureFn]:
-    """The built-in descriptors, plus ``fcgf`` from ``config.fcgf.checkpoint`` when ``features: fcgf``."""
-    if config.features != FCGF:
-        return feature_registry()
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint path: as given when absolute or present from the working directory, else
+    relative to the folder holding the installed ``capture3d`` package (the shipped default)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    packaged = PACKAGE_PARENT / p
+    return packaged if packaged.exists() else p
+
+
+def load_fcgf_model(config: FcgfFeatureConfig, label: str) -> tuple[ResUNetBN2C, FcgfModelConfig, Path]:
+    """The FCGF model of ``config.checkpoint`` on its device, its shape and the resolved path (CaptureError)."""
+    path = resolve_checkpoint(config.checkpoint)
     try:
-        return registry_with_fcgf(Path(config.fcgf.checkpoint), config.fcgf.device)
+        model, shape, _ = load_checkpoint(path, resolve_device(config.device))
     except ValueError as exc:
         raise CaptureError(label, str(exc)) from None
+    return model, shape, path
+
+
+def feature_registry_for(
+    config: RegisterScansConfig, label: str, model: ResUNetBN2C | None = None
+) -> dict[str, FeatureFn]:
+    """The built-in descriptors, plus ``fcgf`` when ``features: fcgf``: ``model`` when given, else
+    the network of ``config.fcgf.checkpoint``."""
+    registry = feature_registry()
+    if config.features != FCGF:
+        return registry
+    if model is None:
+        model, _, _ = load_fcgf_model(config.fcgf, label)
+    register_feature(FCGF, fcgf_feature(model), registry, replace=True)
+    return registry
 
 
 def compute_features(label: str, prepared: list[Preprocessed], voxel: float, extract: FeatureFn) -> list[np.ndarray]:
