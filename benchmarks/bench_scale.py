@@ -42,11 +42,11 @@ def _bodies_child(frames: int, scale: float, sets: list[str], threads: int) -> d
 
     from capture3d.config import load_params
     from capture3d.stages import fit_bodies as stage
-    from capture3d.tasks.body.fit import BodyFitConfig, BodyObservations, fit_bodies, world_keypoints
+    from capture3d.tasks.body.fit import BodyFitConfig, fit_bodies, world_keypoints
     from capture3d.tasks.body.metrics import pa_mpjpe
     from capture3d.tasks.body.model import COCO17
     from capture3d.tasks.body.sequence import ChunkConfig, fit_sequence, windows
-    from capture3d.tasks.synthesis.bodies import synthesize_sequence
+    from capture3d.tasks.synthesis.bodies import observations, synthesize_sequence
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
@@ -60,19 +60,7 @@ def _bodies_child(frames: int, scale: float, sets: list[str], threads: int) -> d
     model = stage.build_model(config, torch.device("cpu"))
     syn = synthesize_sequence(model, frames=frames, names=COCO17, seed=0)
 
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
-
-    obs = BodyObservations(
-        COCO17,
-        t(syn.xy),
-        torch.ones(frames, 1, len(COCO17)),
-        t(syn.rot),
-        t(syn.trans),
-        t(syn.k).expand(frames, 1, 3, 3),
-        torch.full((frames, 1), 300.0),
-        sequence_pairs=torch.stack([torch.arange(frames - 1), torch.arange(1, frames)], 1),
-    )
+    obs = observations(syn, sequence=True)
     chunk = ChunkConfig(config.chunk_frames, config.chunk_overlap, config.shape_frames)
     start = time.perf_counter()
     if frames > chunk.chunk_frames:

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from capture3d.tasks.body.fit import BodyFitConfig, BodyObservations, FitStage, fit_bodies, world_keypoints
+from capture3d.tasks.body.fit import BodyFitConfig, FitStage, fit_bodies, world_keypoints
 from capture3d.tasks.body.metrics import pa_mpjpe
 from capture3d.tasks.body.model import COCO17
 from capture3d.tasks.body.sequence import ChunkConfig, fit_sequence, sequence_tracks, windows
-from capture3d.tasks.synthesis.bodies import synthesize_sequence
+from capture3d.tasks.synthesis.bodies import observations, synthesize_sequence
 
 STAGES = (FitStage(20, 0.05, body=False), FitStage(40, 0.05, pose_weight=20.0), FitStage(40, 0.03, pose_weight=4.0))
 
@@ -40,20 +40,7 @@ def _walk(model, frames: int, seed: int):
     """One body filmed for ``frames`` frames (``synthesize_sequence``): truth (F, K, 3) and the
     observations linked as one sequence."""
     syn = synthesize_sequence(model, frames=frames, names=COCO17, seed=seed)
-
-    def t(a):
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
-
-    obs = BodyObservations(
-        COCO17,
-        t(syn.xy),
-        torch.ones(frames, 1, len(COCO17)),
-        t(syn.rot),
-        t(syn.trans),
-        t(syn.k).expand(frames, 1, 3, 3),
-        torch.full((frames, 1), 300.0),
-        sequence_pairs=torch.stack([torch.arange(frames - 1), torch.arange(1, frames)], 1),
-    )
+    obs = observations(syn, sequence=True)
     return syn.points, obs
 
 

@@ -96,6 +96,12 @@ def stage_lines(pipeline: Pipeline, step: Step, root: Path) -> list[str]:
     lines += [f"{indent}  - {d}" for d in dict.fromkeys([*data, *code])]
     lines.append(f"{indent}params:")
     lines += [f"{indent}  - {s}" for s in step.params_sections]
+    return lines + stage_output_lines(step, out_dir, indent)
+
+
+def stage_output_lines(step: Step, out_dir: str, indent: str) -> list[str]:
+    """The ``outs``, ``metrics`` and ``plots`` entries of ``step`` writing under ``out_dir``."""
+    lines: list[str] = []
     if step.outs:
         lines.append(f"{indent}outs:")
         lines += [f"{indent}  - {stage_out_path(out_dir, o)}" for o in step.outs]

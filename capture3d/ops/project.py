@@ -36,7 +36,7 @@ from capture3d.catalog import Pipeline, Step, batch_kinds, pipeline
 from capture3d.config import PARAMS_FILE, load_params, packaged_params_path
 from capture3d.errors import Capture3dError
 from capture3d.ops.code_deps import import_closure
-from capture3d.ops.dvc_yaml import stage_cmd_lines, stage_command, stage_out_path, stage_paths
+from capture3d.ops.dvc_yaml import stage_cmd_lines, stage_command, stage_output_lines, stage_paths
 from capture3d.ops.names import check_capture_name
 
 logger = logging.getLogger(__name__)
@@ -114,17 +114,7 @@ def stage_block(spec: Pipeline, step: Step, items: Sequence[str] | None) -> list
     lines += [f"{indent}  - {d}" for d in dict.fromkeys(deps)]
     lines.append(f"{indent}params:")
     lines += [f"{indent}  - {s}" for s in (*step.params_sections, f"{CODE_KEY}.{step.name}")]
-    if step.outs:
-        lines.append(f"{indent}outs:")
-        lines += [f"{indent}  - {stage_out_path(out_dir, o)}" for o in step.outs]
-    if step.metrics:
-        lines += [f"{indent}metrics:", f"{indent}  - {out_dir}/{step.metrics}:", f"{indent}      cache: false"]
-    if step.plots:
-        lines.append(f"{indent}plots:")
-        for plot in step.plots:
-            lines += [f"{indent}  - {out_dir}/{plot.file}:", f"{indent}      x: {plot.x}", f"{indent}      y: {plot.y}"]
-            lines.append(f"{indent}      cache: false")
-    return lines
+    return lines + stage_output_lines(step, out_dir, indent)
 
 
 def render_project(root: Path, params: Mapping[str, Any]) -> str:

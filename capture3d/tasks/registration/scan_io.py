@@ -184,11 +184,8 @@ def read_scan(path: Path) -> Scan:
     return Scan(name=path.stem, points=points, colors=colors)
 
 
-def read_readable_scans(folder: Path) -> tuple[list[Scan], dict[str, str]]:
-    """The readable scans of :func:`list_scan_files` and, for every unreadable or invalid one, its
-    reason by file name (relative to ``folder``), each logged as a warning: capture3d's bad-input
-    policy is to skip and list bad items. ValueError when there are no scan files or names clash."""
-    folder = Path(folder)
+def _scan_paths(folder: Path) -> list[Path]:
+    """:func:`list_scan_files`; ValueError when there are none or two share a name."""
     paths = list_scan_files(folder)
     if not paths:
         raise ValueError(f"{folder}: no point-cloud scans ({', '.join(SCAN_SUFFIXES)}) found")
@@ -196,6 +193,15 @@ def read_readable_scans(folder: Path) -> tuple[list[Scan], dict[str, str]]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"{folder}: several scans share the name(s) {', '.join(duplicates)}")
+    return paths
+
+
+def read_readable_scans(folder: Path) -> tuple[list[Scan], dict[str, str]]:
+    """The readable scans of :func:`list_scan_files` and, for every unreadable or invalid one, its
+    reason by file name (relative to ``folder``), each logged as a warning: capture3d's bad-input
+    policy is to skip and list bad items. ValueError when there are no scan files or names clash."""
+    folder = Path(folder)
+    paths = _scan_paths(folder)
     scans, skipped = [], {}
     for path in paths:
         try:
@@ -223,14 +229,7 @@ def unreadable_scans(folder: Path, loaded: Collection[str]) -> dict[str, str]:
 def read_scans(folder: Path) -> list[Scan]:
     """All scans of :func:`list_scan_files`, in its order; ValueError when there are none or names clash."""
     folder = Path(folder)
-    paths = list_scan_files(folder)
-    if not paths:
-        raise ValueError(f"{folder}: no point-cloud scans ({', '.join(SCAN_SUFFIXES)}) found")
-    names = [p.stem for p in paths]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{folder}: several scans share the name(s) {', '.join(duplicates)}")
-    scans = [read_scan(p) for p in paths]
+    scans = [read_scan(p) for p in _scan_paths(folder)]
     logger.info("read %d scans (%d points) from %s", len(scans), sum(len(s.points) for s in scans), folder)
     return scans
 

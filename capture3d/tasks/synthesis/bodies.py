@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from capture3d.tasks.body.camera import focal_from_fov, intrinsics
+from capture3d.tasks.body.fit import BodyObservations
 from capture3d.tasks.body.model import BodyModel, BodyPose
 from capture3d.tasks.body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from capture3d.tasks.cameras import look_at
@@ -184,4 +185,25 @@ def synthesize_sequence(
         xy_clean=clean,
         width=width,
         height=height,
+    )
+
+
+def observations(syn: SyntheticBodies, *, box_px: float = 300.0, sequence: bool = False) -> BodyObservations:
+    """The fit's observations of ``syn`` (float32, every keypoint confident, residuals per
+    ``box_px`` pixels); ``sequence``: consecutive rows are linked as frames of one track."""
+    count, views = syn.xy.shape[:2]
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+
+    pairs = torch.stack([torch.arange(count - 1), torch.arange(1, count)], 1) if sequence else None
+    return BodyObservations(
+        syn.names,
+        t(syn.xy),
+        torch.ones(count, views, len(syn.names)),
+        t(syn.rot),
+        t(syn.trans),
+        t(syn.k).expand(count, views, 3, 3),
+        torch.full((count, views), box_px),
+        sequence_pairs=pairs if pairs is not None else torch.zeros(0, 2, dtype=torch.long),
     )
