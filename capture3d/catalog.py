@@ -200,6 +200,7 @@ _BODY_DISPLAY = (
     "seconds_per_iteration",
 )
 _BODY_SUMMARY = _m(
+    num_skipped_files="skipped_inputs",  # unreadable keypoint files, skipped and listed
     people_fitted="bodies_fitted",
     people_skipped="bodies_skipped",
     median_error_norm="body_error_norm",

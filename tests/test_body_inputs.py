@@ -414,3 +414,21 @@ def test_without_groups_a_stray_detection_does_not_make_it_ambiguous(anny, captu
     batch = build_batch([*people, stray], anny.keypoint_names, cameras=_cameras(capture), groups=None)
     assert [r.body for r in batch.rows] == ["frame000#0"] and len(batch.rows[0].people) == 3, batch.notes
     assert [s["person"] for s in batch.skipped] == ["body01_view0#1"]
+
+
+def test_unreadable_keypoint_file_is_skipped_and_listed(anny, params, capture: Path, tmp_path: Path) -> None:
+    """The bad-input policy of every kind: a corrupt item is skipped and listed, the capture is
+    refused only when nothing usable remains."""
+    folder = tmp_path / "corrupt"
+    shutil.copytree(capture, folder)
+    files = sorted((folder / "keypoints").glob("*.json"))
+    files[0].write_text('{"people": [')  # cut short
+    out = fit_bodies.run(fit_bodies.BodyInputs.from_capture(folder), tmp_path / "fit", _config(params, 2), anny)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_files"] == {files[0].name: metrics["skipped_files"][files[0].name]}
+    assert "not valid JSON" in metrics["skipped_files"][files[0].name] and metrics["num_skipped_files"] == 1
+    assert metrics["people_fitted"] == 2  # the body lost one of its three views, not the capture
+    for path in files:
+        path.write_text("not json")
+    with pytest.raises(CaptureError, match="no readable keypoint file"):
+        fit_bodies.run(fit_bodies.BodyInputs.from_capture(folder), tmp_path / "fit2", _config(params, 2), anny)

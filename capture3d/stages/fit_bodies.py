@@ -20,7 +20,8 @@ truth must share at least 3 joints with the model for every body it lists.
 Output folder (written atomically): ``people.json`` (per body: views, input and reprojected
 keypoints, fitted 3D keypoints, loss terms), ``params/<body>.npz`` and ``.json`` (the model
 parameters), ``meshes/<body>.ply|obj``, ``overlays/<image>.png`` (mesh and skeletons over the
-photo), ``fit_log.csv`` and ``metrics.json`` (fitted and skipped people with reasons, 2D error,
+photo), ``fit_log.csv`` and ``metrics.json`` (fitted and skipped people with reasons, keypoint
+files skipped as unreadable (``skipped_files``), 2D error,
 PCK, and MPJPE / PA-MPJPE when the capture has 3D ground truth; time per iteration).
 """
 
@@ -191,7 +192,8 @@ def run(
     label = inputs.label
     try:
         device = resolve_device(config.device)
-        people = load_keypoints(inputs.keypoints, inputs.images)
+        unreadable: dict[str, str] = {}
+        people = load_keypoints(inputs.keypoints, inputs.images, unreadable)
         cameras, groups, metric = _cameras(inputs)
         gt2d, gt3d = load_ground_truth(inputs)
     except (Capture3dError, ValueError) as exc:
@@ -259,6 +261,8 @@ def run(
                 "people_fitted": len(batch.rows),
                 "people_skipped": len(batch.skipped),
                 "skipped": batch.skipped,
+                "skipped_files": unreadable,
+                "num_skipped_files": len(unreadable),
                 "notes": batch.notes,
                 "keypoints_used": list(batch.observations.names),
                 "views_max": batch.observations.num_views,

@@ -455,13 +455,20 @@ def _apply_sidecar_box(people: list[PersonKeypoints], image: str, box: tuple[flo
     best.bbox, best.bbox_derived = box, False
 
 
-def load_keypoints(source: Path, images_dir: Path | None = None) -> list[PersonKeypoints]:
+def load_keypoints(
+    source: Path, images_dir: Path | None = None, skipped: dict[str, str] | None = None
+) -> list[PersonKeypoints]:
     """Every person in ``source``: a keypoint JSON file or a folder of them (``*.json``, sorted),
     each format detected from its content (OpenPose, COCO annotations, COCO results).
 
     Image names are resolved against ``images_dir`` (default: the keypoints' folder) by exact
     name, else by stem with any image suffix; a missing image size is read from the image's header.
-    Unresolved images keep their name (with a warning). Person ids must be unique."""
+    Unresolved images keep their name (with a warning). Person ids must be unique.
+
+    ``skipped`` (a dict to fill): a file of a folder that is not valid JSON is skipped with a
+    warning and recorded there (file name -> reason), capture3d's policy for unreadable items;
+    without it, or when every file is unreadable, it is a :class:`KeypointError`. A file that is
+    valid JSON in an unknown or mismatching layout is always refused (it would be misread)."""
     source = Path(source)
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() == ".json")
@@ -475,7 +482,14 @@ def load_keypoints(source: Path, images_dir: Path | None = None) -> list[PersonK
     boxes: list[tuple[Path, str, tuple[float, float, float, float]]] = []
     origin: dict[str, Path] = {}
     for path in files:
-        data = _load_json(path)
+        try:
+            data = _load_json(path)
+        except KeypointError as exc:
+            if skipped is None or len(files) == 1:
+                raise
+            skipped[path.name] = exc.problem
+            logger.warning("skipping keypoint file %s: %s", path, exc.problem)
+            continue
         fmt = detect_format(data)
         if fmt == "openpose":
             found = _parse_openpose(data, path, None)
@@ -491,6 +505,8 @@ def load_keypoints(source: Path, images_dir: Path | None = None) -> list[PersonK
                 raise KeypointError(path, f"person id '{p.person}' also appears in '{origin[p.person]}'")
             origin[p.person] = path
         people += found
+    if skipped is not None and len(skipped) == len(files):
+        raise KeypointError(source, f"no readable keypoint file ({len(files)} skipped: {next(iter(skipped.values()))})")
     for _path, image, box in boxes:
         _apply_sidecar_box(people, image, box)
 
