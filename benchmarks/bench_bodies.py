@@ -37,28 +37,13 @@ from capture3d.config import load_params  # noqa: E402
 from capture3d.stages import fit_bodies as fit_stage  # noqa: E402
 from capture3d.tasks.body.fit import (  # noqa: E402
     BodyFitConfig,
-    BodyObservations,
     FitStage,
     fit_bodies,
     world_keypoints,
 )
 from capture3d.tasks.body.metrics import pa_mpjpe  # noqa: E402
 from capture3d.tasks.body.model import COCO17, FEET  # noqa: E402
-from capture3d.tasks.synthesis.bodies import synthesize_bodies  # noqa: E402
-
-
-def observations(syn, rows: slice) -> BodyObservations:
-    t = lambda a: torch.as_tensor(np.ascontiguousarray(a[rows]), dtype=torch.float32)  # noqa: E731
-    b, v = syn.xy[rows].shape[:2]
-    return BodyObservations(
-        syn.names,
-        t(syn.xy),
-        torch.ones(b, v, len(syn.names)),
-        t(syn.rot),
-        t(syn.trans),
-        torch.as_tensor(np.broadcast_to(syn.k, (b, v, 3, 3)).copy(), dtype=torch.float32),
-        torch.full((b, v), 300.0),
-    )
+from capture3d.tasks.synthesis.bodies import observations, synthesize_bodies  # noqa: E402
 
 
 def errors(model, result, syn, rows: slice) -> np.ndarray:
@@ -90,15 +75,15 @@ def main() -> None:
     model = fit_stage.build_model(stage_config, torch.device("cpu"))
     print(f"pose prior {stage_config.pose_prior}, {config.pose_hypotheses} pose hypotheses, overrides {args.set}")
     syn = synthesize_bodies(model, count=args.frames, views=1, names=COCO17 + FEET, seed=0, noise_px=2.0)
-    fit_bodies(model, observations(syn, slice(0, 1)), BodyFitConfig(stages=(FitStage(2, 0.05),)))  # warm-up
+    fit_bodies(model, observations(syn, rows=slice(0, 1)), BodyFitConfig(stages=(FitStage(2, 0.05),)))  # warm-up
 
     start = time.perf_counter()
-    batched = fit_bodies(model, observations(syn, slice(0, args.frames)), config)
+    batched = fit_bodies(model, observations(syn, rows=slice(0, args.frames)), config)
     t_batch = time.perf_counter() - start
     loop_err = []
     start = time.perf_counter()
     for i in range(args.loop_frames):
-        one = fit_bodies(model, observations(syn, slice(i, i + 1)), config)
+        one = fit_bodies(model, observations(syn, rows=slice(i, i + 1)), config)
         loop_err.append(errors(model, one, syn, slice(i, i + 1))[0])
     t_loop = time.perf_counter() - start
     batch_err = errors(model, batched, syn, slice(0, args.frames))
@@ -127,7 +112,7 @@ def main() -> None:
         if args.quick and size > 16:
             break
         start = time.perf_counter()
-        fit_bodies(model, observations(syn_s, slice(0, size)), short)
+        fit_bodies(model, observations(syn_s, rows=slice(0, size)), short)
         per_iter = (time.perf_counter() - start) / 20
         print(f"{size:>8}{per_iter:>15.4f}{1000 * per_iter / size:>25.2f}")
 

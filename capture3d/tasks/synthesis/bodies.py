@@ -188,13 +188,15 @@ def synthesize_sequence(
     )
 
 
-def observations(syn: SyntheticBodies, *, box_px: float = 300.0, sequence: bool = False) -> BodyObservations:
-    """The fit's observations of ``syn`` (float32, every keypoint confident, residuals per
-    ``box_px`` pixels); ``sequence``: consecutive rows are linked as frames of one track."""
-    count, views = syn.xy.shape[:2]
+def observations(
+    syn: SyntheticBodies, *, rows: slice = slice(None), box_px: float = 300.0, sequence: bool = False
+) -> BodyObservations:
+    """The fit's observations of ``syn``'s ``rows`` (float32, every keypoint confident, residuals
+    per ``box_px`` pixels); ``sequence``: consecutive rows are linked as frames of one track."""
+    count, views = syn.xy[rows].shape[:2]
 
     def t(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+        return torch.as_tensor(np.ascontiguousarray(a[rows]), dtype=torch.float32)
 
     pairs = torch.stack([torch.arange(count - 1), torch.arange(1, count)], 1) if sequence else None
     return BodyObservations(
@@ -203,7 +205,7 @@ def observations(syn: SyntheticBodies, *, box_px: float = 300.0, sequence: bool 
         torch.ones(count, views, len(syn.names)),
         t(syn.rot),
         t(syn.trans),
-        t(syn.k).expand(count, views, 3, 3),
+        torch.as_tensor(syn.k, dtype=torch.float32).expand(count, views, 3, 3),
         torch.full((count, views), box_px),
         sequence_pairs=pairs if pairs is not None else torch.zeros(0, 2, dtype=torch.long),
     )
