@@ -75,7 +75,7 @@ def test_register_scans_takes_fcgf_from_params(capture: Path, checkpoint: Path, 
     }
     config = register_scans.load_config(params)
     registry = registration_capture.feature_registry_for(config, "ring")
-    scans, voxel, prepared, _ = registration_capture.prepare_scans(capture, "ring", config.preprocess)
+    scans, voxel, prepared, _, _ = registration_capture.prepare_scans(capture, "ring", config.preprocess)
     feats = registration_capture.compute_features("ring", prepared, voxel, registry["fcgf"])
     model, _, _ = load_checkpoint(checkpoint)
     for p, f in zip(prepared, feats):

@@ -102,7 +102,7 @@ def run(inputs: EvaluateFeaturesInputs, out: Path, configs: tuple[EvaluateFeatur
             registry = registry_with_fcgf(inputs.checkpoint, config.device)
         except ValueError as exc:
             raise CaptureError(label, str(exc)) from None
-    scans, voxel, prepared, _ = prepare_scans(inputs.capture, inputs.label, reg.preprocess)
+    scans, voxel, prepared, _, _ = prepare_scans(inputs.capture, inputs.label, reg.preprocess)
     names = [s.name for s in scans]
     gt_path = inputs.gt or find_scan_ground_truth(inputs.capture)
     if gt_path is None:

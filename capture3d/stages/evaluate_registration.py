@@ -116,7 +116,7 @@ def run(inputs: EvaluateRegistrationInputs, out: Path, config: EvaluateRegistrat
     if gt_path is None:
         raise CaptureError(label, f"no ground-truth poses found in '{inputs.capture}'")
     units = float(reg.get("units_scale", 1.0))
-    scans = load_scans(inputs.capture, label, units)
+    scans, _ = load_scans(inputs.capture, label, units)
     names = [s.name for s in scans]
     try:
         gt = read_gt_poses(gt_path, names, config.gt_format)

@@ -52,7 +52,6 @@ from capture3d.tasks.registration.capture import (
     feature_registry_for,
     load_fcgf_model,
     prepare_scans,
-    scan_dir,
     sensor_views,
 )
 from capture3d.tasks.registration.features import (
@@ -62,7 +61,6 @@ from capture3d.tasks.registration.graph import fuse_clouds
 from capture3d.tasks.registration.multiway import register_multiway
 from capture3d.tasks.registration.scan_io import (
     Scan,
-    unreadable_scans,
     write_poses_json,
 )
 
@@ -105,7 +103,7 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
     start = time.perf_counter()
     fcgf = load_fcgf_model(config.fcgf, inputs.label) if config.features == FCGF else None
     registry = feature_registry_for(config, inputs.label, fcgf[0] if fcgf else None)
-    scans, voxel, prepared, prep_timings = prepare_scans(inputs.capture, inputs.label, config.preprocess)
+    scans, voxel, prepared, prep_timings, skipped = prepare_scans(inputs.capture, inputs.label, config.preprocess)
     timings.update(prep_timings)
     adaptation: dict[str, Any] = {
         "adapted": False,
@@ -143,8 +141,6 @@ def run(inputs: RegisterScansInputs, out: Path, config: RegisterScansConfig) -> 
         [clouds[names.index(n)] for n in placed], [result.poses[n] for n in placed], voxel * config.fused_voxel_factor
     )
     timings["fuse_s"] = time.perf_counter() - t
-    # bad-input policy (README, "Bad input"): unreadable scans were skipped; list them with their reasons
-    skipped = unreadable_scans(scan_dir(inputs.capture), [s.name for s in scans])
     with atomic_dir(out) as tmp:
         import open3d as o3d
 

@@ -134,10 +134,11 @@ def check_feature_names(names: Sequence[str], key: str) -> None:
             raise ParamsError(f"{key}: {exc}") from None
 
 
-def load_scans(capture: Path, label: str, units_scale: float) -> list[Scan]:
-    """Read and scale the capture's readable scans: an unreadable or invalid file is skipped and
-    listed (:func:`read_readable_scans`; the stage's metrics name it); a CaptureError naming the
-    capture when fewer than two readable scans remain, no scan files are found or names clash."""
+def load_scans(capture: Path, label: str, units_scale: float) -> tuple[list[Scan], dict[str, str]]:
+    """Read and scale the capture's readable scans, and the reasons of the files skipped as
+    unreadable or invalid by name (:func:`read_readable_scans`; the stage's metrics list them); a
+    CaptureError naming the capture when fewer than two readable scans remain, no scan files are
+    found or names clash."""
     if not capture.is_dir():
         raise CaptureError(label, f"capture folder '{capture}' does not exist")
     try:
@@ -153,15 +154,16 @@ def load_scans(capture: Path, label: str, units_scale: float) -> list[Scan]:
         )
     if units_scale != 1.0:
         scans = [Scan(s.name, s.points * units_scale, s.colors) for s in scans]
-    return scans
+    return scans, skipped
 
 
 def prepare_scans(
     capture: Path, label: str, pp: PreprocessConfig
-) -> tuple[list[Scan], float, list[Preprocessed], dict[str, float]]:
-    """Read, scale, size the voxel of and preprocess a capture's scans (CaptureError naming it)."""
+) -> tuple[list[Scan], float, list[Preprocessed], dict[str, float], dict[str, str]]:
+    """Read, scale, size the voxel of and preprocess a capture's scans (CaptureError naming it);
+    the last value names the files skipped as unreadable (:func:`load_scans`)."""
     t = time.perf_counter()
-    scans = load_scans(capture, label, pp.units_scale)
+    scans, skipped = load_scans(capture, label, pp.units_scale)
     timings = {"read_s": time.perf_counter() - t}
     try:
         voxel = auto_voxel_size(scans, pp.auto_target_points) if pp.voxel_size == "auto" else float(pp.voxel_size)
@@ -175,7 +177,7 @@ def prepare_scans(
     except ValueError as exc:
         raise CaptureError(label, str(exc)) from None
     timings["preprocess_s"] = time.perf_counter() - t
-    return scans, voxel, prepared, timings
+    return scans, voxel, prepared, timings, skipped
 
 
 def sensor_views(

@@ -40,7 +40,6 @@ import json
 import logging
 import re
 from collections import deque
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,20 +209,6 @@ def read_readable_scans(folder: Path) -> tuple[list[Scan], dict[str, str]]:
             skipped[path.relative_to(folder).as_posix()] = str(exc).removeprefix(f"{path}: ")
             logger.warning("skipping scan %s: %s", path, skipped[path.relative_to(folder).as_posix()])
     return scans, skipped
-
-
-def unreadable_scans(folder: Path, loaded: Collection[str]) -> dict[str, str]:
-    """The reasons of the scan files under ``folder`` whose names are not in ``loaded`` (what
-    :func:`read_readable_scans` skipped; only those files are read again)."""
-    folder, loaded_names = Path(folder), set(loaded)
-    out = {}
-    for path in list_scan_files(folder):
-        if path.stem not in loaded_names:
-            try:
-                read_scan(path)
-            except ValueError as exc:
-                out[path.relative_to(folder).as_posix()] = str(exc).removeprefix(f"{path}: ")
-    return out
 
 
 def read_scans(folder: Path) -> list[Scan]:
