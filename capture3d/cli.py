@@ -6,7 +6,8 @@ catalog step's ``command``) has the flags of ``python -m capture3d.stages.<name>
 of ``dvc exp run -S``, one flag per params field) with ``--out`` defaulting to the step's output
 folder, runs the stage and prints its metrics (:mod:`capture3d.cli_tables`). The other commands
 run the Prefect flows (``demo``, ``reconstruct``, ``register-batch``, ``bodies-batch``, ``batch``,
-``train fcgf --captures``), deploy and serve them, or report. Errors print one line and exit non-zero.
+``train fcgf --captures``), deploy and serve them, report, or fetch the real sample captures
+(``samples``). Errors print one line and exit non-zero.
 """
 
 from __future__ import annotations
@@ -158,6 +159,26 @@ def cmd_add(args: argparse.Namespace) -> int:
     target = add(args.project, args.kind, args.capture_name, args.path)
     print(f"add: {args.kind} capture '{args.capture_name}' -> {target}")
     return 0
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    """``samples list`` / ``samples fetch``: the registry's real captures (capture3d.ops.samples)."""
+    from capture3d.ops import samples
+
+    registry = samples.load_registry()
+    if args.samples_command == "list":
+        print("\n".join(samples.describe(registry)))
+        return 0
+    mirror, failed = samples.resolve_mirror(args.mirror), 0
+    for s in samples.select(registry, args.names):
+        try:
+            r = samples.fetch_sample(s, args.to, mirror, attempts=args.retries)
+        except Capture3dError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            failed += 1
+            continue
+        print(f"samples: {r.name} -> {r.path} ({r.downloaded} downloaded, {r.present} already present)")
+    return Capture3dError.exit_code if failed else 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -345,7 +366,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, help="the capture folder")
     p.add_argument("--project", type=Path, default=Path("."), help="project folder (default: .)")
     p.set_defaults(func=cmd_add)
+    _add_samples_command(sub)
     return parser
+
+
+def _add_samples_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("samples", help="list or fetch the small real sample captures (sha256-checked, resumable)")
+    ss = p.add_subparsers(dest="samples_command", required=True)
+    ss.add_parser("list", help="the samples: folder, size, source, licence").set_defaults(func=cmd_samples)
+    p = ss.add_parser("fetch", help="download samples into DIR/<kind>/<name>, sha256-verified, resuming cut downloads")
+    p.add_argument("names", nargs="*", metavar="NAME", help="samples to fetch (default: all; see `samples list`)")
+    p.add_argument("--to", type=Path, default=Path("samples"), help="target folder (default: samples)")
+    p.add_argument(
+        "--mirror",
+        default=None,
+        help="base URL (or folder) laid out like the samples folder (default: $CAPTURE3D_SAMPLES_URL, "
+        "else the public upstream copies, which only the unchanged files have)",
+    )
+    p.add_argument("--retries", type=int, default=5, help="attempts per file (exponential backoff between)")
+    p.set_defaults(func=cmd_samples)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
