@@ -26,6 +26,18 @@ are those of ``PIPELINES["bodies"]`` (fit_bodies, evaluate_bodies) with the shor
    overhead is printed against each. The direct loops and that in-process flow are cheap and
    noisy, so each is run ``--best-of`` times (default 2, interleaved) and the fastest is kept;
    every run's time is printed in the progress lines.
+2b. **Isolation overhead** (where the checkout has ``batch.worker_pool``): the flow with
+   max_workers=1 and ``isolate_stages`` true, once with a new child Python process per heavy step
+   (``worker_pool=false``) and once with the run's pool of warm workers (``worker_pool=true``:
+   imports and the built body model kept across captures; :mod:`capture3d.ops.workers`), against
+   the same flow with the stages in-process. Overhead per capture = (run - in-process run) / N;
+   the pool's one worker start (interpreter, imports, first model build) is paid once per run, so
+   it is amortised over N; the marginal overhead of one more capture,
+   ((run(N) - run(N0)) - (in-process(N) - in-process(N0))) / (N - N0) between the smallest and the
+   largest size, leaves that start out. It can be negative: the in-process flow builds the body
+   model for every capture, a worker once (its warm-up builds it while the first capture is
+   prepared). Target for the pool: at most 1 s per capture. The isolated runs are made once per
+   size (not best-of).
 3. **No-op rerun** (``--noop-captures``, default 100): that many copies are processed once through
    the flow with the cheapest settings (one 1-iteration stage, no overlays, stages in-process
    when the checkout can isolate them: ``batch.isolate_stages`` is not part of the work key; its
@@ -36,17 +48,18 @@ are those of ``PIPELINES["bodies"]`` (fit_bodies, evaluate_bodies) with the shor
    Target: < 5 s (``--repeats`` times each; median and worst are printed, the target is checked
    on the worst).
 
-The first flow run in a process pays Prefect's embedded (ephemeral) server start (seconds), and the
-first in-process fit pays lazy imports and model set-up, so a one-capture warm-up of both (flow and
-direct loop) is made first and is not counted. The params file is copied at start and the copy is
-used throughout (the checkout's file may be edited while the benchmark runs). Default sizes are
-1, 2, 4 (not 8): with ``batch.isolate_stages`` true a capture costs ~20 s in the flow on 2 shared
-cores, which would take the default run past ten minutes. Prefect runs with ``PREFECT_HOME`` in
-the benchmark's temporary folder (a fresh database, not shared with other Prefect users of the
-machine), analytics off, logging at WARNING, and 180 s allowed for the embedded server to start
-(Prefect's default of 20 s was exceeded on 2 busy cores). Torch keeps its default thread count,
-so with 2 workers two fits share the cores. Timings are wall-clock on a shared machine: other work
-running at the same time perturbs them (compare rows of one run, not across runs).
+The first flow run in a process pays Prefect's embedded (ephemeral) server start (seconds), and
+the first in-process fit pays lazy imports and model set-up, so a one-capture warm-up of both
+(flow and direct loop) is made first and is not counted. The params file is copied at start and
+the copy is used throughout (the checkout's file may be edited while the benchmark runs). Default
+sizes are 1, 2, 4 (not 8): with ``batch.isolate_stages`` true and a child process per heavy step a
+capture costs ~20 s in the flow on 2 shared cores, which would take the default run past ten
+minutes. Prefect runs with ``PREFECT_HOME`` in the benchmark's temporary folder (a fresh database,
+not shared with other Prefect users of the machine), analytics off, logging at WARNING, and 180 s
+allowed for the embedded server to start (Prefect's default of 20 s was exceeded on 2 busy cores).
+Torch keeps its default thread count, so with 2 workers two fits share the cores. Timings are
+wall-clock on a shared machine: other work running at the same time perturbs them (compare rows of
+one run, not across runs).
 
 Loading ``AnnyBody`` points file descriptor 1 at /dev/null for a moment; two loads at once in the
 flow's worker threads can leave it there for good (every later print of the process lost), so the
@@ -58,7 +71,7 @@ commits or edits the checkout meanwhile), the rerun is not a no-op; the script c
 says so instead of timing a full reprocessing.
 
 Usage: python benchmarks/bench_batch.py [--sizes 1,2,4] [--workers 1,2] [--best-of 2]
-                                        [--noop-captures 100] [--repeats 3]
+                                        [--noop-captures 100] [--repeats 3] [--no-dask]
                                         [--params FILE] [--quick] [--keep] [--tmp DIR]
 """
 
@@ -96,6 +109,7 @@ CHEAP = [
     "fit_bodies.overlays=false",
 ]
 NOOP_TARGET_S = 5.0
+POOL_TARGET_S = 1.0  # isolation overhead per capture with the worker pool
 
 
 class StdoutGuard:
@@ -292,6 +306,9 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
     inproc_s: dict[int, float] = {}
     thread_s: dict[int, float] = {}
     dask_s: dict[int, float] = {}
+    pooled = has_pool()
+    child_s: dict[int, float] = {}
+    pool_s: dict[int, float] = {}
     for n in sizes:
         inbox = make_inbox(template, root / f"inbox-{n}", n)
         directs, threaded, inprocs = [], [], []
@@ -313,6 +330,10 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
             inproc_s[n] = min(inprocs)
         for k in workers:
             flow_s[n, k], _ = flow_run(inbox, fresh(root, f"flow-{n}-{k}"), FAST + [f"batch.max_workers={k}"])
+        if pooled:  # isolation with a child process per heavy step, and with the warm worker pool
+            isolated = FAST + ["batch.max_workers=1", "batch.isolate_stages=true"]
+            child_s[n], _ = flow_run(inbox, fresh(root, f"flow-{n}-child"), isolated + ["batch.worker_pool=false"])
+            pool_s[n], _ = flow_run(inbox, fresh(root, f"flow-{n}-pool"), isolated + ["batch.worker_pool=true"])
         if args.dask:  # the same with prefect-dask: a LocalCluster of max(workers) single-thread processes
             dask_s[n], _ = flow_run(
                 inbox, fresh(root, f"flow-{n}-dask"), FAST + [f"batch.max_workers={max(workers)}", "batch.runner=dask"]
@@ -321,11 +342,18 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
             f"  N={n}: direct {'/'.join(f'{t:.1f}' for t in directs)} s, "
             f"direct in a thread {'/'.join(f'{t:.1f}' for t in threaded)} s, "
             + ", ".join(f"flow K={k} {flow_s[n, k]:.1f} s" for k in workers)
-            + (f", flow K=1 in-process stages {'/'.join(f'{t:.1f}' for t in inprocs)} s" if isolation else ""),
+            + (f", flow K=1 in-process stages {'/'.join(f'{t:.1f}' for t in inprocs)} s" if isolation else "")
+            + (
+                f", flow K=1 child per step {child_s[n]:.1f} s, flow K=1 worker pool {pool_s[n]:.1f} s"
+                if pooled
+                else ""
+            ),
             flush=True,
         )
 
     setting = f", batch.isolate_stages={_batch_config(FAST).isolate_stages}" if isolation else ""
+    if pooled and _batch_config(FAST).isolate_stages:
+        setting += f" worker_pool={_batch_config(FAST).worker_pool}"
     print(f"\nThroughput against N (batch flow, local inbox, no DVC remote, fresh work folder each{setting})")
     header = f"{'N':>4}{'runner':>9}{'workers':>9}{'wall s':>9}{'captures/s':>12}{'s/capture':>11}{'vs 1 worker':>13}"
     print(header)
@@ -360,6 +388,9 @@ def run(args: argparse.Namespace, root: Path, sizes: list[int], workers: list[in
             over = "" if index == 0 else f"{(t - d) / n:>20.3f}{100 * (t - d) / d:>7.1f}%"
             over += "" if index < 2 else f"{(t - dt) / n:>21.3f}{100 * (t - dt) / dt:>7.1f}%"
             print(f"{n:>4}  {label:<33}{t:>8.2f}{n / t:>12.3f}{over}")
+
+    if pooled:
+        isolation_table(sizes, inproc_s, child_s, pool_s)
 
     # Table 3: the no-op rerun.
     m = args.noop_captures
@@ -414,6 +445,48 @@ def _batch_config(overrides: list[str]):
 def _describe(config) -> str:
     text = f"batch.max_workers={config.max_workers}"
     return text + (f", isolate_stages={config.isolate_stages}" if hasattr(config, "isolate_stages") else "")
+
+
+def isolation_table(
+    sizes: list[int], inproc_s: dict[int, float], child_s: dict[int, float], pool_s: dict[int, float]
+) -> None:
+    """Table 2b: isolation overhead per capture of a child process per heavy step and of the
+    worker pool, against the in-process flow of the same size (max_workers=1)."""
+    print(
+        "\nIsolation overhead (batch flow, max_workers=1, isolate_stages=true vs false); overhead per capture = "
+        f"(run - in-process run) / N; target for the pool <= {POOL_TARGET_S:.0f} s per capture"
+    )
+    header = (
+        f"{'N':>4}  {'heavy steps run':<34}{'wall s':>8}{'s/capture':>11}{'overhead s/capture':>20}"
+        f"{'vs in-process':>15}{'<= 1 s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in sizes:
+        base = inproc_s[n]
+        for label, t in (
+            ("in-process (isolate_stages=false)", base),
+            ("child process per step", child_s[n]),
+            ("warm worker pool", pool_s[n]),
+        ):
+            over = (t - base) / n
+            mark = "" if t == base else ("yes" if over <= POOL_TARGET_S else "NO")
+            print(f"{n:>4}  {label:<34}{t:>8.2f}{t / n:>11.2f}{over:>20.3f}{t / base:>14.2f}x{mark:>8}")
+    lo, hi = min(sizes), max(sizes)
+    if hi == lo:
+        print("(one size only: no marginal figure)")
+        return
+    print(f"marginal overhead of one more capture (N={lo} -> N={hi}, the pool's worker start left out):")
+    steady = inproc_s[hi] - inproc_s[lo]
+    for label, runs in (("child process per step", child_s), ("warm worker pool", pool_s)):
+        print(f"  {label:<32}{((runs[hi] - runs[lo]) - steady) / (hi - lo):>8.3f} s/capture")
+
+
+def has_pool() -> bool:
+    """Whether this checkout's batch section has ``worker_pool`` (warm workers for the heavy steps)."""
+    from capture3d.ops.batch_plan import BatchConfig
+
+    return "worker_pool" in {f.name for f in dataclasses.fields(BatchConfig)}
 
 
 def has_isolation() -> bool:

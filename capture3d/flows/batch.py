@@ -11,7 +11,10 @@ capture the source lists, in a task of its own and with at most ``batch.max_work
 4. run its kind's steps (:mod:`capture3d.catalog`), each as a Prefect task of its own
    (:mod:`capture3d.flows.stage_tasks`), into ``work/results/<name>/`` (or the folder run's
    results root), skipping each step already finished under the same key
-   (``work/state/<name>/stages``), so a killed batch resumes where it stopped;
+   (``work/state/<name>/stages``), so a killed batch resumes where it stopped; with
+   ``batch.isolate_stages`` a heavy step runs in another process: a warm worker of the run's
+   :class:`~capture3d.ops.workers.WorkerPool` (``batch.worker_pool``, thread runner), else a new
+   child process per step;
 5. ``dvc add`` + ``dvc push`` the results to the store's remote; write the manifest.
 
 A folder run (:func:`run_folder`: ``capture3d reconstruct``, ``register-batch``, ``bodies-batch``,
@@ -27,10 +30,11 @@ so a run with nothing to do returns in well under a second per hundred captures.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +82,8 @@ from capture3d.ops.manifest import (
 )
 from capture3d.ops.report import build_report, last_good_run
 from capture3d.ops.s3 import S3Settings
+from capture3d.ops.steps import warm_models
+from capture3d.ops.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +97,11 @@ def process_capture(
     code: str,
     run_id: str,
     wait: bool,
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     """Steps 1-5 of the module docstring for one capture; returns its status row. Raises
-    :class:`CaptureError` (naming the stage) when the capture fails."""
+    :class:`CaptureError` (naming the stage) when the capture fails. ``pool``: where isolated heavy
+    steps run (None: a child process each)."""
     capture = planned.listing
     name = capture.name
     with file_lock(layout.lock(name), wait=wait, timeout_s=config.lock_timeout_s) as held:
@@ -135,7 +143,17 @@ def process_capture(
             s0 = time.perf_counter()
             try:
                 result = (
-                    stage_task(step.name)(capture.kind, step.name, name, folder, out, params, config.isolate_stages)
+                    stage_task(step.name)(
+                        capture.kind,
+                        step.name,
+                        name,
+                        folder,
+                        out,
+                        params,
+                        config.isolate_stages,
+                        config=config,
+                        pool=pool,
+                    )
                     or {}
                 )
             except Exception as exc:
@@ -206,11 +224,43 @@ def capture_task(
     code: str,
     run_id: str,
     wait: bool,
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     """:func:`process_capture` as a Prefect task. It opens the inbox itself, so its inputs pickle
-    (a Dask worker in another process or machine can run it)."""
+    (a Dask worker in another process or machine can run it; ``pool`` is then None)."""
     inbox = LocalInbox(Path(source)) if layout.in_place else open_inbox(source, settings)
-    return process_capture(inbox, planned, layout, params, config, code, run_id, wait)
+    return process_capture(inbox, planned, layout, params, config, code, run_id, wait, pool)
+
+
+@contextlib.contextmanager
+def worker_pool(
+    config: BatchConfig, pending: Sequence[PlannedCapture], params: dict[str, Any]
+) -> Iterator[WorkerPool | None]:
+    """The run's warm workers for the heavy steps (``batch.worker_pool`` with ``isolate_stages``
+    and the thread runner, when a pending capture has a heavy step): one per capture running at
+    once, started now, importing the heavy steps' stages and building their models
+    (:func:`~capture3d.ops.steps.warm_models`) while the first captures are prepared; closed at
+    exit. None otherwise (a Dask worker runs each heavy step in a child process of its own)."""
+    heavy = [
+        [s for s in pipeline(p.listing.kind).capture_steps if s.heavy]
+        for p in pending
+        if p.listing.kind in batch_kinds()
+    ]
+    users = sum(1 for kind_steps in heavy if kind_steps)
+    if not (config.isolate_stages and config.worker_pool and config.runner == "threads" and users):
+        yield None
+        return
+    size = max(1, min(config.max_workers, users))
+    steps = list({s.name: s for kind_steps in heavy for s in kind_steps}.values())
+    with WorkerPool(
+        size,
+        max_tasks_per_worker=config.max_tasks_per_worker,
+        max_rss_mb=config.worker_max_rss_mb,
+        preload=["capture3d.ops.steps", *dict.fromkeys(s.module for s in steps)],
+        prestart=size,
+        warmup=(warm_models, ([s.name for s in steps], params)),
+    ) as pool:
+        yield pool
 
 
 def task_runner(config: BatchConfig) -> TaskRunner:
@@ -303,7 +353,7 @@ def run_plan(
         ensure_store(layout.root, config.remote, config.s3().endpoint_url)
     rows: dict[str, dict[str, Any]] = {row["capture"]: row for row in todo.rows()}
     settings = config.s3()
-    with task_runner(config) as runner:
+    with task_runner(config) as runner, worker_pool(config, todo.pending, params) as pool:
         for wait in (False, True):  # a capture another run holds is retried at the end, waiting for it
             batch_todo = [p for p in todo.pending if rows.get(p.listing.name, {}).get("status") in (None, "busy")]
             futures = {
@@ -320,6 +370,7 @@ def run_plan(
                         "code": todo.code,
                         "run_id": run_id,
                         "wait": wait,
+                        "pool": pool,
                     },
                 )
                 for p in batch_todo

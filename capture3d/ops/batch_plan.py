@@ -40,12 +40,16 @@ class BatchConfig:
     endpoint_url: str  # S3 API endpoint (MinIO, moto ...); "" = AWS or AWS_ENDPOINT_URL
     max_attempts: int  # tries per S3 operation
     retry_base_s: float  # first backoff, doubling, full jitter
+    checkpoint_every_s: float  # long fits' resume state uploaded to the remote at most this often; 0 = never
     max_workers: int  # captures processed at once (threads, or Dask worker processes)
     record_dvc: bool  # inside the DVC project on its own paths: `dvc commit` the stages that ran
     lock_timeout_s: float  # how long to wait for a capture another run holds
     runner: str  # "threads" | "dask"
     dask_address: str  # a Dask scheduler (tcp://host:8786); "" = a LocalCluster
     isolate_stages: bool  # heavy stages in a child process (memory freed between captures)
+    worker_pool: bool  # isolate_stages, thread runner: warm workers kept for the run instead of a process per step
+    max_tasks_per_worker: int  # worker_pool: a worker is replaced after this many heavy steps (0: never)
+    worker_max_rss_mb: float  # worker_pool: ... or when its resident memory after a step exceeds this (0: no cap)
     gpu_pool: str  # `capture3d deploy`: work pool of the GPU stages' kinds
     cpu_pool: str  # ... and of the CPU-only kinds
     schedule_cron: str  # deployments' schedule: a cron line, or

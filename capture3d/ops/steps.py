@@ -5,23 +5,33 @@ params and the summary metrics of the steps before. Output: the step's summary m
 :attr:`capture3d.catalog.Step.summary` names, read from the stage's metrics file). A step that
 needs ground truth the capture does not have is skipped (``{}``). :func:`run_step` can run a heavy
 step in a child Python process (``python -m capture3d.ops.steps REQUEST RESULT``), so its memory is
-returned to the system before the next capture; the child's one-line error becomes a
-``RuntimeError`` here. No Prefect: the flows wrap :func:`run_step` as one Prefect task per step.
+returned to the system before the next capture, or, given a :class:`~capture3d.ops.workers.WorkerPool`,
+in one of its warm worker processes (imports and built models kept across captures); either way the
+child's one-line error becomes a ``RuntimeError`` here. No Prefect: the flows wrap :func:`run_step`
+as one Prefect task per step.
+
+Model cache (``models`` of :func:`run_in_process`, a worker's own dict): a stage module that has
+``build_model(config, device)`` and whose ``run`` takes a ``model`` argument (``fit_bodies``) gets
+the model built once per (stage, config) and passed to ``run`` again for every later capture.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capture3d.catalog import Step, fill, pipeline, step
+
+if TYPE_CHECKING:
+    from capture3d.ops.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +93,11 @@ def run_in_process(
     results: Path,
     params: Mapping[str, Any],
     out: Path | None = None,
+    models: MutableMapping[Hashable, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the step here (into ``out``, default from the catalog's template); its summary metrics
-    ({} when skipped for lack of ground truth)."""
+    ({} when skipped for lack of ground truth). ``models``: a cache of built models (see the
+    module docstring), kept by the caller across captures."""
     spec = step(step_name)
     if spec not in pipeline(kind).steps:
         raise KeyError(f"step {step_name!r} is not part of the {kind} pipeline")
@@ -94,7 +106,11 @@ def run_in_process(
     if spec.needs_ground_truth and not module.has_ground_truth(inputs):
         logger.info("capture '%s': no ground truth, %s skipped", name, step_name)
         return {}
-    result = Path(module.run(inputs, out, module.load_config(params)))
+    config = module.load_config(params)
+    extra = (
+        {"model": _cached_model(spec, module, config, models)} if models is not None and _takes_model(module) else {}
+    )
+    result = Path(module.run(inputs, out, config, **extra))
     if not spec.metrics:
         return {}
     return summarize(spec, json.loads((result / spec.metrics).read_text()))
@@ -109,10 +125,14 @@ def run_step(
     params: Mapping[str, Any],
     isolate: bool = False,
     out: Path | None = None,
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
-    """:func:`run_in_process`, or for a heavy step with ``isolate`` the same in a child process."""
+    """:func:`run_in_process`, or for a heavy step with ``isolate`` the same in a child process:
+    a warm worker of ``pool`` when given, else a new ``python -m capture3d.ops.steps``."""
     if not (isolate and step(step_name).heavy):
         return run_in_process(kind, step_name, name, capture, results, params, out)
+    if pool is not None:
+        return pool.run_step(kind, step_name, name, Path(capture), Path(results), dict(params), out)
     with tempfile.TemporaryDirectory(prefix="capture3d-step-") as tmp:
         request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
         request.write_text(
@@ -139,6 +159,37 @@ def run_step(
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             raise RuntimeError(lines[-1].removeprefix("error: ") if lines else f"exit status {proc.returncode}")
         return json.loads(result.read_text())
+
+
+def warm_models(
+    step_names: Sequence[str], params: Mapping[str, Any], models: MutableMapping[Hashable, Any]
+) -> list[str]:
+    """Import the steps' stages and build into ``models`` those their ``run`` would reuse (a
+    worker's warm-up, before its first capture); the steps whose model is now built."""
+    built = []
+    for step_name in step_names:
+        spec = step(step_name)
+        module = importlib.import_module(spec.module)
+        if _takes_model(module):
+            _cached_model(spec, module, module.load_config(params), models)
+            built.append(step_name)
+    return built
+
+
+def _cached_model(spec: Step, module: Any, config: Any, models: MutableMapping[Hashable, Any]) -> Any:
+    """The stage's model for ``config`` from ``models``, built and stored there the first time."""
+    key = (spec.module, repr(config))
+    if key not in models:
+        from capture3d.tasks.device import resolve_device
+
+        models[key] = module.build_model(config, resolve_device(config.device))
+        logger.info("%s: model built, kept for later captures", spec.name)
+    return models[key]
+
+
+def _takes_model(module: Any) -> bool:
+    """Whether a stage module can reuse a built model: ``build_model`` and ``run(..., model)``."""
+    return hasattr(module, "build_model") and "model" in inspect.signature(module.run).parameters
 
 
 def main(argv: Sequence[str] | None = None) -> int:
