@@ -51,6 +51,8 @@ class NvsDataConfig:
     """sparse points kept for initialisation (0: all)"""
     triangulate: Literal["auto", "never"]
     """auto: triangulate points with the known poses when the input has none (LLFF)"""
+    image_cache_mb: float
+    """photos are kept as uint8 in an LRU cache of at most this many MiB and decoded again when evicted"""
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,11 @@ def load_fit_data(inputs: NvsInputs, data: NvsDataConfig) -> FitData:
     """Load, triangulate when needed, and split; CaptureError naming the capture on bad input."""
     if data.resolution_scale <= 0 or data.resolution_scale > 4:
         raise CaptureError(inputs.label, f"resolution_scale must be in (0, 4], got {data.resolution_scale}")
-    scene = load_scene(inputs.capture, inputs.label, data.resolution_scale, data.max_points or None)
+    if data.image_cache_mb < 0:
+        raise CaptureError(inputs.label, f"image_cache_mb must be >= 0, got {data.image_cache_mb}")
+    scene = load_scene(
+        inputs.capture, inputs.label, data.resolution_scale, data.max_points or None, data.image_cache_mb
+    )
     if len(scene.points) == 0 and data.triangulate == "auto":
         with tempfile.TemporaryDirectory(prefix="capture3d-triangulate-") as work:
             scene = triangulate_known_poses(scene, Path(work), inputs.label, max_image_size=1024)

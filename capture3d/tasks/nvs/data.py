@@ -9,10 +9,13 @@ Inputs: one capture path in any of these formats (detected in this order):
   and ``images/``); non-pinhole cameras are undistorted first, in a temporary folder;
 * a nerfstudio / instant-ngp ``transforms.json`` (the file, or a folder holding it), pinhole only.
 
-Outputs: :class:`~capture3d.tasks.nvs.scene.NvsScene` (views sorted by name, float32 RGB images in
-[0, 1], pinhole K for the loaded image size with COLMAP's pixel-centre convention, ``cam_from_world``
-in the OpenCV/COLMAP convention ``x_cam = R @ X + t``, x right, y down, z forward), optionally
-resized by ``resolution_scale``. :func:`triangulate_known_poses` fills the sparse points of a
+Outputs: :class:`~capture3d.tasks.nvs.scene.NvsScene` (views sorted by name, pinhole K for the
+loaded image size with COLMAP's pixel-centre convention, ``cam_from_world`` in the OpenCV/COLMAP
+convention ``x_cam = R @ X + t``, x right, y down, z forward), optionally resized by
+``resolution_scale``. The views hold no pixels: each refers to its file
+(:class:`~capture3d.tasks.nvs.images.ImageFile`), decoded (and resized) to uint8 RGB on demand
+through one LRU cache of at most ``image_cache_mb`` MiB; loading decodes every image once, which
+checks them all and fills the cache. :func:`triangulate_known_poses` fills the sparse points of a
 scene that has none (LLFF) with COLMAP's point triangulator, the poses held fixed; it writes only
 under its ``work_dir``.
 
@@ -26,6 +29,7 @@ import logging
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,7 @@ from capture3d.tasks.cameras import (
     cam_from_world_matrix,
     read_transforms_json,
 )
-from capture3d.tasks.nvs.evaluate import to_uint8
+from capture3d.tasks.nvs.images import MB, ImageCache, ImageFile, image_size, resize_rgb8
 from capture3d.tasks.nvs.scene import NvsScene, PosedView
 
 logger = logging.getLogger(__name__)
@@ -48,37 +52,49 @@ DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 MODEL_FILES = ("cameras", "images", "points3D")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 MIN_TRIANGULATED_POINTS = 100
+DEFAULT_IMAGE_CACHE_MB = 2048.0
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def load_scene(path: Path, label: str, resolution_scale: float = 1.0, points_limit: int | None = None) -> NvsScene:
+def load_scene(
+    path: Path,
+    label: str,
+    resolution_scale: float = 1.0,
+    points_limit: int | None = None,
+    image_cache_mb: float = DEFAULT_IMAGE_CACHE_MB,
+) -> NvsScene:
     """Detect the format of ``path`` and load its posed views and sparse points.
 
     ``resolution_scale`` resizes every image (sizes rounded to int) and scales K to match; for
     LLFF it is relative to the largest image folder present. ``points_limit`` keeps a seeded
-    random subset of the points when there are more.
+    random subset of the points when there are more. ``image_cache_mb`` caps the decoded uint8
+    pixels kept in memory (the views share one LRU cache; see the module docstring).
     """
     path = Path(path)
     if not np.isfinite(resolution_scale) or resolution_scale <= 0:
         raise CaptureError(label, f"resolution_scale must be positive, got {resolution_scale}")
+    if not np.isfinite(image_cache_mb) or image_cache_mb < 0:
+        raise CaptureError(label, f"image_cache_mb must be >= 0, got {image_cache_mb}")
     if not path.exists():
         raise CaptureError(label, f"input {path} does not exist")
+    cache = ImageCache(int(image_cache_mb * MB))
 
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise CaptureError(label, f"{path} is a file but not a transforms.json")
-        scene = _load_transforms(path, label)
+        scene = _load_transforms(path, label, cache)
     elif (path / "undistorted" / "sparse").is_dir() and (path / "undistorted" / "images").is_dir():
-        scene = _load_colmap_model(path / "undistorted" / "sparse", path / "undistorted" / "images", label, "sfm")
+        sparse, images = path / "undistorted" / "sparse", path / "undistorted" / "images"
+        scene = _load_colmap_model(sparse, images, label, "sfm", cache)
     elif (path / "poses_bounds.npy").is_file():
-        scene = _load_llff(path, label, resolution_scale)
-        resolution_scale = 1.0  # already applied while choosing and resizing the image folder
+        scene = _load_llff(path, label, resolution_scale, cache)
+        resolution_scale = 1.0  # already applied while choosing the image folder and the served size
     elif (model_dir := _find_colmap_model(path)) is not None and (path / "images").is_dir():
-        scene = _load_colmap_folder(model_dir, path / "images", label)
+        scene = _load_colmap_folder(model_dir, path / "images", label, cache)
     elif (path / "transforms.json").is_file():
-        scene = _load_transforms(path / "transforms.json", label)
+        scene = _load_transforms(path / "transforms.json", label, cache)
     else:
         raise CaptureError(
             label,
@@ -94,15 +110,22 @@ def load_scene(path: Path, label: str, resolution_scale: float = 1.0, points_lim
     if points_limit is not None and len(scene.points) > points_limit:
         keep = np.sort(np.random.default_rng(0).choice(len(scene.points), size=max(points_limit, 0), replace=False))
         scene = replace(scene, points=scene.points[keep], colors=scene.colors[keep])
+    scene = replace(scene, image_cache=cache)
+    for view in scene.views:  # every file decoded once: bad images fail now, and the cache fills
+        view.pixel_array()
     v0 = scene.views[0]
+    total = sum(v.width * v.height * 3 for v in scene.views)
     logger.info(
-        "loaded %s capture %s: %d views (%dx%d), %d points",
+        "loaded %s capture %s: %d views (%dx%d), %d points; %.0f of %.0f MiB of uint8 pixels cached (cap %.0f MiB)",
         scene.source,
         path,
         len(scene.views),
         v0.width,
         v0.height,
         len(scene.points),
+        cache.nbytes / MB,
+        total / MB,
+        cache.max_bytes / MB,
     )
     return scene
 
@@ -128,7 +151,7 @@ def triangulate_known_poses(
     file_names = _png_names([v.name for v in scene.views])
     view_of = dict(zip(file_names, scene.views, strict=True))
     for file_name, view in view_of.items():
-        Image.fromarray(to_uint8(view.image)).save(image_dir / file_name)
+        Image.fromarray(view.image_u8()).save(image_dir / file_name)
 
     shared = _all_intrinsics_equal(scene.views)
     reader = pycolmap.ImageReaderOptions()
@@ -222,26 +245,34 @@ def _read_model(model_dir: Path, label: str) -> pycolmap.Reconstruction:
         raise CaptureError(label, f"cannot read COLMAP model {model_dir}: {_one_line(exc)}") from exc
 
 
-def _load_colmap_folder(model_dir: Path, image_dir: Path, label: str) -> NvsScene:
-    """A plain COLMAP folder: used as is when every camera is pinhole, else undistorted first."""
+def _load_colmap_folder(model_dir: Path, image_dir: Path, label: str, cache: ImageCache) -> NvsScene:
+    """A plain COLMAP folder: used as is when every camera is pinhole, else undistorted first.
+
+    Undistorted images live in a temporary folder that the views keep alive (it is deleted once
+    the last view referring to it is gone).
+    """
     model = _read_model(model_dir, label)
     models = sorted({camera.model_name for camera in model.cameras.values()})
     if all(name in PINHOLE_MODELS for name in models):
-        return _scene_from_model(model, image_dir, label, "colmap")
+        return _scene_from_model(model, image_dir, label, "colmap", cache)
     logger.info("undistorting COLMAP model %s (camera models %s) to PINHOLE", model_dir, ", ".join(models))
-    with tempfile.TemporaryDirectory(prefix="capture3d_undistort_") as tmp:
-        out = Path(tmp)
+    tmp = tempfile.TemporaryDirectory(prefix="capture3d_undistort_")
+    try:
+        out = Path(tmp.name)
         _check_model_images(model, image_dir, label)
         try:
             pycolmap.undistort_images(out, model_dir, image_dir, output_type="COLMAP")
         except Exception as exc:
             raise CaptureError(label, f"undistorting {model_dir} failed: {_one_line(exc)}") from exc
         undistorted = _read_model(out / "sparse", label)
-        return _scene_from_model(undistorted, out / "images", label, "colmap")
+        return _scene_from_model(undistorted, out / "images", label, "colmap", cache, keepalive=tmp)
+    except BaseException:
+        tmp.cleanup()
+        raise
 
 
-def _load_colmap_model(model_dir: Path, image_dir: Path, label: str, source: str) -> NvsScene:
-    return _scene_from_model(_read_model(model_dir, label), image_dir, label, source)
+def _load_colmap_model(model_dir: Path, image_dir: Path, label: str, source: str, cache: ImageCache) -> NvsScene:
+    return _scene_from_model(_read_model(model_dir, label), image_dir, label, source, cache)
 
 
 def _check_model_images(model: pycolmap.Reconstruction, image_dir: Path, label: str) -> None:
@@ -251,9 +282,17 @@ def _check_model_images(model: pycolmap.Reconstruction, image_dir: Path, label: 
             raise CaptureError(label, f"image {name} named in the COLMAP model is missing from {image_dir}")
 
 
-def _scene_from_model(model: pycolmap.Reconstruction, image_dir: Path, label: str, source: str) -> NvsScene:
+def _scene_from_model(
+    model: pycolmap.Reconstruction,
+    image_dir: Path,
+    label: str,
+    source: str,
+    cache: ImageCache,
+    keepalive: object | None = None,
+) -> NvsScene:
     """Registered images of a PINHOLE-family model, and its points and colours."""
     _check_model_images(model, image_dir, label)
+    file = partial(ImageFile, label=label, cache=cache, keepalive=keepalive)
     views = []
     for image_id in model.reg_image_ids():
         image = model.image(image_id)
@@ -263,16 +302,16 @@ def _scene_from_model(model: pycolmap.Reconstruction, image_dir: Path, label: st
         pose = image.cam_from_world()
         M = cam_from_world_matrix(np.asarray(pose.rotation.matrix()), np.asarray(pose.translation))  # (4, 4)
         K = np.asarray(camera.calibration_matrix(), dtype=np.float64)  # (3, 3)
-        pixels = _read_image(image_dir / image.name, label)
-        K = _fit_K_to_image(K, (int(camera.width), int(camera.height)), pixels, image.name)
-        views.append(PosedView(image.name, pixels, K, M))
+        size = image_size(image_dir / image.name, label)  # (W, H)
+        K = _fit_K_to_image(K, (int(camera.width), int(camera.height)), size, image.name)
+        views.append(PosedView(image.name, file(image_dir / image.name, size), K, M))
     ids = sorted(model.points3D)
     points = np.array([model.points3D[i].xyz for i in ids], dtype=np.float32).reshape(-1, 3)  # (P, 3)
     colors = np.array([model.points3D[i].color for i in ids], dtype=np.float32).reshape(-1, 3) / 255.0  # (P, 3)
     return NvsScene(tuple(sorted(views, key=lambda v: v.name)), points, colors, None, source)
 
 
-def _load_transforms(json_path: Path, label: str) -> NvsScene:
+def _load_transforms(json_path: Path, label: str, cache: ImageCache) -> NvsScene:
     """nerfstudio / instant-ngp ``transforms.json`` with a pinhole camera; file paths relative to it."""
     root = json_path.parent
     try:
@@ -298,16 +337,16 @@ def _load_transforms(json_path: Path, label: str) -> NvsScene:
             )
 
     paths = [_resolve_frame_path(root, str(frame.get("file_path", "")), label) for frame in frames]
-    images = [_read_image(p, label) for p in paths]
+    sizes = [image_size(p, label) for p in paths]  # (W, H) each
 
     # instant-ngp files may omit w/h: take them from the images for read_transforms_json.
-    def sized(frame: dict, image: np.ndarray) -> dict:
+    def sized(frame: dict, size: tuple[int, int]) -> dict:
         merged = {**data, **frame}
         if "w" in merged and "h" in merged:
             return frame
-        return {**frame, "w": int(image.shape[1]), "h": int(image.shape[0])}
+        return {**frame, "w": size[0], "h": size[1]}
 
-    filled_frames = [sized(f, im) for f, im in zip(frames, images, strict=True)]
+    filled_frames = [sized(f, size) for f, size in zip(frames, sizes, strict=True)]
     if filled_frames == frames:
         cameras = _read_cameras(json_path, label)
     else:
@@ -317,9 +356,9 @@ def _load_transforms(json_path: Path, label: str) -> NvsScene:
             cameras = _read_cameras(filled, label)
 
     views = []
-    for cam, path, pixels in zip(cameras, paths, images, strict=True):
-        K = _fit_K_to_image(cam.K, (cam.width, cam.height), pixels, path.name)
-        views.append(PosedView(path.name, pixels, K, cam_from_world_matrix(cam.R, cam.t)))
+    for cam, path, size in zip(cameras, paths, sizes, strict=True):
+        K = _fit_K_to_image(cam.K, (cam.width, cam.height), size, path.name)
+        views.append(PosedView(path.name, ImageFile(path, size, label, cache), K, cam_from_world_matrix(cam.R, cam.t)))
     names = [v.name for v in views]
     if len(set(names)) != len(names):
         raise CaptureError(label, f"{json_path.name}: several frames share an image file name")
@@ -367,7 +406,7 @@ def _read_ply(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
     return points, colors
 
 
-def _load_llff(folder: Path, label: str, resolution_scale: float) -> NvsScene:
+def _load_llff(folder: Path, label: str, resolution_scale: float, cache: ImageCache) -> NvsScene:
     """LLFF ``poses_bounds.npy`` (N, 17) and an image folder, resized to ``resolution_scale``.
 
     The scale is relative to the largest image folder present; the folder used is the smallest one
@@ -413,11 +452,10 @@ def _load_llff(folder: Path, label: str, resolution_scale: float) -> NvsScene:
         center = pose[:, 3]  # (3,)
         R = c2w.T
         M = cam_from_world_matrix(R, -R @ center)  # (4, 4)
-        pixels = _read_image(path, label)
-        H, W = pixels.shape[:2]
+        W, H = image_size(path, label)
         f = f_full * W / w_full
         K = np.array([[f, 0.0, W / 2.0], [0.0, f, H / 2.0], [0.0, 0.0, 1.0]])
-        view = PosedView(path.name, pixels, K, M)
+        view = PosedView(path.name, ImageFile(path, (W, H), label, cache), K, M)
         if target != (W, H):
             view = _resize_view_to(view, target)
         views.append(view)
@@ -446,21 +484,9 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in IMAGE_EXTENSIONS)
 
 
-def _read_image(path: Path, label: str) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 1]; any alpha channel is dropped."""
-    if not path.is_file():
-        raise CaptureError(label, f"image {path} is missing")
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise CaptureError(label, f"cannot read image {path}: {_one_line(exc)}") from exc
-    return rgb.astype(np.float32) / 255.0
-
-
-def _fit_K_to_image(K: np.ndarray, size: tuple[int, int], pixels: np.ndarray, name: str) -> np.ndarray:
-    """Scale K (3, 3) from the camera's (W, H) to the image's actual size, warning when they differ."""
-    H, W = pixels.shape[:2]
+def _fit_K_to_image(K: np.ndarray, size: tuple[int, int], image: tuple[int, int], name: str) -> np.ndarray:
+    """Scale K (3, 3) from the camera's (W, H) ``size`` to the image file's (W, H), warning when they differ."""
+    W, H = image
     if size == (W, H):
         return K
     logger.warning("image %s is %dx%d but its camera is %dx%d; intrinsics scaled to the image", name, W, H, *size)
@@ -479,13 +505,13 @@ def _resize_view(view: PosedView, scale: float) -> PosedView:
 
 
 def _resize_view_to(view: PosedView, size: tuple[int, int]) -> PosedView:
-    """Lanczos-resize a view's image to ``size`` (W, H) and scale its K per axis."""
+    """Serve a view's image Lanczos-resized to ``size`` (W, H) (uint8) and scale its K per axis."""
     if size == (view.width, view.height):
         return view
-    img = Image.fromarray(to_uint8(view.image)).resize(size, Image.Resampling.LANCZOS)
-    pixels = np.asarray(img, dtype=np.float32) / 255.0  # (H', W', 3)
     K = _scale_K(view.K, size[0] / view.width, size[1] / view.height)
-    return PosedView(view.name, pixels, K, view.cam_from_world)
+    if isinstance(view.pixels, ImageFile):
+        return replace(view, pixels=view.pixels.resized(size), K=K)
+    return replace(view, pixels=resize_rgb8(view.image_u8(), size), K=K)
 
 
 def _pinhole_params(K: np.ndarray) -> list[float]:

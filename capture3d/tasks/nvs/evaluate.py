@@ -53,7 +53,7 @@ def write_png(path: Path, image: torch.Tensor | np.ndarray) -> None:
 
 def write_side_by_side(path: Path, render: torch.Tensor, view: PosedView) -> None:
     """PNG of the render (left) next to the held-out photo (right), 4 px white gap."""
-    a, b = to_uint8(render), to_uint8(view.image)
+    a, b = to_uint8(render), view.image_u8()
     gap = np.full((a.shape[0], 4, 3), 255, np.uint8)
     Image.fromarray(np.concatenate([a, gap, b], axis=1)).save(path)
 

@@ -6,8 +6,10 @@ Output: :class:`GaussianFitResult` -- the Gaussian ``ParameterDict``, the loss c
 of iterations, why it stopped, and wall time.
 
 Each iteration renders one training view (a new random order every epoch) with the configured
-backend, takes the L1 + D-SSIM loss (lambda 0.2), steps one Adam per parameter (position rate
-decaying exponentially), accumulates screen-space gradients and runs adaptive density control
+backend, compares it with that view's photo (fetched as uint8 through the scene's image cache and
+converted to float on the device for this step only: :func:`target_image`), takes the L1 +
+D-SSIM loss (lambda 0.2), steps one Adam per parameter (position rate decaying exponentially),
+accumulates screen-space gradients and runs adaptive density control
 (:mod:`capture3d.tasks.nvs.gaussians.strategy`); the SH degree in use grows by one every
 ``sh_degree_interval`` steps. With ``state_path`` the whole state (parameters, Adam moments,
 densification statistics, random generators, curve) is written atomically every
@@ -102,6 +104,12 @@ def view_camera(view: PosedView, device: torch.device) -> Camera:
         view.width,
         view.height,
     )
+
+
+def target_image(view: PosedView, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) float32 in [0, 1] on ``device``: uint8 pixels are moved as uint8 and divided by 255 there."""
+    pixels = torch.tensor(view.pixel_array(), device=device)  # (H, W, 3) uint8 or float
+    return pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
 
 
 def background_color(name: str, device: torch.device) -> torch.Tensor:
@@ -208,7 +216,6 @@ def fit_gaussians(
         logger.info("resuming the Gaussian fit at iteration %d from %s", run.iteration, state_path)
     resumed_from = run.iteration
     cameras = [view_camera(v, device) for v in views]
-    targets = [torch.tensor(v.image, device=device) for v in views]
     background = background_color(config.background, device)
     stopped = "iterations"
     t_call = time.perf_counter()
@@ -223,7 +230,8 @@ def fit_gaussians(
         cam = cameras[idx]
         degree = active_sh_degree(config, run.iteration)
         out = render(run.splats, cam, degree, background, config.backend, config.tile_size, config.cpu_compile)
-        loss = l1_dssim_loss(out.image, targets[idx], config.lambda_dssim)
+        target = target_image(views[idx], device)  # (H, W, 3), this step only
+        loss = l1_dssim_loss(out.image, target, config.lambda_dssim)
         if not bool(torch.isfinite(loss)):
             where = f"; the last good state is kept in '{state_path}'" if state_path is not None else ""
             raise ValueError(f"Gaussian fit loss became {float(loss)} at iteration {run.iteration + 1}{where}")
@@ -246,7 +254,7 @@ def fit_gaussians(
             row = {
                 "iteration": float(run.iteration),
                 "loss": float(loss.detach()),
-                "psnr": float(psnr(out.image.detach(), targets[idx])),
+                "psnr": float(psnr(out.image.detach(), target)),
                 "num_gaussians": float(run.splats["means"].shape[0]),
                 "seconds": run.elapsed,
             }

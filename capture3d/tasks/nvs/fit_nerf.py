@@ -10,12 +10,14 @@ every ``log_every`` iterations and at the end) -- and exported checkpoints
 (:func:`save_nerf_checkpoint`, :func:`load_nerf_checkpoint`).
 
 One iteration: ``rays_per_batch`` rays drawn uniformly (with replacement) from all pixels of all
-training views by a numpy generator, rendered with jittered stratified + importance samples from
-a torch generator (both owned by the run, never the global RNGs), MSE loss of the fine colour
-(plus the coarse colour's with a separate coarse network), Adam (Instant-NGP's eps 1e-15 with
-the hash grid, 1e-8 otherwise; betas 0.9 / 0.99), and the learning rate decaying exponentially
-from ``learning_rate`` to ``lr_final`` over ``iterations``. NDC rays are used when ``ndc`` is
-"on", or "auto" and the scene has depth bounds and every camera faces the same way (LLFF).
+training views by a numpy generator (the rays and target colours of just those pixels are built
+for this step: :class:`RayBatcher`; the photos stay uint8 in the scene's image cache), rendered
+with jittered stratified + importance samples from a torch generator (both owned by the run,
+never the global RNGs), MSE loss of the fine colour (plus the coarse colour's with a separate
+coarse network), Adam (Instant-NGP's eps 1e-15 with the hash grid, 1e-8 otherwise; betas 0.9 /
+0.99), and the learning rate decaying exponentially from ``learning_rate`` to ``lr_final`` over
+``iterations``. NDC rays are used when ``ndc`` is "on", or "auto" and the scene has depth bounds
+and every camera faces the same way (LLFF).
 
 Resuming: every ``checkpoint_every`` iterations, at the end and when ``max_seconds`` stops the
 run, ``state_path`` receives the weights, optimiser, scheduler, both generators' states and the
@@ -42,6 +44,7 @@ import torch
 from capture3d.atomic import atomic_file
 from capture3d.progress import report as report_progress
 from capture3d.tasks.nvs.image_metrics import mse_to_psnr
+from capture3d.tasks.nvs.images import MB, ImageFile
 from capture3d.tasks.nvs.nerf_model import NerfModel, NerfModelConfig, build_nerf
 from capture3d.tasks.nvs.nerf_render import (
     NerfRenderConfig,
@@ -50,7 +53,6 @@ from capture3d.tasks.nvs.nerf_render import (
     normalize_rays,
     render_rays,
     scene_normalization,
-    view_rays,
 )
 from capture3d.tasks.nvs.scene import NvsScene, PosedView
 from capture3d.tasks.train_state import load_train_state, save_train_state
@@ -161,16 +163,57 @@ def _restore(path: Path, s: dict[str, Any]) -> bool:
     return True
 
 
-def _training_rays(views: list[PosedView], norm: SceneNormalization, device: torch.device) -> list[torch.Tensor]:
-    """All pixels of all views: origins, dirs, view dirs (M, 3), near, far (M,), colours (M, 3)."""
-    parts = [
-        (
-            *normalize_rays(*view_rays(v), norm),
-            torch.from_numpy(np.ascontiguousarray(v.image, np.float32)).reshape(-1, 3),
+class RayBatcher:
+    """Rays of chosen pixels of the training views, built per batch (no per-pixel arrays kept).
+
+    A pixel is numbered view by view, row-major inside a view: ``offset[view] + y * W + x``,
+    ``num_rays`` in all. :meth:`batch` maps indices (B,) to model-space origins, dirs, view dirs
+    (B, 3), near, far (B,) and target colours (B, 3) float32 in [0, 1], on ``device``; the rays
+    equal :func:`~capture3d.tasks.nvs.nerf_render.camera_rays` + ``normalize_rays`` of those pixels.
+    """
+
+    def __init__(self, views: list[PosedView], norm: SceneNormalization, device: torch.device) -> None:
+        self.views = views
+        self.norm = norm
+        self.device = device
+        sizes = np.array([v.width * v.height for v in views], dtype=np.int64)  # (N,)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])  # (N + 1,)
+        self.num_rays = int(self.offsets[-1])
+        self.widths = np.array([v.width for v in views], dtype=np.int64)  # (N,)
+        self.K_inv = np.stack([np.linalg.inv(v.K) for v in views])  # (N, 3, 3)
+        self.R = np.stack([v.cam_from_world[:3, :3] for v in views])  # (N, 3, 3)
+        self.centers = np.stack([v.center for v in views])  # (N, 3)
+
+    def batch(self, index: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Global pixel indices (B,) -> (origins, dirs, viewdirs, near, far, colours) of those pixels."""
+        view = np.searchsorted(self.offsets, index, side="right") - 1  # (B,)
+        local = index - self.offsets[view]
+        y, x = np.divmod(local, self.widths[view])
+        pix = np.stack([x + 0.5, y + 0.5, np.ones(len(index))], -1)  # (B, 3)
+        d_cam = np.einsum("bij,bj->bi", self.K_inv[view], pix)  # (B, 3), z = 1
+        dirs = np.einsum("bij,bi->bj", self.R[view], d_cam)  # R^T d per ray
+        origins = self.centers[view]  # (B, 3)
+        colors = np.empty((len(index), 3), dtype=np.float32)
+        for v in np.unique(view):
+            sel = view == v
+            colors[sel] = self.views[int(v)].colors_at(local[sel])
+        rays = normalize_rays(torch.from_numpy(origins), torch.from_numpy(dirs), self.norm)
+        return (*(r.to(self.device) for r in rays), torch.from_numpy(colors).to(self.device))
+
+
+def _warn_if_cache_too_small(views: list[PosedView]) -> None:
+    """Rays come from every view each step: a cache smaller than the photos means decoding each step."""
+    caches = {id(v.pixels.cache): v.pixels.cache for v in views if isinstance(v.pixels, ImageFile)}
+    need = sum(v.width * v.height * 3 for v in views if isinstance(v.pixels, ImageFile))
+    cap = sum(c.max_bytes for c in caches.values())
+    if caches and need > cap:
+        logger.warning(
+            "the %d training photos need %.0f MiB as uint8 but the image cache holds %.0f MiB: NeRF draws rays "
+            "from every photo each step, so photos are decoded again every step (slow); raise image_cache_mb",
+            len(views),
+            need / MB,
+            cap / MB,
         )
-        for v in views
-    ]
-    return [torch.cat(p).to(device) for p in zip(*parts, strict=True)]
 
 
 def fit_nerf(
@@ -210,8 +253,9 @@ def fit_nerf(
     if state_path is not None and Path(state_path).is_file() and _restore(Path(state_path), s):
         logger.info("resuming NeRF fitting at iteration %d from %s", s["iteration"], state_path)
     resumed_from = s["iteration"]
-    rays = _training_rays(views, norm, device)
-    num_rays = rays[0].shape[0]
+    _warn_if_cache_too_small(views)
+    rays = RayBatcher(views, norm, device)
+    num_rays = rays.num_rays
     logger.info(
         "fitting a %s NeRF (%s rays) to %d views, %d pixels, from iteration %d",
         config.model.encoding,
@@ -225,8 +269,7 @@ def fit_nerf(
     loop_start = time.perf_counter()
     elapsed0 = s["elapsed"]
     while s["iteration"] < config.iterations:
-        idx = torch.from_numpy(s["rng"].integers(0, num_rays, size=config.rays_per_batch)).to(device)
-        o, d, vd, near, far, target = (x[idx] for x in rays)
+        o, d, vd, near, far, target = rays.batch(s["rng"].integers(0, num_rays, size=config.rays_per_batch))
         out = render_rays(model, o, d, vd, near, far, rcfg, generator=s["gen"])
         mse = torch.mean((out["rgb"] - target) ** 2)
         loss = mse + torch.mean((out["rgb_coarse"] - target) ** 2) if "rgb_coarse" in out else mse

@@ -5,6 +5,11 @@ models, nerfstudio ``transforms.json`` or LLFF ``poses_bounds.npy``. Outputs: :c
 (numpy, OpenCV/COLMAP camera convention: ``x_cam = R @ X + t``, x right, y down, z forward) and
 the LLFF hold-out split (:func:`holdout_split`: every 8th view, starting with the first, is held
 out for evaluation).
+
+Memory: a loaded view holds no pixels, only an :class:`~capture3d.tasks.nvs.images.ImageFile`
+decoded on demand into uint8 through the scene's byte-capped cache; training code takes the
+uint8 pixels (:meth:`PosedView.pixel_array`, :meth:`PosedView.colors_at`) and converts to float
+per batch. Views built in memory (tests, synthetic data) may hold a uint8 or float32 array.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+from capture3d.tasks.nvs.images import ImageCache, ImageFile, to_float
 
 logger = logging.getLogger(__name__)
 
@@ -23,22 +30,44 @@ HOLDOUT_EVERY = 8
 class PosedView:
     """One undistorted photo and its pinhole camera.
 
-    image: (H, W, 3) float32 in [0, 1]; K: (3, 3) pinhole intrinsics for this image size (pixel
+    pixels: an :class:`ImageFile` (decoded lazily to (H, W, 3) uint8), or an in-memory (H, W, 3)
+    array, uint8 or float32 in [0, 1]; K: (3, 3) pinhole intrinsics for this image size (pixel
     centres at integer + 0.5, i.e. COLMAP's convention); cam_from_world: (4, 4) float64.
     """
 
     name: str
-    image: np.ndarray
+    pixels: np.ndarray | ImageFile
     K: np.ndarray
     cam_from_world: np.ndarray
 
     @property
     def width(self) -> int:
-        return int(self.image.shape[1])
+        return self.pixels.width if isinstance(self.pixels, ImageFile) else int(self.pixels.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.image.shape[0])
+        return self.pixels.height if isinstance(self.pixels, ImageFile) else int(self.pixels.shape[0])
+
+    def pixel_array(self) -> np.ndarray:
+        """(H, W, 3) pixels as stored: uint8 for loaded photos (read-only, cached), else the array given."""
+        return self.pixels.pixels() if isinstance(self.pixels, ImageFile) else self.pixels
+
+    def image_u8(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB (float arrays rounded to the nearest 1/255)."""
+        arr = self.pixel_array()
+        if arr.dtype == np.uint8:
+            return arr
+        return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+    @property
+    def image(self) -> np.ndarray:
+        """(H, W, 3) float32 in [0, 1], converted now (uint8 / 255); a new array for loaded photos."""
+        return to_float(self.pixel_array())
+
+    def colors_at(self, flat_index: np.ndarray) -> np.ndarray:
+        """(M, 3) float32 colours in [0, 1] of the pixels ``flat_index`` (M,) (row-major y * W + x)."""
+        arr = self.pixel_array()
+        return to_float(arr.reshape(-1, 3)[flat_index])
 
     @property
     def center(self) -> np.ndarray:
@@ -53,6 +82,7 @@ class NvsScene:
 
     points: (P, 3) float32 world coordinates (P may be 0); colors: (P, 3) float32 in [0, 1];
     depth_bounds: (near, far) over all views when the source records them (LLFF), else None.
+    image_cache: the cache the views' photos are decoded through (None: views held in memory).
     """
 
     views: tuple[PosedView, ...]
@@ -60,6 +90,7 @@ class NvsScene:
     colors: np.ndarray
     depth_bounds: tuple[float, float] | None
     source: str
+    image_cache: ImageCache | None = None
 
     def subset(self, indices: list[int] | np.ndarray) -> tuple[PosedView, ...]:
         return tuple(self.views[int(i)] for i in indices)
