@@ -23,6 +23,7 @@ from capture3d.tasks.registration.graph import fuse_clouds
 from capture3d.tasks.registration.multiway import (
     MultiwayConfig,
     candidate_pairs,
+    pair_mode,
     register_multiway,
     rigid_difference,
 )
@@ -76,6 +77,8 @@ def test_candidate_pairs() -> None:
     sequential = dataclasses.replace(MULTIWAY, pairs="sequential", window=2)
     assert candidate_pairs(4, sequential) == [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]
     capped = dataclasses.replace(MULTIWAY, max_all_pairs_scans=3, window=1)
+    # above the limit: the scalable scheme's odometry pairs first (loop closures follow, test_registration_scale)
+    assert pair_mode(4, capped) == "scalable" and pair_mode(3, capped) == "all"
     assert candidate_pairs(4, capped) == [(0, 1), (1, 2), (2, 3)]
     assert candidate_pairs(1, MULTIWAY) == []
 

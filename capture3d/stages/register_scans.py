@@ -19,6 +19,12 @@ fine-tuned on self-supervised pairs cut from this capture's own scans
 features. When adaptation lowers the validation FMR, the original model is used and the metrics
 say so.
 
+Pairs registered (``multiway.pairs``): every pair up to ``multiway.max_all_pairs_scans`` scans; above
+that (or with ``scalable``) sequential odometry pairs plus loop closures found by predicted overlap
+after odometry and by global-descriptor retrieval, O(N * k) pairs
+(:mod:`capture3d.tasks.registration.candidates`); ``metrics.json`` counts them by source
+(``verification.num_pairs_by_source``).
+
 Sensor origins (``sensor_origin``: ``auto`` | ``scan_frame`` | ``none``, see
 :mod:`capture3d.tasks.registration.sensor_origin`) give each scan a range image for the free-space test of
 :mod:`capture3d.tasks.registration.multiway`; without them registration falls back to the fitness / RMSE gates

@@ -15,7 +15,12 @@ Method (pose graphs after Choi, Zhou & Koltun 2015 and Open3D's multiway tutoria
 free-space consistency as in range-image registration, and by cycle consistency):
 
 1. Register every candidate pair (source i -> target j, i < j): several distinct global hypotheses,
-   each refined by ICP (:func:`~capture3d.tasks.registration.pair.register_pair`).
+   each refined by ICP (:func:`~capture3d.tasks.registration.pair.register_pair`). Candidates
+   (``pairs``): ``all`` pairs up to ``max_all_pairs_scans`` scans, above that (or with
+   ``scalable``) O(N * k) pairs: sequential odometry pairs within ``window``, then loop closures
+   (:mod:`~capture3d.tasks.registration.candidates`): the scans' predicted overlap in the frames a
+   first selection of verified odometry links gives, and global-descriptor retrieval for scans
+   odometry left outside the largest group; ``sequential``: the odometry pairs only.
 2. Choose links (:mod:`capture3d.tasks.registration.graph`): hypotheses that put one scan's
    surfaces into space the other sensor saw as empty are rejected; the rest are merged greedily,
    free-space verified and cycle-supported ones first, each merge checked across the two groups.
@@ -50,8 +55,15 @@ import numpy as np
 import open3d as o3d
 
 from capture3d.progress import report as report_progress
+from capture3d.tasks.registration.candidates import (
+    descriptor_neighbours,
+    global_descriptors,
+    overlap_neighbours,
+    sequential_pairs,
+)
 from capture3d.tasks.registration.graph import (
     Candidate,
+    Check,
     Evidence,
     VerifyConfig,
     bridges,
@@ -77,12 +89,13 @@ reg = o3d.pipelines.registration
 class MultiwayConfig:
     """Settings of multiway registration and of the verification of its links and poses."""
 
-    pairs: Literal["all", "sequential"]
-    """all pairs, or sequential (neighbours within window)"""
+    pairs: Literal["all", "sequential", "scalable"]
+    """all pairs (the scalable candidates above max_all_pairs_scans), sequential (neighbours within
+    window) or scalable (sequential odometry plus loop closures, O(N * k) pairs)"""
     window: int
-    """neighbour distance of the sequential pairs"""
+    """neighbour distance of the sequential (odometry) pairs"""
     max_all_pairs_scans: int
-    """pairs all falls back to sequential above this many scans"""
+    """pairs all switches to the scalable candidates above this many scans"""
     edge_prune_threshold: float
     """line-process weight below which a loop closure is pruned"""
     preference_loop_closure: float
@@ -101,6 +114,16 @@ class MultiwayConfig:
     """points in view of the other sensor the free-space test needs"""
     min_colour_correlation: float = 0.5
     """coloured scans: intensities of matched points must correlate this much"""
+    loop_closure_top_k: int = 2
+    """scalable: per scan, this many loop-closure partners by predicted overlap after odometry"""
+    loop_closure_min_overlap: float = 0.3
+    """scalable: predicted overlap (shared coarse cells / the smaller scan's) a loop closure needs"""
+    loop_closure_cell_factor: float = 10.0
+    """scalable: the coarse grid of the overlap prediction is factor * voxel (tolerates odometry drift)"""
+    descriptor_top_k: int = 3
+    """scalable: per scan odometry left outside the main group, this many partners by global descriptor"""
+    loop_closure_rounds: int = 2
+    """scalable: rounds of loop-closure search (the later ones only for scans still outside the main group)"""
 
     def verify(self) -> VerifyConfig:
         return VerifyConfig(
@@ -128,19 +151,30 @@ class MultiwayResult:
     verification: dict[str, object] = field(default_factory=dict)  # counts of the checks (metrics.json)
 
 
+def pair_mode(n: int, config: MultiwayConfig) -> Literal["all", "sequential", "scalable"]:
+    """The candidate scheme used for ``n`` scans: ``all`` becomes ``scalable`` above ``max_all_pairs_scans``."""
+    if config.pairs == "all" and n > config.max_all_pairs_scans:
+        return "scalable"
+    return config.pairs
+
+
 def candidate_pairs(n: int, config: MultiwayConfig) -> list[tuple[int, int]]:
-    """(source, target) index pairs with source < target to register, per ``config.pairs``."""
-    if config.pairs == "all" and n <= config.max_all_pairs_scans:
+    """(source, target) index pairs with source < target registered first, per :func:`pair_mode`.
+
+    ``all``: every pair; ``sequential`` and ``scalable``: the odometry pairs (neighbours within
+    ``window``); ``scalable`` adds loop closures once these are registered (:func:`_loop_closures`).
+    """
+    mode = pair_mode(n, config)
+    if mode == "all":
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
     if config.pairs == "all":
         logger.info(
-            "%d scans > max_all_pairs_scans %d: sequential pairs within %d",
+            "%d scans > max_all_pairs_scans %d: sequential pairs within %d, then loop closures",
             n,
             config.max_all_pairs_scans,
             config.window,
         )
-    window = max(1, config.window)
-    return [(i, j) for i in range(n) for j in range(i + 1, min(n, i + window + 1))]
+    return sequential_pairs(n, config.window)
 
 
 def register_multiway(
@@ -160,16 +194,15 @@ def register_multiway(
     if len(views) != n:
         raise ValueError(f"{len(views)} range images for {n} scans")
     t_start = time.perf_counter()
+    evidence = Evidence(clouds, views, voxel, config.verify())
     index_pairs = candidate_pairs(n, config)
-    pairs: list[PairResult] = []
-    for count, (i, j) in enumerate(index_pairs, start=1):
-        pairs.append(
-            register_pair(names[i], clouds[i], features[i], names[j], clouds[j], features[j], voxel, pair_config)
-        )
-        report_progress(logger, "register scans (pairs)", count, len(index_pairs))
+    pairs = _register_pairs(index_pairs, names, clouds, features, voxel, pair_config)
+    sources = {"all" if pair_mode(n, config) == "all" else "sequential": len(index_pairs)}
+    if pair_mode(n, config) == "scalable":
+        rounds = _loop_closures(index_pairs, pairs, names, clouds, features, voxel, pair_config, config, evidence)
+        sources.update(rounds)
     t_pairs = time.perf_counter()
 
-    evidence = Evidence(clouds, views, voxel, config.verify())
     indexed = [(i, j, p) for (i, j), p in zip(index_pairs, pairs)]
     candidates, rejected = build_candidates(indexed, evidence)
     selection = greedy_merge(n, candidates, evidence)
@@ -182,9 +215,10 @@ def register_multiway(
     kept = _optimise(poses, reference, tree, loops, clouds, voxel, config)
     t_opt = time.perf_counter()
     placed, kept, dropped = _check_links(reference, poses, kept, voxel, config, names)
-    placed, free_unplaced = _check_final_poses(reference, placed, kept, poses, evidence, names)
+    checks = _final_checks(placed, poses, evidence)
+    placed, free_unplaced = _check_final_poses(reference, placed, kept, checks, names)
     kept = [e for e in kept if e[0] in placed and e[1] in placed]
-    confidence, low = _confidence(reference, placed, kept, poses, evidence)
+    confidence, low = _confidence(reference, placed, kept, checks, evidence)
     t_end = time.perf_counter()
 
     unplaced = {
@@ -240,8 +274,87 @@ def register_multiway(
             "num_tree_links": len(tree),
             "num_loop_links": len(loops),
             "num_groups_joined_by_model": selection.joined_by_model,
+            "pairs_mode": pair_mode(n, config),
+            "num_pairs_by_source": sources,
         },
     )
+
+
+def _register_pairs(
+    index_pairs: list[tuple[int, int]],
+    names: list[str],
+    clouds: list[o3d.geometry.PointCloud],
+    features: list[np.ndarray],
+    voxel: float,
+    pair_config: PairConfig,
+) -> list[PairResult]:
+    """Every (source, target) pair of ``index_pairs`` registered, in order."""
+    pairs: list[PairResult] = []
+    for count, (i, j) in enumerate(index_pairs, start=1):
+        pairs.append(
+            register_pair(names[i], clouds[i], features[i], names[j], clouds[j], features[j], voxel, pair_config)
+        )
+        report_progress(logger, "register scans (pairs)", count, len(index_pairs))
+    return pairs
+
+
+def _loop_closures(
+    index_pairs: list[tuple[int, int]],
+    pairs: list[PairResult],
+    names: list[str],
+    clouds: list[o3d.geometry.PointCloud],
+    features: list[np.ndarray],
+    voxel: float,
+    pair_config: PairConfig,
+    config: MultiwayConfig,
+    evidence: Evidence,
+) -> dict[str, int]:
+    """Scalable candidates: add loop-closure pairs to ``index_pairs`` / ``pairs`` (in place), O(N * k).
+
+    Each round selects verified links among the pairs registered so far (as the final selection
+    does, without growing), which gives groups of scans in one odometry frame each. Per scan, the
+    ``loop_closure_top_k`` untried partners of its group with most predicted overlap
+    (:func:`~capture3d.tasks.registration.candidates.overlap_neighbours`; in round 1 every scan, later
+    only the scans that were outside the largest group the round before), and per scan outside the
+    largest group the ``descriptor_top_k`` most similar untried scans of other groups
+    (:func:`~capture3d.tasks.registration.candidates.descriptor_neighbours`). At most
+    ``loop_closure_rounds * N * (loop_closure_top_k + descriptor_top_k)`` loop-closure pairs.
+    Returns the number of pairs added per source.
+    """
+    n = len(names)
+    counts = {"loop_closure_overlap": 0, "loop_closure_descriptor": 0}
+    descriptors = global_descriptors(features)
+    points = [np.asarray(c.points) for c in clouds]
+    seekers: set[int] | None = None  # round 1: every scan seeks overlap partners
+    for round_index in range(max(0, config.loop_closure_rounds)):
+        indexed = [(i, j, p) for (i, j), p in zip(index_pairs, pairs)]
+        selection = greedy_merge(n, build_candidates(indexed, evidence)[0], evidence)
+        groups = [selection.poses, *selection.others]
+        tried = set(index_pairs)
+        cell = config.loop_closure_cell_factor * voxel
+        near = overlap_neighbours(
+            points, groups, cell, config.loop_closure_top_k, config.loop_closure_min_overlap, tried, seekers
+        )
+        group_of = {k: g for g, group in enumerate(groups) for k in group}
+        outside = [k for k in range(n) if k not in selection.poses]
+        allowed = {q: {k for k in range(n) if group_of[k] != group_of[q]} for q in outside}
+        similar = descriptor_neighbours(descriptors, outside, allowed, config.descriptor_top_k, tried | set(near))
+        new = near + similar
+        logger.info(
+            "loop closures, round %d: %d scans in the largest group, %d pairs by predicted overlap, %d by descriptor",
+            round_index + 1,
+            len(selection.poses),
+            len(near),
+            len(similar),
+        )
+        if not new:
+            break
+        seekers = set(outside)  # later rounds: the scans outside the largest group seek partners where they land
+        index_pairs.extend(new)
+        pairs.extend(_register_pairs(new, names, clouds, features, voxel, pair_config))
+        counts["loop_closure_overlap"] += len(near)
+        counts["loop_closure_descriptor"] += len(similar)
+    return counts
 
 
 # ----------------------------------------------------------------------------- graph helpers
@@ -322,12 +435,25 @@ def _check_links(
     return placed, [e for e in agreeing if e[0] in placed], dropped
 
 
+def _final_checks(placed: set[int], poses: dict[int, np.ndarray], evidence: Evidence) -> dict[tuple[int, int], Check]:
+    """(a, b) with a < b -> the evidence on the optimised relative pose, for every two placed scans.
+
+    The poses do not change after optimisation, so each pair is checked once (O(N^2) checks of a
+    few milliseconds; the pairs registered are O(N * k)).
+    """
+    ordered = sorted(placed)
+    return {
+        (a, b): evidence.check(a, b, np.linalg.inv(poses[b]) @ poses[a])
+        for x, a in enumerate(ordered)
+        for b in ordered[x + 1 :]
+    }
+
+
 def _check_final_poses(
     reference: int,
     placed: set[int],
     links: list[tuple[int, int]],
-    poses: dict[int, np.ndarray],
-    evidence: Evidence,
+    checks: dict[tuple[int, int], Check],
     names: list[str],
 ) -> tuple[set[int], dict[int, str]]:
     """Unplace the scans whose optimised poses another scan's evidence contradicts, worst first."""
@@ -338,7 +464,7 @@ def _check_final_poses(
         ordered = sorted(placed)
         for x, a in enumerate(ordered):
             for b in ordered[x + 1 :]:
-                check = evidence.check(a, b, np.linalg.inv(poses[b]) @ poses[a])
+                check = checks[(a, b)]
                 if check.verdict is False:
                     violations.setdefault(a, []).append((b, check.reason))
                     violations.setdefault(b, []).append((a, check.reason))
@@ -360,7 +486,7 @@ def _confidence(
     reference: int,
     placed: set[int],
     links: list[tuple[int, int]],
-    poses: dict[int, np.ndarray],
+    checks: dict[tuple[int, int], Check],
     evidence: Evidence,
 ) -> tuple[dict[int, str], dict[int, str]]:
     """("high" | "low" per placed scan, the reasons of the low ones).
@@ -379,7 +505,7 @@ def _confidence(
             confidence[k] = "high"
             continue
         verified = evidence.views[k] is not None and any(
-            evidence.check(k, other, np.linalg.inv(poses[other]) @ poses[k]).verdict is True
+            checks[(min(k, other), max(k, other))].verdict is True
             for other in sorted(placed - {k})
             if evidence.views[other] is not None
         )
