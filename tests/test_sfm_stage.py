@@ -6,6 +6,7 @@ and Python logging lines), a non-zero exit code, and no output folder nor tempor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from capture3d.stages import sfm as sfm_stage
+from capture3d.tasks.sfm.reconstruct import resolve
 
 GLOG_PREFIXES = ("I20", "W20", "E20", "F20")
 FAST = ["--set", "sfm.max_image_size=640", "--set", "sfm.max_num_features=2048"]
@@ -106,12 +110,14 @@ def test_missing_capture_folder(repo_root, tmp_path):
     assert "does not exist" in line
 
 
-def expected_attempts(sfm: dict) -> int:
-    """Attempts the ladder makes when every one fails: the base, then each rung that changes the settings."""
-    count, accumulated, current = 1, {}, dict(sfm)
+def expected_attempts(sfm: dict, num_images: int) -> int:
+    """Attempts the ladder makes when every one fails: the base, then each rung that changes the work
+    done (settings with matcher/mapper ``auto`` resolved for ``num_images``, as ``run_sfm`` does)."""
+    base = sfm_stage.load_config({"sfm": sfm})
+    count, accumulated, current = 1, {}, resolve(base, num_images, [])
     for rung in sfm["fallback"]:
         accumulated = {**accumulated, **rung}
-        new = {**sfm, **accumulated}
+        new = resolve(dataclasses.replace(base, **accumulated), num_images, [])
         count += new != current
         current = new
     return count
@@ -123,7 +129,7 @@ def test_no_overlap_fails_after_the_ladder(repo_root, tmp_path, base_params):
     out = out_path(tmp_path)
     proc = run_stage(repo_root, tmp_path, capture, out)
     line = assert_one_error(proc, "error: capture 'noise_cap'", out)
-    n = expected_attempts(base_params["sfm"])
+    n = expected_attempts(base_params["sfm"], 4)
     assert n >= 2, "params.yaml should have a fallback ladder"
     assert f"SfM failed after {n} attempt(s)" in line
     assert "no model" in line  # the reason: nothing could be initialised

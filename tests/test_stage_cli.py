@@ -235,7 +235,8 @@ def test_python_m_stage_help_shows_docstrings(repo_root: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "--capture CAPTURE, --images CAPTURE" in proc.stdout and "--matcher {exhaustive,sequential}" in proc.stdout
+    assert "--capture CAPTURE, --images CAPTURE" in proc.stdout
+    assert "--matcher {exhaustive,sequential,retrieval,auto}" in proc.stdout
     assert "neighbours matched per image by the sequential matcher" in " ".join(proc.stdout.split())
 
 

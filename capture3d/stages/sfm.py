@@ -3,8 +3,9 @@
 Inputs: a capture folder (``images/`` inside it, or the photos directly; optional
 ``intrinsics.json`` = ``{"camera_model": ..., "params": [...]}``) and the ``sfm`` section of
 params.yaml. Output folder (written atomically): ``sparse/0/``, ``points.ply``, ``transforms.json``,
-``undistorted/``, ``metrics.json`` (health, every ladder attempt with its reason, skipped files,
-timings). A capture that fails the health gate after the whole ladder raises :class:`CaptureError`.
+``undistorted/``, ``metrics.json`` (health, the matcher and mapper used and the image pairs
+matched, every ladder attempt with its reason, skipped files, timings). A capture that fails the
+health gate after the whole ladder raises :class:`CaptureError`.
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ def run(inputs: SfmInputs, out: Path, config: SfmConfig) -> Path:
             **exported,
             "intrinsics": "known" if known else "self-calibrated",
             "camera_mode": config.camera_mode,
+            "matcher": result.attempts[result.best].matcher,
+            "mapper": result.attempts[result.best].mapper,
+            "num_pairs_matched": result.attempts[result.best].pairs_matched,
             "chosen_attempt": result.best,
             "attempts": attempts,
             "skipped_files": [{"file": f, "reason": r} for f, r in folder.skipped],

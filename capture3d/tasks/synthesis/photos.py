@@ -21,7 +21,8 @@ high-contrast blobs, two colours per object) with Lambertian shading from one di
 light. Rays are cast with :class:`open3d.t.geometry.RaycastingScene` at ``supersample``
 times the resolution and box-filtered down; texture octaves finer than the pixel footprint
 are faded out to avoid aliasing. The cameras orbit the scene over 360 degrees of azimuth
-with slight height and radius variation, all looking at the scene centre.
+with slight height and radius variation, all looking at the scene centre (``loops`` > 1: a rising
+spiral of several orbits, frames in path order like a video).
 """
 
 from __future__ import annotations
@@ -378,6 +379,30 @@ def _orbit_cameras(
     return cams
 
 
+def _spiral_cameras(
+    rng: np.random.Generator, num_images: int, K: np.ndarray, width: int, height: int, loops: int
+) -> list[PinholeCamera]:
+    """A video-like path: ``loops`` orbits in one continuous spiral, rising and changing radius.
+
+    Frame ``i`` follows frame ``i - 1`` along the path (names ``0000.png``, ``0001.png``, ...), so
+    consecutive frames overlap most; frames of different loops at the same azimuth overlap too
+    (0.4 to 0.6 m apart in height), which is what image retrieval has to find. The camera height
+    rises from 1.3 m to 2.9 m over the path and the radius swings between 3.9 m and 5.3 m, loop by loop.
+    """
+    start = rng.uniform(0.0, 2.0 * np.pi)
+    step = 2.0 * np.pi * loops / num_images
+    cams = []
+    for i in range(num_images):
+        fraction = i / max(num_images - 1, 1)
+        az = start + step * (i + rng.uniform(-0.15, 0.15))
+        radius = _ORBIT_RADIUS + 0.7 * np.sin(np.pi * loops * fraction) + rng.uniform(-0.1, 0.1)
+        height_m = 1.3 + 1.6 * fraction + rng.uniform(-0.05, 0.05)
+        center = np.array([radius * np.cos(az), radius * np.sin(az), height_m])
+        R, t = _look_at(center, np.array(_LOOK_AT) + rng.uniform(-0.15, 0.15, size=3))
+        cams.append(PinholeCamera(f"{i:04d}.png", width, height, K.copy(), R, t))
+    return cams
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -495,17 +520,24 @@ def render_capture(
     seed: int = 0,
     fov_deg: float = 60.0,
     supersample: int = 2,
+    loops: int = 1,
 ) -> SyntheticCapture:
     """Render ``num_images`` orbit views of a seeded procedural scene, with ground-truth cameras.
 
     ``fov_deg`` is the horizontal field of view; ``supersample`` the rays per pixel along each axis.
+    ``loops`` 1 is one jittered orbit; more is a video-like spiral of that many orbits
+    (:func:`_spiral_cameras`), for captures of hundreds of views.
     """
-    if num_images < 1 or width < 1 or height < 1 or supersample < 1:
-        raise ValueError("num_images, width, height and supersample must be positive")
+    if num_images < 1 or width < 1 or height < 1 or supersample < 1 or loops < 1:
+        raise ValueError("num_images, width, height, supersample and loops must be positive")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     scene = _build_scene(rng)
-    cameras = _orbit_cameras(rng, num_images, _intrinsics(width, height, fov_deg), width, height)
+    K = _intrinsics(width, height, fov_deg)
+    if loops == 1:
+        cameras = _orbit_cameras(rng, num_images, K, width, height)
+    else:
+        cameras = _spiral_cameras(rng, num_images, K, width, height, loops)
     rc = _raycasting_scene(scene)
     with ThreadPoolExecutor(max_workers=_render_threads(num_images)) as pool:
         images = list(pool.map(lambda cam: _render_view(rc, scene, cam, supersample), cameras))
