@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ALLOW_EPHEMERAL_MODE := true
 
-.PHONY: venv demo lint format test test-fast test-slow gpu-check bench clean system-deps
+.PHONY: venv demo train-fcgf lint format test test-fast test-slow gpu-check bench clean system-deps
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ $(STAMP): pyproject.toml | system-deps
 
 demo: system-deps $(STAMP)
 	$(VENV)/bin/capture3d demo
+
+# opt-in: FCGF training (45 minutes on 2 cores) and its evaluation on the scan captures, as DVC
+# stages of their own file (training/dvc.yaml, generated; `dvc repro` alone never starts them)
+train-fcgf: system-deps $(STAMP)
+	$(PY) -m capture3d.ops.dvc_yaml --write --training
+	$(VENV)/bin/dvc repro training/dvc.yaml
 
 # ruff (pyproject.toml [tool.ruff]) and the import contracts ([tool.importlinter]); read-only. All three
 # run, so one go shows every problem; the target fails if any did.

@@ -78,6 +78,12 @@ class Step:
     """output folder template (default ``{results}/<name>``)"""
     dvc_comment: str = ""
     """a comment written above the stage in dvc.yaml"""
+    resume_state: str = ""
+    """a long fit: the ``kind`` of the resume state its stage keeps beside its output
+    (:func:`capture3d.stages.common.state_path_for`), which a batch with a remote also keeps there"""
+    opt_in: bool = False
+    """a training run or its evaluation: left out of ``dvc.yaml`` (``dvc repro`` in a fresh clone never starts it) and
+    written to ``training/dvc.yaml`` by ``python -m capture3d.ops.dvc_yaml --write --training``"""
 
     @property
     def module(self) -> str:
@@ -269,6 +275,7 @@ PHOTOS = Pipeline(
             summary=_m(psnr="gaussians_psnr", ssim="gaussians_ssim"),
             display=_NVS_DISPLAY,
             command=("fit", "gaussians"),
+            resume_state="fit_gaussians",
             help="3D Gaussian Splatting, evaluated on every 8th view held out",
             dvc_comment="Novel-view synthesis from each capture's SfM output (undistorted pinhole images and\n"
             "points), evaluated on every 8th view held out.",
@@ -284,6 +291,7 @@ PHOTOS = Pipeline(
             summary=_m(psnr="nerf_psnr", ssim="nerf_ssim"),
             display=_NVS_DISPLAY,
             command=("fit", "nerf"),
+            resume_state="fit_nerf",
             help="NeRF, evaluated on every 8th view held out",
         ),
     ),
@@ -356,6 +364,7 @@ FCGF = Pipeline(
             {},
             outs=("model.pt",),
             per_capture=False,
+            opt_in=True,
             out="models/fcgf",
             plots=(Plot("train_log.csv", "iteration", "loss"), Plot("validation.csv", "iteration", "fmr")),
             device="gpu",
@@ -375,6 +384,7 @@ FCGF = Pipeline(
                 "device",
             ),
             command=("train", "fcgf"),
+            resume_state="train",
             help="train FCGF (PointInfoNCE or hardest-contrastive) on synthetic and given scan pairs",
         ),
         Step(
@@ -390,6 +400,7 @@ FCGF = Pipeline(
             ),
             command=("evaluate", "features"),
             needs_ground_truth=True,
+            opt_in=True,
             help="FCGF vs FPFH: feature-match recall, inlier ratio, registration recall",
         ),
     ),

@@ -22,14 +22,17 @@ import yaml
 from capture3d.catalog import steps
 from capture3d.config import load_params
 from capture3d.ops.code_deps import import_closure
-from capture3d.ops.dvc_yaml import render
+from capture3d.ops.dvc_yaml import TRAINING_FILE, render
 
 VENV_BIN = Path(sys.executable).parent
 FLOW_SECTIONS = {"batch"}  # read by the batch flow, not by a DVC stage
 
 
 def _dvc_yaml(repo_root: Path) -> dict:
-    return yaml.safe_load((repo_root / "dvc.yaml").read_text())
+    """The project's stages and the opt-in training stages (rendered: the file is not committed)."""
+    default = yaml.safe_load((repo_root / "dvc.yaml").read_text())
+    training = yaml.safe_load(render(repo_root, training=True))
+    return {"stages": {**default["stages"], **training["stages"]}}
 
 
 def test_dvc_yaml_is_generated_from_the_catalog(repo_root: Path) -> None:
@@ -38,8 +41,15 @@ def test_dvc_yaml_is_generated_from_the_catalog(repo_root: Path) -> None:
     assert (repo_root / "dvc.yaml").read_text() == render(repo_root), (
         "dvc.yaml differs from the catalog: run python -m capture3d.ops.dvc_yaml --write"
     )
-    stages = _dvc_yaml(repo_root)["stages"]
-    assert list(stages) == [s.name for s in steps()]
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == [s.name for s in steps() if not s.opt_in]
+    # Training (45 minutes) and its evaluation are opt-in: `dvc repro` in a fresh clone never starts
+    # them; their own file runs in the project folder with the project's params for ${...}.
+    training = yaml.safe_load(render(repo_root, training=True))
+    assert list(training["stages"]) == [s.name for s in steps() if s.opt_in] == ["train_fcgf", "evaluate_features"]
+    assert training["vars"] == ["../params.yaml"] and TRAINING_FILE == "training/dvc.yaml"
+    assert training["stages"]["train_fcgf"]["wdir"] == ".."
+    assert training["stages"]["evaluate_features"]["do"]["wdir"] == ".."
 
 
 def test_dvc_yaml_params_and_stage_modules_agree(repo_root: Path) -> None:
@@ -93,9 +103,9 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def _stages_importing(repo: Path, module: str, params: dict) -> set[str]:
-    """DVC stage names (``name`` or ``name@item``) whose code deps hold ``module``."""
+    """Stage names of the project's dvc.yaml (``name`` or ``name@item``) whose code deps hold ``module``."""
     names = set()
-    for name, stage in _dvc_yaml(repo)["stages"].items():
+    for name, stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items():
         if module not in import_closure(f"capture3d.stages.{name}", repo):
             continue
         if "foreach" in stage:
@@ -145,17 +155,16 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     _run([*git, "commit", "-qm", "project"], repo, env)
     dvc = [sys.executable, "-m", "dvc"]
 
-    # A fresh clone: dvc repro processes the sample capture end to end.
-    _run([*dvc, "repro"], repo, env)
+    # A fresh clone: dvc repro processes the sample capture end to end, without the opt-in training.
+    ran = _run([*dvc, "repro"], repo, env)
+    assert "train_fcgf" not in ran and not (repo / "models/fcgf").exists()
     metrics = json.loads((repo / "results/demo/evaluate_sfm/metrics.json").read_text())
     assert metrics["registered_fraction"] == 1.0
     assert metrics["rotation_error_deg_median"] < 0.5
     shown = json.loads(_run([*dvc, "metrics", "show", "--json"], repo, env))
     assert "results/demo/evaluate_sfm/metrics.json" in json.dumps(shown)
-    features = json.loads((repo / "results/demo_scans/evaluate_features/metrics.json").read_text())["features"]
-    assert set(features) == {"fpfh", "fcgf"} and features["fpfh"]["num_pairs"] >= 7
     plots = _run([*dvc, "plots", "show", "--json"], repo, env)
-    assert "models/fcgf/train_log.csv" in plots and "results/demo/fit_gaussians/train_log.csv" in plots
+    assert "results/demo/fit_gaussians/train_log.csv" in plots
     for method in ("fit_gaussians", "fit_nerf"):
         nvs = json.loads((repo / f"results/demo/{method}/metrics.json").read_text())
         assert nvs["iterations"] == 20 and nvs["num_test_views"] == 2 and nvs["psnr"] > 5, nvs
@@ -196,10 +205,22 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     changed = set(json.loads(_run([*dvc, "status", "--json"], repo, env)))
     assert changed == {"sfm@demo"}, changed
 
-    # Experiments with one override work and produce metrics.
     params["sfm"]["max_num_features"] = 8192
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(repo / "data/captures/extra")
+
+    # Training opted in (`make train-fcgf`): its own file, run in the project folder; then clean again.
+    _run([sys.executable, "-m", "capture3d.ops.dvc_yaml", "--write", "--training", "--root", str(repo)], repo, env)
+    ran = _run([*dvc, "repro", TRAINING_FILE], repo, env)
+    assert f"{TRAINING_FILE}:train_fcgf'" in ran and f"{TRAINING_FILE}:evaluate_features@demo_scans'" in ran, ran
+    features = json.loads((repo / "results/demo_scans/evaluate_features/metrics.json").read_text())["features"]
+    assert set(features) == {"fpfh", "fcgf"} and features["fpfh"]["num_pairs"] >= 7
+    assert "models/fcgf/train_log.csv" in _run([*dvc, "plots", "show", "--json"], repo, env)
+    assert "up to date" in _run([*dvc, "status"], repo, env)
+    (repo / TRAINING_FILE).unlink()
+    (repo / TRAINING_FILE).with_name("dvc.lock").unlink()
+
+    # Experiments with one override work and produce metrics.
     _run([*git, "add", "-A"], repo, env)
     _run([*git, "commit", "-qm", "lock"], repo, env)
     ran = _run([*dvc, "exp", "run", "-S", "sfm.mapper=global"], repo, env)
