@@ -31,6 +31,23 @@ def test_packaged_defaults_are_params_yaml() -> None:
     assert project.main(["--check-defaults"]) == 0, "run python -m capture3d.ops.project --write-defaults"
 
 
+def test_packaged_params_document_every_field() -> None:
+    """The params.yaml ``capture3d init`` writes: every stage field has its documentation as a comment."""
+    from capture3d.config import packaged_params_path
+
+    text = packaged_params_path().read_text()
+    docs = project.field_documentation()
+    assert len(docs) > 150 and project.documented(text, docs) == text  # nothing left to document
+    assert f"  # {docs['sfm.max_num_features']}\n  max_num_features:" in text
+    assert load_params(packaged_params_path()) == load_params(ROOT / "params.yaml")
+    # a key with its own comment keeps it; nested keys get theirs at their indentation
+    sample = "sfm:\n  seed: 0  # mine\n  max_num_features: 1\nregister_scans:\n  pair:\n    seed: 0\n"
+    out = project.documented(sample, {"sfm.seed": "S", "sfm.max_num_features": "F", "register_scans.pair.seed": "P"})
+    assert (
+        out == "sfm:\n  seed: 0  # mine\n  # F\n  max_num_features: 1\nregister_scans:\n  pair:\n    # P\n    seed: 0\n"
+    )
+
+
 def test_set_list_and_code_keep_comments() -> None:
     text = "# head\ncaptures:\n  - demo\n\n# scans\nscan_captures: []\nsfm:\n  seed: 0  # note\n"
     text = project._set_list(text, "captures", [])
@@ -63,7 +80,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     )
     wheel = next((tmp / "dist").glob("capture3d-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for data in ("defaults/params.yaml", "models/fcgf_default.pt", "models/anny_pose_prior_cmu.npz", "catalog.py"):
+    for data in (
+        "defaults/params.yaml",
+        "models/fcgf_default.pt",
+        "models/anny_pose_prior_cmu.npz",
+        "catalog.py",
+        "samples.json",
+    ):
         assert f"capture3d/{data}" in names, data
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp, env)

@@ -16,23 +16,30 @@ and its source for the stages' code hashes) and the catalog. Outputs in the fold
 ``add`` copies the capture into the kind's captures folder (``data/captures/NAME`` ...), lists it in
 params.yaml and regenerates dvc.yaml. Re-running ``init`` on a project keeps its params values.
 ``python -m capture3d.ops.project --write-defaults|--check-defaults`` keeps the packaged defaults
-equal to the repository's ``params.yaml``.
+equal to the repository's ``params.yaml`` with the field documentation added (:func:`documented`):
+each key of a stage's section that has no comment of its own gets its dataclass attribute
+docstring as a comment line above it, so a user's ``params.yaml`` documents every field.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import importlib
 import logging
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from capture3d.catalog import Pipeline, Step, batch_kinds, pipeline
+from capture3d import stage_cli
+from capture3d.catalog import Pipeline, Step, batch_kinds, pipeline, steps
 from capture3d.config import PARAMS_FILE, load_params, packaged_params_path
 from capture3d.errors import Capture3dError
 from capture3d.ops.code_deps import import_closure
@@ -152,6 +159,52 @@ def _in_git(folder: Path) -> bool:
     return proc.returncode == 0
 
 
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
+COMMENT_WIDTH = 100
+
+
+def field_documentation() -> dict[str, str]:
+    """``section.key[.sub]`` -> attribute docstring, for every field (nested ones too) of every
+    stage's config dataclass."""
+    docs: dict[str, str] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints, own = typing.get_type_hints(cls), stage_cli.field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if own.get(f.name):
+                docs[prefix + f.name] = own[f.name]
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")  # type: ignore[arg-type]
+
+    for step in steps():
+        walk(stage_cli.config_class(importlib.import_module(step.module)), step.params_sections[0] + ".")
+    return docs
+
+
+def documented(text: str, docs: Mapping[str, str] | None = None) -> str:
+    """``text`` (params.yaml) with a comment line holding the field's documentation above every key
+    that has none: no trailing comment and no comment line right above it."""
+    docs = field_documentation() if docs is None else docs
+    out: list[str] = []
+    stack: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        match = _KEY_LINE.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match["key"]))
+        doc = docs.get(".".join(key for _, key in stack), "")
+        commented = " #" in match["rest"] or (out and out[-1].lstrip().startswith("#"))
+        if doc and not commented:
+            width = max(COMMENT_WIDTH - indent - 2, 40)
+            out += [f"{match['indent']}# {part}" for part in textwrap.wrap(doc.replace("``", "`"), width)]
+        out.append(line)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
 def write_dvc_yaml(root: Path) -> Path:
     """Regenerate ``root/dvc.yaml`` from ``root/params.yaml``."""
     from capture3d.atomic import atomic_write_text
@@ -220,18 +273,18 @@ def add(root: Path, kind: str, name: str, source: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``--write-defaults``: copy the repository's params.yaml into the package; ``--check-defaults``:
-    exit 1 when they differ."""
+    """``--write-defaults``: write the repository's params.yaml, documented, into the package;
+    ``--check-defaults``: exit 1 when the package's copy differs from that."""
     parser = argparse.ArgumentParser(prog="python -m capture3d.ops.project", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write-defaults", action="store_true")
     mode.add_argument("--check-defaults", action="store_true")
     args = parser.parse_args(argv)
-    source = PACKAGE_PARENT / PARAMS_FILE
+    text = documented((PACKAGE_PARENT / PARAMS_FILE).read_text())
     if args.write_defaults:
-        packaged_params_path().write_text(source.read_text())
+        packaged_params_path().write_text(text)
         return 0
-    if packaged_params_path().read_text() != source.read_text():
+    if packaged_params_path().read_text() != text:
         sys.stderr.write("error: capture3d/defaults/params.yaml differs from params.yaml: run "
                          "python -m capture3d.ops.project --write-defaults\n")  # fmt: skip
         return 1
