@@ -14,11 +14,28 @@ Measured so far:
   measured). Reported: throughput against one batch of 256 frames in the same run, and the mean
   joint speed at the chunk seams against the median speed inside the chunks.
 
-Not measured yet (reported as such): SfM against the number of views, registration against the
-number of scans, 3DGS per iteration, batch planning.
+- **nvs** and **batch planning** (code in ``benchmarks/scale_nvs.py``): 3DGS time per iteration
+  and peak RSS against the number of photos (25, 100, 300 at 320x180) and of Gaussians (10k, 100k,
+  1M), the 3DGS and NeRF peak RSS on 300 photos of 1920x1080 against the 6 GB target, each in a
+  child process on synthetic JPEGs + transforms.json + PLY; and a no-op
+  ``capture3d.ops.batch_plan.plan`` over 100 and 1,000 captures that are all current (wall time,
+  RSS, exponent).
+
+- **sfm** (code in ``benchmarks/scale_sfm.py``): exhaustive against retrieval matching (and the
+  hierarchical mapper) on synthetic captures of N views (25, 50, 100, 200 at 320x240): extraction,
+  retrieval, matching and mapping times, pairs matched, registered fraction, rotation error against
+  ground truth, peak RSS and the growth exponent of matching time.
+
+- **registration** (code in ``benchmarks/scale_registration.py``): multiway registration of the
+  synthetic courtyard ring of N range scans (8, 16, 32, 64): the scalable candidates (sequential
+  odometry + loop closures) at every N and all pairs where N <= ``max_all_pairs_scans``: wall time,
+  peak RSS, pairs tried, scans placed, largest pose error against ground truth, growth exponent.
 
 Usage: python benchmarks/bench_scale.py [--frames 64 1000 10000] [--iteration-scale 0.25]
-       [--threads 1] [--set KEY=JSON ...]
+       [--threads 1] [--set KEY=JSON ...] [--sections all | bodies nvs batch-planning sfm registration]
+       [--nvs-views 25 100 300] [--nvs-gaussians 10000 100000 1000000] [--nvs-big 300]
+       [--plan-captures 100 1000] [--views 25 50 100 200] [--sfm-features 1024]
+       [--scans 8 16 32 64] [--reg-size 96 72] [--reg-points 2000] [--reg-set KEY=JSON ...]
 """
 
 from __future__ import annotations
@@ -106,9 +123,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", nargs="*", default=["pose_hypotheses=0"], metavar="KEY=JSON")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sections", nargs="*", default=["all"], help="all, or some of: bodies nvs batch-planning sfm registration"
+    )
+    import scale_nvs  # the nvs and batch-planning sections (benchmarks/scale_nvs.py)
+
+    scale_nvs.add_arguments(parser)
+    import scale_sfm  # the sfm section (benchmarks/scale_sfm.py)
+
+    scale_sfm.add_arguments(parser)
+    import scale_registration  # the registration section (benchmarks/scale_registration.py)
+
+    scale_registration.add_arguments(parser)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(_bodies_child(args.child, args.iteration_scale, args.set, args.threads)))
+        return
+    sections = set(args.sections)
+    if sections & {"all", "nvs"}:
+        scale_nvs.nvs_section(args)
+    if sections & {"all", "batch-planning"}:
+        scale_nvs.batch_plan_section(args)
+    if sections & {"all", "sfm"}:
+        scale_sfm.sfm_section(args)
+    if sections & {"all", "registration"}:
+        scale_registration.registration_section(args)
+    if not sections & {"all", "bodies"}:
         return
     reference = _run_child(args, 256)  # one batch of 256 frames: the throughput reference
     rows = [_run_child(args, n) for n in args.frames]

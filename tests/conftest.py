@@ -84,6 +84,10 @@ EXPECTED_SECONDS = {
     "tests/test_cli.py::test_register_then_evaluate_registration": 34.0,
     "tests/test_cli.py::test_train_fcgf_flow_then_evaluate_features": 27.0,
     "tests/test_package.py::test_init_add_repro_in_a_user_project": 35.0,
+    "tests/test_remote_resume.py::test_killed_fit_resumes_from_the_remote_in_a_fresh_work_folder": 30.0,
+    "tests/test_registration_scale.py::test_bunny_scalable_matches_all_pairs": 25.0,
+    "tests/test_sfm_retrieval.py::test_sfm_stage_with_retrieval_registers_every_view": 15.0,
+    "tests/test_workers.py::test_step_in_a_worker_matches_in_process_and_reuses_its_model": 10.0,
 }
 SLOW_GUESS_S, DEFAULT_GUESS_S = 30.0, 0.5
 
