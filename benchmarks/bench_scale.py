@@ -53,6 +53,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scale_common import slope  # noqa: E402 (benchmarks/ is the script's folder)
+
 
 def _bodies_child(frames: int, scale: float, sets: list[str], threads: int) -> dict:
     import torch
@@ -112,10 +114,6 @@ def _run_child(args: argparse.Namespace, frames: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _slope(sizes: list[float], costs: list[float]) -> float:
-    return float(np.polyfit(np.log(sizes), np.log(costs), 1)[0]) if len(sizes) > 1 else float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="*", default=[64, 1000, 10000])
@@ -168,8 +166,8 @@ def main() -> None:
             f"| {r['peak_rss_mb']:.0f} | {r['seam_speed_ratio']:.2f} | {r['pa_mpjpe_mm']:.1f} |"
         )
     print(
-        f"growth exponent (log wall / log N): {_slope([r['frames'] for r in rows], [r['wall_s'] for r in rows]):.2f}; "
-        f"peak RSS: {_slope([r['frames'] for r in rows], [r['peak_rss_mb'] for r in rows]):.2f}"
+        f"growth exponent (log wall / log N): {slope([r['frames'] for r in rows], [r['wall_s'] for r in rows]):.2f}; "
+        f"peak RSS: {slope([r['frames'] for r in rows], [r['peak_rss_mb'] for r in rows]):.2f}"
     )
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from scale_common import run_child, slope  # noqa: E402 (benchmarks/ is the script's folder)
 
 GIB = 1 << 30
 MEMORY_TARGET_GB = 6.0
@@ -186,19 +187,6 @@ def _plan_child(spec: dict) -> dict:
     }
 
 
-def _run_child(spec: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["?"])[-1]
-        return {**spec, "failed": f"exit {out.returncode}: {tail}"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _slope(sizes: list[float], costs: list[float]) -> float:
-    return float(np.polyfit(np.log(sizes), np.log(costs), 1)[0]) if len(sizes) > 1 else float("nan")
-
-
 # ----------------------------------------------------------------------------- sections
 
 
@@ -215,7 +203,7 @@ def nvs_section(args: argparse.Namespace) -> None:
         for n in args.nvs_views:
             json_path = small / f"transforms_{n}.json"
             spec = {**base, "method": "3dgs", "capture": str(json_path), "points": args.nvs_fixed_gaussians}
-            views_rows.append(_run_child({**spec, "views": n, "iterations": args.nvs_iterations}))
+            views_rows.append(run_child(__file__, {**spec, "views": n, "iterations": args.nvs_iterations}))
         _print_nvs(
             f"3DGS (CPU rasterizer, SH degree 1, no densification) against the number of photos: {w}x{h}, "
             f"{args.nvs_fixed_gaussians} Gaussians, {args.nvs_iterations} iterations, {args.threads} thread(s)",
@@ -227,7 +215,7 @@ def nvs_section(args: argparse.Namespace) -> None:
         for g in args.nvs_gaussians:
             json_path = small / f"transforms_{n_views}.json"
             spec = {**base, "method": "3dgs", "capture": str(json_path), "points": g, "views": n_views}
-            gauss_rows.append(_run_child({**spec, "iterations": args.nvs_iterations}))
+            gauss_rows.append(run_child(__file__, {**spec, "iterations": args.nvs_iterations}))
         _print_nvs(
             f"3DGS against the number of Gaussians: {n_views} photos of {w}x{h}, {args.nvs_iterations} iterations",
             gauss_rows,
@@ -245,12 +233,12 @@ def nvs_section(args: argparse.Namespace) -> None:
         )
         rows = []
         spec = {**base, "capture": str(big / "transforms.json"), "points": 10_000, "views": args.nvs_big}
-        rows.append(_run_child({**spec, "method": "3dgs", "iterations": args.nvs_big_iterations}))
-        rows.append(_run_child({**spec, "method": "nerf", "iterations": 20}))
+        rows.append(run_child(__file__, {**spec, "method": "3dgs", "iterations": args.nvs_big_iterations}))
+        rows.append(run_child(__file__, {**spec, "method": "nerf", "iterations": 20}))
         if args.nvs_low_cache_mb > 0:  # the same with a cache far smaller than the photos: decoded again on use
             low = {**spec, "cache_mb": args.nvs_low_cache_mb}
-            rows.append(_run_child({**low, "method": "3dgs", "iterations": args.nvs_big_iterations}))
-            rows.append(_run_child({**low, "method": "nerf", "iterations": 4}))
+            rows.append(run_child(__file__, {**low, "method": "3dgs", "iterations": args.nvs_big_iterations}))
+            rows.append(run_child(__file__, {**low, "method": "nerf", "iterations": 4}))
         float32_gb = args.nvs_big * 1920 * 1080 * 3 * 4 / 1e9
         print(
             f"\n{args.nvs_big} photos of 1920x1080 on the CPU: peak RSS (loading included) against the "
@@ -294,8 +282,8 @@ def _print_nvs(title: str, rows: list[dict], key: str) -> None:
         sizes = [r[key] for r in ok]
         print(
             f"growth exponent (log s per iteration / log {key}): "
-            f"{_slope(sizes, [r['per_iteration_s'] for r in ok]):.2f}; "
-            f"peak RSS: {_slope(sizes, [r['peak_rss_mb'] for r in ok]):.2f}"
+            f"{slope(sizes, [r['per_iteration_s'] for r in ok]):.2f}; "
+            f"peak RSS: {slope(sizes, [r['peak_rss_mb'] for r in ok]):.2f}"
         )
 
 
@@ -318,7 +306,9 @@ def batch_plan_section(args: argparse.Namespace) -> None:
             for p in todo.pending:  # record every capture as done under its current key
                 manifest = {"status": "ok", "work_key": p.key, "manifest_version": MANIFEST_VERSION}
                 write_json(work / "manifests" / f"{p.listing.name}.json", manifest)
-            rows.append(_run_child({"section": "plan", "inbox": str(inbox), "work": str(work), "n": n, "repeats": 3}))
+            rows.append(
+                run_child(__file__, {"section": "plan", "inbox": str(inbox), "work": str(work), "n": n, "repeats": 3})
+            )
     print(
         "\nBatch planning: no-op plan() over N tiny body captures (one keypoints JSON each) that are all "
         "current; load_params + listing + one manifest read per capture, median of 3 in a child process"
@@ -338,8 +328,8 @@ def batch_plan_section(args: argparse.Namespace) -> None:
     if len(ok) > 1:
         sizes = [r["n"] for r in ok]
         print(
-            f"growth exponent (log wall / log N): {_slope(sizes, [r['wall_s'] for r in ok]):.2f}; "
-            f"peak RSS: {_slope(sizes, [r['peak_rss_mb'] for r in ok]):.2f}"
+            f"growth exponent (log wall / log N): {slope(sizes, [r['wall_s'] for r in ok]):.2f}; "
+            f"peak RSS: {slope(sizes, [r['peak_rss_mb'] for r in ok]):.2f}"
         )
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from scale_common import run_child, slope  # noqa: E402 (benchmarks/ is the script's folder)
 
 
 def _registration_child(spec: dict) -> dict:
@@ -85,18 +86,6 @@ def _registration_child(spec: dict) -> dict:
     }
 
 
-def _run_child(spec: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        return {**spec, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _slope(sizes: list[float], costs: list[float]) -> float:
-    return float(np.polyfit(np.log(sizes), np.log(costs), 1)[0]) if len(sizes) > 1 else float("nan")
-
-
 def registration_section(args: argparse.Namespace) -> None:
     """Run the rows (scalable at every N, all pairs where allowed) and print the table."""
     from capture3d.config import load_params
@@ -105,9 +94,9 @@ def registration_section(args: argparse.Namespace) -> None:
     base = {"size": list(args.reg_size), "points": args.reg_points, "sets": list(args.reg_set)}
     rows = []
     for n in args.scans:
-        rows.append(_run_child({**base, "n": n, "mode": "scalable"}))
+        rows.append(run_child(__file__, {**base, "n": n, "mode": "scalable"}))
         if n <= limit:
-            rows.append(_run_child({**base, "n": n, "mode": "all"}))
+            rows.append(run_child(__file__, {**base, "n": n, "mode": "all"}))
     print(
         f"\nRegistration: synthetic courtyard ring of N range scans ({args.reg_size[0]}x{args.reg_size[1]} sensor, "
         f"~{args.reg_points} points per scan, sensor origins known), params.yaml register_scans with "
@@ -136,9 +125,9 @@ def registration_section(args: argparse.Namespace) -> None:
         if len(series) > 1:
             sizes = [r["n"] for r in series]
             print(
-                f"{mode}: growth exponent (log wall / log N): {_slope(sizes, [r['wall_s'] for r in series]):.2f}; "
-                f"of pairs tried: {_slope(sizes, [r['pairs'] for r in series]):.2f}; "
-                f"of peak RSS: {_slope(sizes, [r['peak_rss_mb'] for r in series]):.2f}"
+                f"{mode}: growth exponent (log wall / log N): {slope(sizes, [r['wall_s'] for r in series]):.2f}; "
+                f"of pairs tried: {slope(sizes, [r['pairs'] for r in series]):.2f}; "
+                f"of peak RSS: {slope(sizes, [r['peak_rss_mb'] for r in series]):.2f}"
             )
 
 

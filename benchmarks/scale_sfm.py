@@ -23,16 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from scale_common import run_child, slope  # noqa: E402 (benchmarks/ is the script's folder)
 
 
 def _sfm_child(spec: dict) -> dict:
@@ -71,19 +70,6 @@ def _sfm_child(spec: dict) -> dict:
     }
 
 
-def _run_child(spec: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["?"])[-1]
-        return {**spec, "failed": f"exit {out.returncode}: {tail}"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _slope(sizes: list[float], costs: list[float]) -> float:
-    return float(np.polyfit(np.log(sizes), np.log(costs), 1)[0]) if len(sizes) > 1 else float("nan")
-
-
 def sfm_section(args: argparse.Namespace) -> None:
     """Exhaustive against retrieval matching (and the hierarchical mapper) over ``args.views``."""
     from capture3d.tasks.synthesis.photos import render_capture, write_capture
@@ -103,7 +89,7 @@ def sfm_section(args: argparse.Namespace) -> None:
                 runs.append((f"retrieval + hierarchical ({args.sfm_leaf})", {"matcher": "retrieval", **leaf}))
             for label, changes in runs:
                 spec = {"capture": str(capture), "work": str(Path(tmp) / "work"), "sfm": {**base, **changes}}
-                row = {**_run_child(spec), "label": label, "n": n, "loops": loops}
+                row = {**run_child(__file__, spec), "label": label, "n": n, "loops": loops}
                 rows.append(row)
                 print(f"  sfm {label} N={n}: " + (row.get("failed") or f"{row['wall_s']:.1f} s"), flush=True)
     _print_sfm(args, rows)
@@ -141,9 +127,9 @@ def _print_sfm(args: argparse.Namespace, rows: list[dict]) -> None:
         sizes = [r["n"] for r in series]
         print(
             f"{label}: growth exponent of matching time (log match s / log N): "
-            f"{_slope(sizes, [r['match_s'] for r in series]):.2f}; of pairs: "
-            f"{_slope(sizes, [r['pairs'] for r in series]):.2f}; of total time: "
-            f"{_slope(sizes, [r['wall_s'] for r in series]):.2f}"
+            f"{slope(sizes, [r['match_s'] for r in series]):.2f}; of pairs: "
+            f"{slope(sizes, [r['pairs'] for r in series]):.2f}; of total time: "
+            f"{slope(sizes, [r['wall_s'] for r in series]):.2f}"
         )
 
 
