@@ -424,7 +424,28 @@ def map_images(
         found = pycolmap.global_mapping(database, image_dir, out_dir, options)
     else:
         raise ValueError(f"mapper {config.mapper!r} must be resolved first (see resolve())")
-    return sorted(found.values(), key=lambda r: r.num_reg_images(), reverse=True)
+    return drop_redundant(sorted(found.values(), key=lambda r: r.num_reg_images(), reverse=True))
+
+
+def registered_names(model: pycolmap.Reconstruction) -> set[str]:
+    """Names of the images ``model`` registered."""
+    return {model.image(i).name for i in model.reg_image_ids()}
+
+
+def drop_redundant(models: list[pycolmap.Reconstruction]) -> list[pycolmap.Reconstruction]:
+    """``models`` (largest first) without the later ones whose every image a larger model already
+    registered: COLMAP can start a small second model from pairs of images the first one holds,
+    which is no split of the capture (a model adding any image of its own is kept)."""
+    kept: list[pycolmap.Reconstruction] = []
+    seen: set[str] = set()
+    for model in models:
+        names = registered_names(model)
+        if kept and names <= seen:
+            logger.info("dropped a redundant %d-image model: a larger model registered all its images", len(names))
+            continue
+        kept.append(model)
+        seen |= names
+    return kept
 
 
 def _judge(attempt: Attempt, models: list[pycolmap.Reconstruction], num_images: int, min_fraction: float) -> None:
