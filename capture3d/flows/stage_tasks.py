@@ -28,17 +28,10 @@ from capture3d.catalog import Step, fill, step, steps
 from capture3d.ops.batch_plan import BatchConfig, load_batch_config
 from capture3d.ops.manifest import code_version, params_hash
 from capture3d.ops.remote_state import RemoteStore, data_digest, state_key, synced
-from capture3d.ops.steps import run_step
+from capture3d.ops.steps import run_step, template_values
 from capture3d.stages.common import state_path_for
 
 logger = logging.getLogger(__name__)
-
-
-def _param(params: Mapping[str, Any], key: str) -> str:
-    node: Any = params
-    for part in key.split("."):
-        node = node[part]
-    return str(node)
 
 
 def step_paths(
@@ -47,17 +40,10 @@ def step_paths(
     """The step's output folder and the data it reads: its DVC deps that exist, else its inputs
     (from the catalog's templates, without importing the stage)."""
 
+    values = template_values(name, capture, results, params)
+
     def filled(template: str) -> Path:
-        return Path(
-            fill(
-                template,
-                capture=str(capture),
-                results=str(results),
-                name=name,
-                data=str(Path(capture).parent),
-                param=lambda key: _param(params, key),
-            )
-        )
+        return Path(fill(template, **values))
 
     out_path = Path(out) if out is not None else filled(spec.out_template)
     deps = [p for p in (filled(t) for t in spec.deps) if p.exists()]

@@ -43,6 +43,17 @@ def _param(params: Mapping[str, Any], key: str) -> str:
     return str(node)
 
 
+def template_values(name: str, capture: Path, results: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The values :func:`capture3d.catalog.fill` gives a step's path templates for one capture."""
+    return {
+        "capture": str(capture),
+        "results": str(results),
+        "name": name,
+        "data": str(Path(capture).parent),
+        "param": lambda key: _param(params, key),
+    }
+
+
 def step_inputs(
     kind: str,
     name: str,
@@ -56,13 +67,7 @@ def step_inputs(
     capture, from the step's path templates."""
     spec = step(step_name)
     module = importlib.import_module(spec.module)
-    values = {
-        "capture": str(capture),
-        "results": str(results),
-        "name": name,
-        "data": str(Path(capture).parent),
-        "param": lambda key: _param(params, key),
-    }
+    values = template_values(name, capture, results, params)
     fields = {field: Path(fill(t, **values)) for field, t in spec.inputs.items()}
     out = Path(out) if out is not None else Path(fill(spec.out_template, **values))
     if spec.per_capture:
