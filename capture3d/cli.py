@@ -209,9 +209,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _prefect_environment()
-    from capture3d.flows.demo import demo
+    from capture3d.flows.demo import demo, demo_report_path
 
-    statuses = demo(Path(args.repo).resolve())
+    repo = Path(args.repo).resolve()
+    statuses = demo(repo)
     samples = []  # (title, sample capture name) per kind
     for kind, title in FOLDER_RUNS.values():
         spec = catalog.pipeline(kind)
@@ -221,6 +222,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if not s.per_capture
         ]
     print_demo(statuses, samples)
+    print(f"\nreport: {demo_report_path(repo)}")
+    print("every metric: `capture3d results` (--format table|csv|parquet) or `dvc metrics show`")
     return 0 if all(s.ok for s in statuses) else 1
 
 

@@ -176,6 +176,12 @@ def test_dvc_repro_flow_then_status_clean(repo_root: Path, tmp_path: Path) -> No
     # The Prefect demo flow runs the same stages and records them: DVC has nothing to do.
     out = _run([str(VENV_BIN / "capture3d"), "demo"], repo, env)
     assert "demo" in out and "ok" in out
+    # ... and ends with one report of every sample capture; plotly.js is one file beside the reports
+    report = repo / "results/.capture3d/runs/demo.html"
+    assert f"report: {report}" in out and report.is_file()
+    text = report.read_text()
+    assert all(f'id="c-{name}"' in text for name in ("demo", "demo_scans", "demo_bodies")), "a capture is missing"
+    assert len(list(report.parent.glob("plotly-*.min.js"))) == 1 and len(text) < 3_000_000
     scans = json.loads((repo / "results/demo_scans/evaluate_registration/metrics.json").read_text())
     assert scans["num_within_tolerance"] >= 3 and scans["placed_beyond_tolerance"] == [], scans
     assert "up to date" in _run([*dvc, "status"], repo, env)

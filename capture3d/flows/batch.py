@@ -435,6 +435,11 @@ def run_batch_flow(
     return _rows(state), "" if state.is_completed() else (state.message or state.name)
 
 
+def folder_work_area(out_root: Path) -> Path:
+    """The work area of a folder run whose results go to ``out_root`` (never versioned)."""
+    return Path(out_root) / ".capture3d"
+
+
 def run_folder(
     kind: str,
     captures_root: Path,
@@ -449,7 +454,7 @@ def run_folder(
     if not Path(captures_root).is_dir():  # one line before any Prefect run starts
         raise SourceError(f"captures folder '{captures_root}' not found")
     out_root = Path(out_root)
-    work = out_root / ".capture3d"
+    work = folder_work_area(out_root)
     work.mkdir(parents=True, exist_ok=True)
     (work / ".gitignore").write_text("*\n")  # the work area is never versioned
     state = batch(

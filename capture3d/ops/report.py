@@ -1,4 +1,4 @@
-"""A self-contained HTML quality report of a batch work area, with a regression check.
+"""An HTML quality report of a batch work area, with a regression check.
 
 Inputs: a work area written by ``capture3d batch``: ``runs/<run id>.json`` (one row per capture:
 ``capture``, ``status`` ok/current/failed/refused/busy, ``reason``, flat summary metrics),
@@ -6,10 +6,11 @@ Inputs: a work area written by ``capture3d batch``: ``runs/<run id>.json`` (one 
 :mod:`capture3d.ops.report_figures` for the files read). Optionally an older ``runs/*.json`` (the
 last good run) and regression thresholds.
 
-Output: one HTML file (plotly.js inlined once, images as downscaled base64 PNGs, no external
-requests) with a table per run, per capture its provenance, SfM cameras and points in 3D,
-registration error histograms, held-out PSNR per view with the held-out renders, body-fit
-overlays and every loss curve; and, given ``previous``, the regressions of the latest run against
+Output: one HTML file (images as downscaled base64 PNGs; plotly.js loaded from one shared
+``plotly-<version>.min.js`` beside it; no network requests) with a table per run, per capture its
+provenance, SfM cameras and points in 3D, registration error histograms, held-out PSNR per view
+with the held-out renders, body-fit overlays and every loss curve (each capture with its row from
+the newest run that lists it); and, given ``previous``, the regressions of the latest run against
 it. Missing files only leave their part out. Every text read from a file is HTML-escaped. The
 figures and file readers are in :mod:`capture3d.ops.report_figures`, the HTML pieces in
 :mod:`capture3d.ops.report_html`.
@@ -280,7 +281,11 @@ def build_report(
     if base is not None and base_path not in runs:
         run_tables.append(page_html.run_table(base, manifests, open_=False, label="previous run (baseline)"))
     captures = sorted(set(results) | set(manifests))
-    sections = [page_html.capture_section(page, n, rows.get(n), manifests.get(n), results.get(n)) for n in captures]
+    newest: dict[str, dict[str, Any]] = {}  # each capture's row in the newest run that lists it
+    for _, run in ordered:
+        newest.update({str(r["capture"]): r for r in run.get("captures", [])})
+    newest.update(rows)
+    sections = [page_html.capture_section(page, n, newest.get(n), manifests.get(n), results.get(n)) for n in captures]
     title = f"capture3d quality report: {latest['run_id']}" if latest else "capture3d quality report"
     toc = " · ".join(f'<a href="#{page_html.anchor(n)}">{page_html.esc(n)}</a>' for n in captures)
     body = [
@@ -306,7 +311,7 @@ def build_report(
         "</section>",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, page.document(title, body))
+    atomic_write_text(out, page.document(title, body, page_html.write_plotly_asset(out.parent)))
     logger.info(
         "report: %d captures, %d figures, %d images, %d regressions -> %s",
         len(captures),

@@ -4,7 +4,8 @@ regression section, one section per capture, and the page around them.
 Inputs: run summaries, manifests and a capture's results folder (already located by the caller),
 plus plotly figures and thumbnails from :mod:`capture3d.ops.report_figures`. Outputs: HTML
 strings. Every text that comes from a file goes through :func:`esc` (``html.escape``); images are
-base64 data URIs and plotly.js is inlined once in the page head, so the page makes no requests.
+base64 data URIs, and plotly.js is one file beside the report (:func:`write_plotly_asset`, shared
+by every report in the folder), so the page makes no network requests.
 """
 
 from __future__ import annotations
@@ -64,16 +65,33 @@ class Page:
         return f'<figure><img src="{uri}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
     @staticmethod
-    def document(title: str, body: Sequence[str]) -> str:
-        """The whole page: head with the CSS and plotly.js (inlined once), then ``body``."""
-        from plotly.offline import get_plotlyjs
-
+    def document(title: str, body: Sequence[str], plotly_src: str) -> str:
+        """The whole page: head with the CSS and the ``<script>`` loading plotly.js from the relative
+        path ``plotly_src`` (see :func:`write_plotly_asset`), then ``body``."""
         return (
             f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{CSS}</style>'
-            f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>\n'
+            f'<script type="text/javascript" src="{esc(plotly_src)}"></script></head><body>\n'
             + "\n".join(body)
             + "\n</body></html>\n"
         )
+
+
+def write_plotly_asset(folder: Path) -> str:
+    """Write plotly.js (``plotly-<version>.min.js``, about 4.7 MB) into ``folder`` unless it is
+    there already, and return its file name: every report in a folder (a work area's ``runs/``)
+    shares one copy instead of inlining it. Written atomically; the report loads it by relative
+    path, so the folder stays viewable offline and can be moved as a whole."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    from capture3d.atomic import atomic_write_text
+
+    name = f"plotly-{plotly.__version__}.min.js"
+    path = Path(folder) / name
+    if not path.is_file() or path.stat().st_size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, get_plotlyjs())
+    return name
 
 
 def esc(value: Any) -> str:
