@@ -14,8 +14,12 @@ built by its steps (see :mod:`capture3d.ops.steps`), across tasks. After each ta
 collects garbage, returns freed heap to the system (``malloc_trim``) and reports its resident
 memory; the pool retires it (and starts a replacement at once) after ``max_tasks_per_worker``
 tasks or when that memory exceeds ``max_rss_mb``. A worker exits by itself when the process that
-started it dies. A worker runs its tasks in one thread of its own (not its main thread: small torch
-fits were ~10x slower there). Any number of threads may use one pool at once; at most ``size`` workers run.
+started it dies. A worker runs its tasks in its main thread, with torch's intra-op threads set to
+``threads_per_worker`` (default: the usable cores divided by ``size``, so a full pool does not
+oversubscribe the machine). Measured on 2 cores, a 150-step NeRF fit: 28 s in a worker's main
+thread, 45 s (one core busy) in a second thread after the main thread's first parallel region --
+the layout used before, which had been chosen because small body fits on busy cores spent ~10x the
+CPU time in the main thread. Any number of threads may use one pool at once; at most ``size`` workers run.
 No Prefect here: the batch flow opens one pool per run (:mod:`capture3d.flows.batch`).
 """
 
@@ -34,7 +38,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -130,7 +133,14 @@ def _watch_parent() -> None:
         os._exit(1)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, preload: Sequence[str], log_level: int) -> None:
+def usable_cores() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _worker_main(
+    conn: multiprocessing.connection.Connection, preload: Sequence[str], log_level: int, threads: int
+) -> None:
     """A worker's loop: import ``preload``, then run requests until told to stop or the pipe closes.
     Request: pickled ``(fn, args, kwargs, with_models)``; reply: pickled ``(ok, value or one-line
     error, resident MiB after the task)``. ``models`` (local: lives as long as this process) is
@@ -143,11 +153,11 @@ def _worker_main(conn: multiprocessing.connection.Connection, preload: Sequence[
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - the task importing it reports the error
             logger.warning("worker: preloading %s failed: %s", name, _one_line(exc))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
     _warm_torch_threads()
     models: dict[Hashable, Any] = {}
-    # Tasks run in one long-lived thread, as in the batch flow's thread pool: small torch fits ran
-    # ~10x slower in a process's main thread than in another thread (measured).
-    runner = ThreadPoolExecutor(1, thread_name_prefix="worker-task")
     while True:
         try:
             data = conn.recv_bytes()
@@ -158,7 +168,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, preload: Sequence[
         try:
             fn, args, kwargs, with_models = pickle.loads(data)
             extra = {"models": models} if with_models else {}
-            reply = (True, runner.submit(fn, *args, **kwargs, **extra).result())
+            reply = (True, fn(*args, **kwargs, **extra))
         except Exception as exc:  # noqa: BLE001 - one line to the parent
             reply = (False, _one_line(exc))
         del data
@@ -182,7 +192,8 @@ class WorkerPool:
     cap) retire a worker after a task; ``preload``: modules every worker imports when it starts;
     ``prestart``: workers started at once (their start overlaps the caller's own work);
     ``warmup``: ``fn(*args, models=...)`` sent to every new worker as soon as it starts (e.g. build
-    the models its steps will use), its failure only logged."""
+    the models its steps will use), its failure only logged; ``threads_per_worker``: torch's
+    intra-op threads in each worker (0: usable cores // ``size``)."""
 
     def __init__(
         self,
@@ -192,10 +203,12 @@ class WorkerPool:
         preload: Sequence[str] = (),
         prestart: int = 0,
         warmup: tuple[Callable[..., Any], tuple[Any, ...]] | None = None,
+        threads_per_worker: int = 0,
     ) -> None:
         if size < 1:
             raise ValueError(f"worker pool size must be at least 1, got {size}")
         self.size = size
+        self.threads_per_worker = threads_per_worker if threads_per_worker > 0 else max(1, usable_cores() // size)
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_rss_mb = max_rss_mb
         self.preload = tuple(preload)
@@ -292,7 +305,7 @@ class WorkerPool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,
-            args=(child_end, self.preload, logging.getLogger().getEffectiveLevel()),
+            args=(child_end, self.preload, logging.getLogger().getEffectiveLevel(), self.threads_per_worker),
             name="capture3d-worker",
             daemon=True,
         )
