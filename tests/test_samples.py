@@ -11,12 +11,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
-import threading
 import tomllib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
@@ -25,77 +22,24 @@ from capture3d import cli
 from capture3d.config import load_params
 from capture3d.ops import samples
 from capture3d.ops.samples import Sample, SampleError
+from tests.http_helpers import SampleServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class _RangeHandler(BaseHTTPRequestHandler):
-    """GET of files under ``server.root``; ``Range: bytes=N-`` answered with 206; a path in
-    ``server.cut`` gets only that many bytes of its body on its next request, then the connection closes."""
-
-    server: _Server
-
-    def do_GET(self) -> None:
-        rel = unquote(urlparse(self.path).path).lstrip("/")
-        rng = self.headers.get("Range")
-        self.server.requests.append((rel, rng))
-        path = self.server.root / rel
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = int(re.fullmatch(r"bytes=(\d+)-", rng)[1]) if rng else 0
-        if start >= len(data) > 0:
-            self.send_error(416)
-            return
-        self.send_response(206 if rng else 200)
-        if rng:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        cut = self.server.cut.pop(rel, None)
-        self.wfile.write(body if cut is None else body[:cut])  # HTTP/1.0: the connection closes after this
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    root: Path
-    cut: dict[str, int]
-    requests: list[tuple[str, str | None]]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/"
-
-
-def _serve(root: Path) -> Iterator[_Server]:
-    server = _Server(("127.0.0.1", 0), _RangeHandler)
-    server.root, server.cut, server.requests = Path(root), {}, []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[_Server]:
+def mirror(tmp_path: Path) -> Iterator[SampleServer]:
     """A fake mirror (sample 'tiny' in ``kind/tiny``: a 200 kB binary and a text file) on loopback."""
     folder = tmp_path / "mirror" / "kind" / "tiny"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.bin").write_bytes(np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes())
     (folder / "sub" / "b.txt").write_text("hello sample\n")
-    yield from _serve(tmp_path / "mirror")
+    yield from serve(tmp_path / "mirror")
 
 
 @pytest.fixture
-def shared_server(shared_data: Path) -> Iterator[_Server]:
-    yield from _serve(shared_data)
+def shared_server(shared_data: Path) -> Iterator[SampleServer]:
+    yield from serve(shared_data)
 
 
 def _tiny(root: Path) -> Sample:
@@ -106,7 +50,7 @@ def _tiny(root: Path) -> Sample:
 
 
 @pytest.fixture
-def tiny_registry(mirror: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sample:
+def tiny_registry(mirror: SampleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sample:
     """The shipped registry replaced by one holding 'tiny' (for the CLI)."""
     sample = _tiny(mirror.root)
     entry = {
@@ -162,7 +106,7 @@ def test_resolve_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 # ----------------------------------------------------------------------------- downloads (fake mirror)
 
 
-def test_cut_connection_resumes_with_range(mirror: _Server, tmp_path: Path) -> None:
+def test_cut_connection_resumes_with_range(mirror: SampleServer, tmp_path: Path) -> None:
     sample = _tiny(mirror.root)
     mirror.cut["kind/tiny/a.bin"] = 70_000
     result = samples.fetch_sample(sample, tmp_path / "out", mirror.url, backoff_s=0.0)
@@ -177,7 +121,7 @@ def test_cut_connection_resumes_with_range(mirror: _Server, tmp_path: Path) -> N
     assert sorted(p.name for p in got.parent.iterdir()) == ["tiny"]  # no staging folder left
 
 
-def test_interrupted_run_resumes_next_time(mirror: _Server, tmp_path: Path) -> None:
+def test_interrupted_run_resumes_next_time(mirror: SampleServer, tmp_path: Path) -> None:
     """A run that ran out of attempts leaves its .part file; the next run continues it with Range,
     and the sample folder appears only then."""
     sample = _tiny(mirror.root)
@@ -192,7 +136,7 @@ def test_interrupted_run_resumes_next_time(mirror: _Server, tmp_path: Path) -> N
 
 
 def test_corrupted_file_is_refused_in_one_line(
-    tiny_registry: Sample, mirror: _Server, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_registry: Sample, mirror: SampleServer, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     bad = mirror.root / "kind" / "tiny" / "sub" / "b.txt"
     bad.write_text("hello sampel\n")  # same size, other bytes
@@ -206,7 +150,7 @@ def test_corrupted_file_is_refused_in_one_line(
 
 
 def test_missing_file_and_unknown_sample_and_no_mirror(
-    tiny_registry: Sample, mirror: _Server, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_registry: Sample, mirror: SampleServer, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     (mirror.root / "kind" / "tiny" / "a.bin").unlink()
     out = str(tmp_path / "out")
@@ -223,7 +167,7 @@ def test_missing_file_and_unknown_sample_and_no_mirror(
 
 
 def test_second_fetch_is_a_no_op_and_a_damaged_folder_is_repaired(
-    tiny_registry: Sample, mirror: _Server, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_registry: Sample, mirror: SampleServer, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     args = ["samples", "fetch", "--to", str(tmp_path / "out"), "--mirror", mirror.url]
     assert cli.main(args) == 0
@@ -248,7 +192,7 @@ def test_second_fetch_is_a_no_op_and_a_damaged_folder_is_repaired(
 # ----------------------------------------------------------------------------- real samples
 
 
-def test_fetch_fountain_then_add_it_to_a_project(shared_server: _Server, tmp_path: Path) -> None:
+def test_fetch_fountain_then_add_it_to_a_project(shared_server: SampleServer, tmp_path: Path) -> None:
     """The issue's flow without a wheel: init a project, fetch fountain_p11 from a mirror laid out like
     ../shared/data (with its connection cut once), add it as a photo capture; the project's stages
     take it as they take the original (images, ground-truth cameras)."""
@@ -282,7 +226,7 @@ def test_fetch_fountain_then_add_it_to_a_project(shared_server: _Server, tmp_pat
     assert len(cameras) == 11
 
 
-def test_stale_part_that_fails_its_checksum_is_fetched_again_from_zero(mirror: _Server, tmp_path: Path) -> None:
+def test_stale_part_that_fails_its_checksum_is_fetched_again_from_zero(mirror: SampleServer, tmp_path: Path) -> None:
     """Bytes left by an earlier run (here: of another version of the file) are resumed; the mix fails
     its checksum, so the file is fetched once more from zero instead of being refused or kept."""
     sample = _tiny(mirror.root)
