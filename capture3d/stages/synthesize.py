@@ -38,6 +38,11 @@ class SynthesizeConfig:
     """horizontal field of view in degrees"""
     supersample: int
     """rays per pixel along each axis (anti-aliasing)"""
+    texture_scale: float
+    """multiplies the procedural texture's octave cells (1: 0.4 m down to 2.7 cm; larger: coarser
+    blobs, which a fit of a few CPU minutes can learn)"""
+    texture_detail: float
+    """strength of the fine multiplicative detail from the two finest octaves, in [0, 1) (0.8: grainy)"""
     seed: int
     """random seed of the procedural scene and the camera jitter"""
 
@@ -55,6 +60,8 @@ def run(inputs: NoInputs, out: Path, config: SynthesizeConfig) -> Path:
         seed=config.seed,
         fov_deg=config.fov_deg,
         supersample=config.supersample,
+        texture_scale=config.texture_scale,
+        texture_detail=config.texture_detail,
     )
     with atomic_dir(out) as tmp:
         write_capture(capture, tmp)

@@ -48,7 +48,7 @@ from capture3d.tasks.cameras import (
 logger = logging.getLogger(__name__)
 
 _LATTICE = 64  # value-noise lattice size per axis (power of two, indices wrap)
-_OCTAVE_CELLS = (0.4, 0.16, 0.065, 0.027)  # lattice spacing of each octave, metres
+_OCTAVE_CELLS = (0.4, 0.16, 0.065, 0.027)  # lattice spacing of each octave at texture_scale 1, metres
 _OCTAVE_GAIN = 0.75  # amplitude ratio between consecutive octaves
 _BLOB_SHARPNESS = 9.0  # slope of the sigmoid turning noise into two-colour blobs
 _FADE_START = 1.5  # pixel footprints per lattice cell below which an octave is left out
@@ -79,6 +79,8 @@ class _Texture:
     octave_offsets: np.ndarray  # (num_octaves, 3) float32 lattice-space shift keeping coordinates positive
     palettes: np.ndarray  # (2, 3, num_objects) float32 dark and light albedo (rgb) per object
     offsets: np.ndarray  # (3, num_objects) float32 texture-space offset per object
+    cells: tuple[float, ...]  # (num_octaves,) lattice spacing of each octave, metres
+    detail: float  # strength of the two finest octaves' multiplicative detail
 
 
 @dataclass(frozen=True)
@@ -211,8 +213,9 @@ def _scene_parts(rng: np.random.Generator) -> list[tuple[o3d.geometry.TriangleMe
     return parts
 
 
-def _make_texture(rng: np.random.Generator, num_objects: int) -> _Texture:
-    """Random noise lattices, texture orientation, octave and per-object offsets, per-object palettes."""
+def _make_texture(rng: np.random.Generator, num_objects: int, scale: float, detail: float) -> _Texture:
+    """Random noise lattices, texture orientation, octave and per-object offsets, per-object palettes;
+    octave cells ``scale`` times :data:`_OCTAVE_CELLS`."""
     tables = np.stack([_lattice_table(rng) for _ in _OCTAVE_CELLS])
     rotation = _random_rotation(rng).astype(np.float32)
     octave_offsets = rng.uniform(2000.0, 2100.0, size=(len(_OCTAVE_CELLS), 3)).astype(np.float32)
@@ -220,10 +223,11 @@ def _make_texture(rng: np.random.Generator, num_objects: int) -> _Texture:
     light = rng.uniform(0.65, 1.0, size=(3, num_objects))
     palettes = np.stack([dark, light]).astype(np.float32)
     offsets = rng.uniform(0.0, 20.0, size=(3, num_objects)).astype(np.float32)
-    return _Texture(tables, rotation, octave_offsets, palettes, offsets)
+    cells = tuple(float(c) * scale for c in _OCTAVE_CELLS)
+    return _Texture(tables, rotation, octave_offsets, palettes, offsets, cells, detail)
 
 
-def _build_scene(rng: np.random.Generator) -> _Scene:
+def _build_scene(rng: np.random.Generator, texture_scale: float = 1.0, texture_detail: float = 0.8) -> _Scene:
     """Merge all parts into one triangle soup with object ids; draw texture and light."""
     parts = _scene_parts(rng)
     verts, tris, normals, objs = [], [], [], []
@@ -243,7 +247,7 @@ def _build_scene(rng: np.random.Generator) -> _Scene:
         triangles=np.concatenate(tris).astype(np.int32),
         corner_normals=np.ascontiguousarray(np.concatenate(normals).transpose(1, 2, 0), dtype=np.float32),
         triangle_object=np.concatenate(objs),
-        texture=_make_texture(rng, len(parts)),
+        texture=_make_texture(rng, len(parts), texture_scale, texture_detail),
         light=light.astype(np.float32),
     )
 
@@ -317,7 +321,7 @@ def _albedo(tex: _Texture, points: np.ndarray, objects: np.ndarray, footprint: n
     total = np.zeros(p.shape[1], dtype=np.float32)
     detail = np.zeros(p.shape[1], dtype=np.float32)
     amplitude, norm = 1.0, 0.0
-    for k, cell in enumerate(_OCTAVE_CELLS):
+    for k, cell in enumerate(tex.cells):
         q = p * np.float32(1.0 / cell)
         q += tex.octave_offsets[k][:, None]  # decorrelates octaves, keeps lattice coordinates positive
         v = _value_noise(q, tex.tables[k])
@@ -326,7 +330,7 @@ def _albedo(tex: _Texture, points: np.ndarray, objects: np.ndarray, footprint: n
         fade -= 1.0
         v *= np.clip(fade, 0.0, 1.0, out=fade)
         total += np.float32(amplitude) * v
-        if k >= len(_OCTAVE_CELLS) - 2:
+        if k >= len(tex.cells) - 2:
             detail += v
         norm += amplitude
         amplitude *= _OCTAVE_GAIN
@@ -336,7 +340,7 @@ def _albedo(tex: _Texture, points: np.ndarray, objects: np.ndarray, footprint: n
     light -= dark
     light *= blob
     light += dark
-    detail *= 0.8
+    detail *= np.float32(tex.detail)
     detail += 1.0
     light *= detail
     return light
@@ -521,18 +525,24 @@ def render_capture(
     fov_deg: float = 60.0,
     supersample: int = 2,
     loops: int = 1,
+    texture_scale: float = 1.0,
+    texture_detail: float = 0.8,
 ) -> SyntheticCapture:
     """Render ``num_images`` orbit views of a seeded procedural scene, with ground-truth cameras.
 
     ``fov_deg`` is the horizontal field of view; ``supersample`` the rays per pixel along each axis.
     ``loops`` 1 is one jittered orbit; more is a video-like spiral of that many orbits
-    (:func:`_spiral_cameras`), for captures of hundreds of views.
+    (:func:`_spiral_cameras`), for captures of hundreds of views. ``texture_scale`` multiplies the
+    texture's octave cells (2: blobs twice as large, easier to fit); ``texture_detail`` is the
+    strength of the fine multiplicative detail (0: none).
     """
-    if num_images < 1 or width < 1 or height < 1 or supersample < 1 or loops < 1:
-        raise ValueError("num_images, width, height, supersample and loops must be positive")
+    if num_images < 1 or width < 1 or height < 1 or supersample < 1 or loops < 1 or texture_scale <= 0:
+        raise ValueError("num_images, width, height, supersample, loops and texture_scale must be positive")
+    if not 0.0 <= texture_detail < 1.0:
+        raise ValueError("texture_detail must be in [0, 1)")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    scene = _build_scene(rng)
+    scene = _build_scene(rng, texture_scale, texture_detail)
     K = _intrinsics(width, height, fov_deg)
     if loops == 1:
         cameras = _orbit_cameras(rng, num_images, K, width, height)
