@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 LINT_PATHS := capture3d tests benchmarks
 # pytest options of every test target: one pytest-xdist worker per core (at most 4), whole test modules
 # per worker, longest first (tests/conftest.py); `make test PYTEST_ARGS=-q` runs in one process
-PYTEST_ARGS ?= -q -n auto --maxprocesses 4
+PYTEST_ARGS ?= -q -n auto --maxprocesses 4 --durations=25
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
