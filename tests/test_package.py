@@ -9,6 +9,7 @@ from the wheel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -164,12 +165,8 @@ def test_fetched_sample_through_dvc_repro_in_a_user_project(installed, shared_da
     dvc = [str(venv / "bin" / "python"), "-m", "dvc"]
     home = tmp_path / "proj"
     _run([capture3d, "init", str(home)], tmp_path, env)
-    server = serve(shared_data)
-    mirror = next(server)
-    try:
+    with contextlib.contextmanager(serve)(shared_data) as mirror:
         _run([capture3d, "samples", "fetch", "fountain_p11", "--to", "samples", "--mirror", mirror.url], home, env)
-    finally:
-        server.close()
     _run([capture3d, "add", "photos", "fountain", "samples/sfm/fountain_p11"], home, env)
     params = yaml.safe_load((home / "params.yaml").read_text())
     assert params["captures"] == ["fountain"]

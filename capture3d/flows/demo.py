@@ -50,6 +50,6 @@ def demo(repo: Path) -> list[CaptureStatus]:
     for kind, capture in samples:
         statuses += run_folder(kind, capture.parent, repo / RESULTS_DIR, [capture.name], params_file, ())
     report = demo_report_path(repo)
-    build_report(report.parent.parent, report, results_root=repo / RESULTS_DIR)
+    build_report(folder_work_area(repo / RESULTS_DIR), report, results_root=repo / RESULTS_DIR)
     logger.info("demo report: %s", report)
     return statuses

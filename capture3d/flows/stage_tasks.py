@@ -78,17 +78,16 @@ def run_resumable_step(
     """:func:`capture3d.ops.steps.run_step`; for a long fit with a remote (``config``, default
     the params' ``batch`` section) and ``checkpoint_every_s > 0``, with its resume state kept
     on the remote (see the module docstring). ``pool``: the warm workers ``run_step`` may use."""
-    extra = {"pool": pool} if pool is not None else {}
     batch = _remote_config(params, config)
     spec = step(step_name)
     if batch is None or not batch.remote or batch.checkpoint_every_s <= 0 or not spec.resume_state:
-        return run_step(kind, step_name, name, capture, results, params, isolate, out, **extra)
+        return run_step(kind, step_name, name, capture, results, params, isolate, out, pool)
     out_path, data = step_paths(spec, name, Path(capture), Path(results), params, out)
     local = state_path_for(out_path, spec.resume_state)
     store = RemoteStore(batch.remote, batch.s3())
     key = resume_key(spec, name, params, data)
     with synced(store, key, local, batch.checkpoint_every_s) as report:
-        result = run_step(kind, step_name, name, capture, results, params, isolate, out, **extra)
+        result = run_step(kind, step_name, name, capture, results, params, isolate, out, pool)
     if report.pulled:
         resumed = _resumed_from(out_path / spec.metrics) if spec.metrics else None
         if resumed:

@@ -88,7 +88,7 @@ def write_plotly_asset(folder: Path) -> str:
 
     name = f"plotly-{plotly.__version__}.min.js"
     path = Path(folder) / name
-    if not path.is_file() or path.stat().st_size == 0:
+    if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, get_plotlyjs())
     return name
